@@ -1,0 +1,27 @@
+"""The `edgefleet` command: a thin typer app; each command group lives in `commands/`."""
+
+from __future__ import annotations
+
+import typer
+
+from edgefleet import __version__
+from edgefleet.host.commands import datasets_cmd
+
+app = typer.Typer(
+    name="edgefleet",
+    help="Quantize Keras models, sign them, push them to field devices and collect predictions.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(datasets_cmd.app, name="datasets")
+
+
+@app.command()
+def version() -> None:
+    """Print the edgefleet version."""
+    print(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""The `edgefleet` CLI's command groups, one module per group."""

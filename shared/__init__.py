@@ -1,0 +1,1 @@
+"""The edgefleet wire protocol shared by host and device: sans-IO, no MQTT, no TensorFlow."""
