@@ -1,0 +1,222 @@
+"""Pydantic models of every JSON payload on the wire, with ``encode`` and a safe ``decode``.
+
+Every model forbids unknown fields, rejects NaN and infinity, and carries ``v`` (the schema
+version, currently 1). ``decode`` is the only way untrusted bytes become a message: it caps
+the size before parsing and raises nothing but ``DecodeError``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from enum import Enum
+from typing import Annotated, Final, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from edgefleet.shared.errors import DecodeError
+
+SCHEMA_VERSION: Final = 1
+MAX_MESSAGE_BYTES: Final = 1_048_576
+MAX_INDEXES: Final = 4096
+MAX_SEQS: Final = 10_000
+MAX_IMAGE_B64: Final = 16 * 2**20
+
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+GroupName = DeviceId
+BootId = DeviceId
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Code = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ShortText = Annotated[str, StringConstraints(max_length=256)]
+LongText = Annotated[str, StringConstraints(max_length=4096)]
+Count = Annotated[int, Field(ge=0)]
+NonNeg = Annotated[float, Field(ge=0)]
+
+
+class UpdateState(str, Enum):
+    """The device's over-the-air update state (docs/protocol.md, "Update state machine")."""
+
+    IDLE = "idle"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    HEALTH_CHECK = "health_check"
+    ACTIVATING = "activating"
+    ACTIVE = "active"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Reason codes a device reports with state "rejected" (the ManifestError codes) ...
+REJECT_REASONS: Final = (
+    "malformed",
+    "unknown_key",
+    "bad_signature",
+    "not_targeted",
+    "expired",
+    "rollback",
+    "accelerator",
+    "too_large",
+)
+# ... and with state "failed", together with the step that failed.
+FAIL_REASONS: Final = ("integrity", "health_check", "disk_full", "io_error", "timeout")
+FAIL_STEPS: Final = ("downloading", "verifying", "health_check", "activating")
+
+
+class Message(BaseModel):
+    """Base of every payload: strict, closed, finite numbers, schema version ``v``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    v: Literal[1] = Field(default=SCHEMA_VERSION, description="Schema version of the payload.")
+
+
+class Status(Message):
+    """Retained device status; ``Status(device_id=..., online=False)`` is the last will."""
+
+    device_id: DeviceId = Field(description="The device's id.")
+    online: bool = Field(description="False in the last will and on a clean shutdown.")
+    agent_version: ShortText | None = Field(default=None, description="edgefleet version.")
+    boot_id: BootId | None = Field(default=None, description="Random id of this agent run.")
+    groups: list[GroupName] | None = Field(default=None, max_length=64, description="Groups.")
+    runtime: ShortText | None = Field(default=None, description="Interpreter backend name.")
+    runtime_version: ShortText | None = Field(default=None, description="Its version.")
+    accelerator: ShortText | None = Field(default=None, description="'cpu' or 'edgetpu'.")
+    accelerator_note: LongText | None = Field(default=None, description="Why not Edge TPU.")
+    model_name: ShortText | None = Field(default=None, description="Active model's name.")
+    model_version: Count | None = Field(default=None, description="Active model's version.")
+    inference_count: Count | None = Field(default=None, description="Inferences this boot.")
+    latency_p50_ms: NonNeg | None = Field(default=None, description="Median latency.")
+    latency_p95_ms: NonNeg | None = Field(default=None, description="95th pct latency.")
+    outbox_depth: Count | None = Field(default=None, description="Unacked predictions.")
+    dropped: Count | None = Field(default=None, description="Inputs dropped (overload).")
+    uptime_s: NonNeg | None = Field(default=None, description="Seconds since agent start.")
+    rss_bytes: Count | None = Field(default=None, description="Resident memory.")
+    cpu_temp_c: float | None = Field(default=None, description="SoC temperature.")
+    ts: float | None = Field(default=None, description="Unix time of the report.")
+
+
+class Reported(Message):
+    """Retained over-the-air update state of one device."""
+
+    device_id: DeviceId = Field(description="The device's id.")
+    state: UpdateState = Field(description="Where the update state machine is.")
+    model_name: ShortText | None = Field(default=None, description="Model being handled.")
+    version: Count | None = Field(default=None, description="Its manifest version.")
+    sha256: Sha256Hex | None = Field(default=None, description="Its variant's sha256.")
+    progress: float = Field(default=0.0, ge=0.0, le=1.0, description="Download fraction.")
+    step: Code | None = Field(default=None, description="Step that failed (state failed).")
+    reason: Code | None = Field(default=None, description="Machine reason code.")
+    message: LongText | None = Field(default=None, description="Human explanation.")
+    active_version: Count | None = Field(default=None, description="Version now serving.")
+    ts: float | None = Field(default=None, description="Unix time of the report.")
+
+
+class TopK(Message):
+    """One of the best-scoring classes."""
+
+    label: ShortText = Field(description="Class name.")
+    score: float = Field(description="Dequantized score (probability for softmax).")
+
+
+class PredictionRecord(Message):
+    """One inference result; unique on (device_id, boot_id, seq)."""
+
+    device_id: DeviceId = Field(description="The device's id.")
+    boot_id: BootId = Field(description="Agent run; seq restarts from 0 each run.")
+    seq: Count = Field(description="Position of this record within the run.")
+    source: LongText = Field(default="", description="Where the input came from.")
+    label: ShortText = Field(description="Best class.")
+    score: float = Field(description="Its score.")
+    topk: list[TopK] = Field(default_factory=list, max_length=100, description="Top classes.")
+    latency_ms: NonNeg = Field(description="Preprocess + invoke time.")
+    model_name: ShortText = Field(description="Model that produced it.")
+    model_version: Count = Field(description="Its manifest version (0: not from a manifest).")
+    ts: float = Field(description="Unix time of the inference.")
+
+
+class Ack(Message):
+    """Host -> device: these records are committed and may be deleted from the outbox."""
+
+    device_id: DeviceId = Field(description="The device's id.")
+    boot_id: BootId = Field(description="Agent run the seqs belong to.")
+    seqs: list[Count] = Field(max_length=MAX_SEQS, description="Committed sequence numbers.")
+
+
+class ChunkRequest(Message):
+    """Device -> host: please publish these chunks of a model again."""
+
+    device_id: DeviceId = Field(description="The device asking.")
+    sha256: Sha256Hex = Field(description="sha256 of the model (variant) bytes.")
+    indexes: list[Count] = Field(
+        min_length=1, max_length=MAX_INDEXES, description="Missing chunk indexes."
+    )
+
+
+class ImageMessage(Message):
+    """An image sent to a device for inference."""
+
+    name: ShortText = Field(description="A name for the input, recorded as the source.")
+    format: Literal["png", "jpeg", "npy"] = Field(description="Encoding of the data.")
+    data_b64: str = Field(max_length=MAX_IMAGE_B64, description="Base64 of the file.")
+
+    @classmethod
+    def from_bytes(cls, *, name: str, format: str, data: bytes) -> ImageMessage:  # noqa: A002
+        """Wrap raw file bytes (``format`` shadows the builtin to match the field name)."""
+        return cls.model_validate(
+            {"name": name, "format": format, "data_b64": base64.b64encode(data).decode()}
+        )
+
+    def data(self) -> bytes:
+        """The decoded file bytes.
+
+        Raises:
+            DecodeError: ``data_b64`` is not valid base64.
+        """
+        try:
+            return base64.b64decode(self.data_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DecodeError(f"ImageMessage {self.name!r}: data_b64 is not base64") from exc
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode(msg: BaseModel) -> bytes:
+    """Serialize a message as compact UTF-8 JSON, leaving out fields that are ``None``."""
+    return msg.model_dump_json(exclude_none=True).encode()
+
+
+def decode(model: type[M], data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> M:
+    """Parse and validate untrusted bytes as ``model``.
+
+    Args:
+        model: The expected message class.
+        data: The raw payload.
+        max_bytes: Larger payloads are refused before any parsing.
+
+    Returns:
+        The validated message.
+
+    Raises:
+        DecodeError: For any problem at all (size, encoding, JSON, schema, version).
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"{model.__name__}: expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise DecodeError(f"{model.__name__}: payload of {len(data)} bytes exceeds {max_bytes}")
+    try:
+        return model.model_validate_json(bytes(data))
+    except ValidationError as exc:
+        raise DecodeError(f"{model.__name__}: {_summary(exc)}") from exc
+    except (ValueError, TypeError, RecursionError, ArithmeticError) as exc:
+        raise DecodeError(f"{model.__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def _summary(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = [f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in errors[:3]]
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""  # noqa: PLR2004
+    return "; ".join(parts) + more
