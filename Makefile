@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make demo` runs the main job, `make test` runs every check.
+# Both create .venv and install what they need (mosquitto via apt-get when missing).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint typecheck pytest mosquitto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[host,device,dev]'
+	touch $(STAMP)
+
+mosquitto:
+	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
+		echo "installing mosquitto (the tests start their own broker on loopback)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
+	fi
+
+demo: $(STAMP) mosquitto
+	$(BIN)/edgefleet example mnist --out out/example-mnist
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict -p edgefleet.shared -p edgefleet.device
+	$(BIN)/mypy -p edgefleet.host
+
+pytest: $(STAMP) mosquitto
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
