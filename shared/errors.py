@@ -6,10 +6,12 @@ Tree (each package adds its own branch under ``EdgefleetError``)::
     ├── ProtocolError                 (edgefleet.shared) wire protocol violations
     │   ├── DecodeError               untrusted bytes could not be decoded or validated
     │   ├── TopicError                a bad device id, group name, prefix or topic
+    │   ├── KeyFormatError            a PEM file is not an Ed25519 key
     │   ├── ChunkError                a chunk does not belong to the transfer (.reason)
+    │   │   ├── MalformedChunkError   not a self-consistent chunk (also a DecodeError)
     │   │   └── IntegrityError        the whole file (or a stored chunk) fails its sha256
     │   └── ManifestError             a manifest is refused (.reason, one code per subclass)
-    │       ├── MalformedManifestError    "malformed"
+    │       ├── MalformedManifestError    "malformed" (also a DecodeError)
     │       ├── UnknownKeyError           "unknown_key"
     │       ├── BadSignatureError         "bad_signature"
     │       ├── NotTargetedError          "not_targeted"
@@ -47,6 +49,10 @@ class TopicError(ProtocolError):
     """A device id, group name, prefix or topic is not valid in the topic scheme."""
 
 
+class KeyFormatError(ProtocolError):
+    """A PEM blob is not an (unencrypted) Ed25519 private or public key."""
+
+
 class ChunkError(ProtocolError):
     """A chunk does not belong to the transfer being reassembled.
 
@@ -57,6 +63,13 @@ class ChunkError(ProtocolError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class MalformedChunkError(ChunkError, DecodeError):
+    """The bytes are not an edgefleet chunk (short, bad magic, unknown format version)."""
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message, reason=reason)
 
 
 class IntegrityError(ChunkError):
@@ -77,7 +90,7 @@ class ManifestError(ProtocolError):
     reason: ClassVar[str] = "malformed"
 
 
-class MalformedManifestError(ManifestError):
+class MalformedManifestError(ManifestError, DecodeError):
     """The envelope or the signed manifest is not well-formed."""
 
     reason = "malformed"

@@ -1,0 +1,203 @@
+"""The one image -> tensor recipe, shared by host calibration/evaluation and device inference.
+
+Pure numpy + Pillow (never TensorFlow), so the device runs exactly the code the host
+calibrated with. Conventions:
+
+* Image arrays (``kind="image"``) hold pixel intensities on a 0-255 scale, whatever their
+  dtype (uint8 from PNG/JPEG, or float from ``.npy``); 2-D is grayscale, 3-D is ``HxWxC``.
+* GPR inputs (``kind="gpr"``) are first conditioned by :func:`edgefleet.shared.gpr.condition`
+  (time zero, background removal, gain); the resulting amplitudes are mapped to [0, 1] by
+  their largest absolute value (zero amplitude -> 0.5), then treated like a unit image.
+* :func:`preprocess` returns float32 ``(height, width, channels)`` in the spec's scale;
+  :func:`to_input_tensor` adds the batch dimension and quantizes for integer inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+from edgefleet.shared.errors import InputError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from edgefleet.shared.spec import PreprocessSpec, TensorSpec
+
+FloatArray = npt.NDArray[np.float32]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+INPUT_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
+_INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+_NP_DTYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "float16": np.float16}
+_RGB_TO_GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma
+
+
+def load_input(path: Path) -> npt.NDArray[np.generic]:
+    """Read a PNG/JPEG (uint8 ``HxW`` or ``HxWxC``) or a ``.npy`` (the array as stored).
+
+    Raises:
+        InputError: the file is missing, has an unsupported suffix or cannot be decoded.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in INPUT_SUFFIXES:
+        raise InputError(f"{path}: unsupported input type {suffix!r}; use .png, .jpg or .npy")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read input file: {exc.strerror or exc}") from exc
+    try:
+        return decode_input(data, suffix.lstrip("."))
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+
+
+def decode_input(data: bytes, fmt: str) -> npt.NDArray[np.generic]:
+    """Decode an input that arrived as bytes (e.g. over MQTT); ``fmt`` is png, jpg or npy.
+
+    Raises:
+        InputError: unknown format, or bytes that do not decode as that format.
+    """
+    fmt = fmt.lower().lstrip(".")
+    if fmt == "npy":
+        return _decode_npy(data)
+    if fmt not in {"png", "jpg", "jpeg"}:
+        raise InputError(f"unsupported input format {fmt!r}; use png, jpg or npy")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            converted = img if img.mode in {"L", "RGB"} else img.convert(_target_mode(img))
+            return np.asarray(converted, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"cannot decode {fmt} image ({len(data)} bytes): {exc}") from exc
+
+
+def _target_mode(img: Image.Image) -> str:
+    # Palette, 16-bit and alpha images become plain 8-bit gray or RGB.
+    return "L" if img.mode in {"1", "I", "I;16", "F", "LA"} else "RGB"
+
+
+def _decode_npy(data: bytes) -> npt.NDArray[np.generic]:
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"cannot decode .npy data ({len(data)} bytes): {exc}") from exc
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "uif":
+        raise InputError("a .npy input must hold a numeric array")
+    return array
+
+
+def preprocess(array: npt.NDArray[np.generic], spec: PreprocessSpec) -> FloatArray:
+    """Turn one decoded input into float32 ``(height, width, channels)`` in ``spec.scale``.
+
+    Raises:
+        InputError: the array is empty, not 2-D/3-D, or not finite.
+    """
+    if spec.kind == "gpr":
+        unit = _gpr_to_unit(array, spec)
+    else:
+        unit = _as_hwc(array).astype(np.float32) / np.float32(255.0)
+    unit = _match_channels(unit, spec.channels)
+    unit = _resize(unit, spec.height, spec.width)
+    if spec.invert:
+        unit = np.float32(1.0) - unit
+    if spec.scale == "minus_one_one":
+        return (unit * np.float32(2.0) - np.float32(1.0)).astype(np.float32)
+    if spec.scale == "raw":
+        return (unit * np.float32(255.0)).astype(np.float32)
+    return unit.astype(np.float32)
+
+
+def _as_hwc(array: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+    if array.size == 0:
+        raise InputError("input array is empty")
+    if array.ndim == 3 and array.shape[-1] in {1, 3, 4}:  # noqa: PLR2004 - HxWxC
+        hwc = array
+    elif array.ndim == 2:  # noqa: PLR2004 - HxW
+        hwc = array[:, :, np.newaxis]
+    else:
+        raise InputError(
+            f"input has shape {array.shape}; expected HxW (grayscale) or HxWxC with C = 1, 3 or 4"
+        )
+    if array.dtype.kind == "f" and not np.isfinite(hwc).all():
+        raise InputError("input contains NaN or infinite values")
+    return hwc
+
+
+def _gpr_to_unit(array: npt.NDArray[np.generic], spec: PreprocessSpec) -> FloatArray:
+    from edgefleet.shared.spec import GprOptions  # noqa: PLC0415 - spec is type-only above
+
+    try:  # imported by name: only GPR models need it, and it is another engineer's module
+        gpr = importlib.import_module("edgefleet.shared.gpr")
+    except ImportError as exc:
+        raise InputError(f"GPR conditioning is unavailable: {exc}") from exc
+    bscan = np.asarray(gpr.condition(array, spec.gpr or GprOptions()), dtype=np.float32)
+    bscan = _as_hwc(bscan)[:, :, :1].astype(np.float32)
+    peak = float(np.abs(bscan).max())
+    if peak == 0.0:
+        return np.full(bscan.shape, 0.5, dtype=np.float32)
+    return (bscan / np.float32(2.0 * peak) + np.float32(0.5)).astype(np.float32)
+
+
+def _match_channels(hwc: FloatArray, channels: int) -> FloatArray:
+    have = hwc.shape[-1]
+    if have == 4:  # noqa: PLR2004 - drop alpha
+        hwc, have = hwc[:, :, :3], 3
+    if have == channels:
+        return hwc
+    if channels == 1:
+        return (hwc @ _RGB_TO_GRAY)[:, :, np.newaxis].astype(np.float32)
+    return np.repeat(hwc, channels, axis=2)
+
+
+def _resize(hwc: FloatArray, height: int, width: int) -> FloatArray:
+    if hwc.shape[:2] == (height, width):
+        return hwc
+    # Float ('F') images keep full precision; the same bilinear filter runs on host and device.
+    planes = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(hwc[:, :, c]), mode="F").resize(
+                (width, height), Image.Resampling.BILINEAR
+            ),
+            dtype=np.float32,
+        )
+        for c in range(hwc.shape[-1])
+    ]
+    return np.stack(planes, axis=-1)
+
+
+def to_input_tensor(x: FloatArray, spec: TensorSpec) -> npt.NDArray[np.generic]:
+    """Add the batch dimension and convert to the input tensor's dtype (quantizing if needed).
+
+    Raises:
+        InputError: ``x`` does not have the tensor's shape (without or with batch).
+    """
+    batched = x[np.newaxis] if x.ndim == len(spec.shape) - 1 else x
+    if tuple(batched.shape) != tuple(spec.shape):
+        raise InputError(
+            f"preprocessed input has shape {tuple(x.shape)}, model input {spec.name!r} "
+            f"expects {tuple(spec.shape)}; check the preprocessing spec"
+        )
+    if spec.dtype in _INT_RANGES:
+        if not spec.quantized:
+            raise InputError(f"integer input {spec.name!r} has no quantization scale")
+        low, high = _INT_RANGES[spec.dtype]
+        q = np.round(batched / np.float32(spec.scale)) + np.float32(spec.zero_point)
+        clipped: npt.NDArray[np.float32] = np.clip(q, low, high)
+        return clipped.astype(_NP_DTYPES[spec.dtype])
+    if spec.dtype == "float16":
+        return batched.astype(np.float16)
+    return batched.astype(np.float32)
+
+
+def dequantize_output(y: npt.NDArray[np.generic], spec: TensorSpec) -> FloatArray:
+    """Output tensor values as float32 (``scale * (q - zero_point)`` for quantized outputs)."""
+    values = np.asarray(y).astype(np.float32)
+    if spec.quantized:
+        return ((values - np.float32(spec.zero_point)) * np.float32(spec.scale)).astype(np.float32)
+    return values
