@@ -1,0 +1,238 @@
+"""The host's fleet config (fleet.toml) and device registry (devices.json) in a fleet directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from edgefleet.host.errors import ProvisionError
+from edgefleet.shared.errors import TopicError
+from edgefleet.shared.topics import Topics
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+FLEET_FILE = "fleet.toml"
+REGISTRY_FILE = "devices.json"
+DEFAULT_HOST_IDENTITY = "edgefleet:host"
+
+
+class BrokerAddress(BaseModel):
+    """A parsed broker URL."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tls: bool = Field(description="True for mqtts://, False for mqtt://.")
+    host: str = Field(description="Host name or IP address of the broker.")
+    port: int = Field(description="TCP port (default 8883 for mqtts, 1883 for mqtt).")
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse ``mqtt://host:port`` or ``mqtts://host:port``; raise ProvisionError if malformed."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+        raise ProvisionError(
+            f"broker URL {url!r} is not mqtts://HOST:PORT or mqtt://HOST:PORT "
+            "(for example mqtts://broker.example:8883)"
+        )
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ProvisionError(f"broker URL {url!r} has an invalid port") from exc
+    return BrokerAddress(tls=tls, host=parts.hostname, port=port)
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a usable topic prefix, else raise ProvisionError.
+
+    The rules are edgefleet.shared.topics' (levels of ``[A-Za-z0-9._-]``), which also
+    keep the prefix safe inside the whitespace-separated Mosquitto ACL file.
+    """
+    try:
+        Topics(prefix)
+    except TopicError as exc:
+        raise ProvisionError(str(exc)) from exc
+    return prefix
+
+
+class FleetConfig(BaseModel):
+    """What the host CLI needs to reach and sign for a fleet; paths relative to fleet.toml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="edgefleet", description="Fleet name, used as the CA's organization.")
+    prefix: str = Field(default="edgefleet", description="Topic prefix shared by host and devices.")
+    broker_url: str = Field(description="mqtts://host:port the host and devices connect to.")
+    host_identity: str = Field(
+        DEFAULT_HOST_IDENTITY,
+        description="CN of the host client certificate; the ACL grants it the whole prefix.",
+    )
+    ca_file: str = Field(default="ca/ca.crt", description="Fleet CA certificate (PEM).")
+    ca_key_file: str = Field(default="ca/ca.key", description="Fleet CA private key (PEM, 0600).")
+    crl_file: str = Field(default="ca/crl.pem", description="CRL of revoked device certificates.")
+    crl_days: int = Field(default=400, ge=1, description="Days until the CRL must be re-signed.")
+    cert_file: str = Field(default="host/host.crt", description="Host client certificate.")
+    key_file: str = Field(default="host/host.key", description="Host client key (0600).")
+    signing_key: str = Field(
+        default="signing/signing.key", description="Active Ed25519 private key."
+    )
+    signing_key_id: str = Field(description="Key id of the active signing key.")
+    trusted_keys: list[str] = Field(
+        default_factory=list, description="Ed25519 public keys devices are told to trust."
+    )
+    broker_conf: str = Field(
+        default="broker/mosquitto.conf", description="Rendered mosquitto.conf."
+    )
+    acl_file: str = Field(default="broker/acl", description="Rendered Mosquitto ACL file.")
+
+    _root: Path = PrivateAttr(default=Path())
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        try:
+            return validate_prefix(value)
+        except ProvisionError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        try:
+            parse_broker_url(value)
+        except ProvisionError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @property
+    def root(self) -> Path:
+        """The fleet directory (where fleet.toml lives)."""
+        return self._root
+
+    def resolve(self, relative: str) -> Path:
+        """Return ``relative`` (a path field's value) as a path inside the fleet directory."""
+        return self._root / relative
+
+    @property
+    def broker(self) -> BrokerAddress:
+        """The parsed broker URL."""
+        return parse_broker_url(self.broker_url)
+
+    def tls_files(self) -> tuple[Path, Path, Path]:
+        """Return (CA certificate, host certificate, host key) for a host MQTT client."""
+        return self.resolve(self.ca_file), self.resolve(self.cert_file), self.resolve(self.key_file)
+
+
+def load_fleet_config(path: Path) -> FleetConfig:
+    """Load fleet.toml (or the fleet directory holding it) with a clear error on any problem."""
+    file = path / FLEET_FILE if path.is_dir() else path
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ProvisionError(
+            f"no fleet config at {file}: create a fleet with `edgefleet init --dir DIR` "
+            "or pass --dir pointing at an existing one"
+        ) from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProvisionError(f"cannot read fleet config {file}: {exc}") from exc
+    try:
+        config = FleetConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ProvisionError(f"invalid fleet config {file}:\n{exc}") from exc
+    config._root = file.parent.resolve()  # noqa: SLF001 - set once, by the loader
+    return config
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Render a flat-or-one-level-nested dict of str/int/bool/list[str] as TOML.
+
+    Enough for fleet.toml and the agent config; JSON string escapes are valid TOML
+    basic-string escapes, so values round-trip through tomllib.
+    """
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append(f"\n[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {type(value).__name__} as TOML")
+
+
+def fleet_toml(config: FleetConfig) -> str:
+    """Render a FleetConfig as the text of fleet.toml."""
+    return (
+        "# edgefleet fleet config, written by `edgefleet init`; paths are relative to this file.\n"
+        + dump_toml(config.model_dump())
+    )
+
+
+class DeviceRecord(BaseModel):
+    """One provisioned device as the fleet directory remembers it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(description="Device id, also its certificate CN and MQTT username.")
+    groups: list[str] = Field(default_factory=list, description="Groups whose desired it reads.")
+    serial: int = Field(description="Serial number of its current certificate.")
+    provisioned_at: int = Field(description="Unix time of the (latest) provisioning.")
+    revoked_at: int | None = Field(default=None, description="Unix time of revocation, if revoked.")
+
+
+class RevokedSerial(BaseModel):
+    """A revoked certificate serial, kept forever so re-signed CRLs still list it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    serial: int = Field(description="Certificate serial number.")
+    device_id: str = Field(description="Device the certificate was issued to.")
+    revoked_at: int = Field(description="Unix time of revocation.")
+
+
+class Registry(BaseModel):
+    """devices.json: provisioned devices and revoked certificate serials."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    devices: dict[str, DeviceRecord] = Field(default_factory=dict, description="By device id.")
+    revoked: list[RevokedSerial] = Field(default_factory=list, description="All revoked certs.")
+
+    def active(self) -> list[DeviceRecord]:
+        """Devices that are provisioned and not revoked, sorted by id."""
+        return sorted(
+            (d for d in self.devices.values() if d.revoked_at is None), key=lambda d: d.device_id
+        )
+
+
+def load_registry(fleet_dir: Path) -> Registry:
+    """Load devices.json (an empty registry if the fleet has none yet)."""
+    file = fleet_dir / REGISTRY_FILE
+    if not file.exists():
+        return Registry()
+    try:
+        return Registry.model_validate_json(file.read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise ProvisionError(f"device registry {file} is unreadable: {exc}") from exc
