@@ -13,7 +13,7 @@ Chunk layout (big-endian; offsets in bytes; docs/protocol.md is the reference)::
    40   4   index (u32), 0-based
    44   4   count (u32), chunks in the file
    48   8   total size (u64) of the file in bytes
-   56  32   sha256 of this chunk's payload
+   56  32   sha256 of bytes 0..55 followed by the payload (binds every header field)
    88   -   payload
 """
 
@@ -31,8 +31,9 @@ from edgefleet.shared.errors import ChunkError, DecodeError, IntegrityError, Mal
 
 MAGIC: Final = b"EFCK"
 FORMAT_VERSION: Final = 1
-_HEADER: Final = struct.Struct(">4sB3s32sIIQ32s")
-HEADER_SIZE: Final = _HEADER.size  # 88
+_PREFIX: Final = struct.Struct(">4sB3s32sIIQ")  # the 56 bytes the chunk digest covers
+DIGEST_SIZE: Final = 32
+HEADER_SIZE: Final = _PREFIX.size + DIGEST_SIZE  # 88
 MAX_MESSAGE_BYTES: Final = 128 * 1024
 DEFAULT_CHUNK_SIZE: Final = MAX_MESSAGE_BYTES - HEADER_SIZE  # 130984: header + payload = 128 KiB
 MAX_CHUNKS: Final = 1 << 16
@@ -61,18 +62,10 @@ def encode_chunk(
     *, model_sha256: str, index: int, count: int, total_size: int, payload: bytes
 ) -> bytes:
     """Prefix ``payload`` with the binary chunk header."""
-    digest = hashlib.sha256(payload).digest()
-    header = _HEADER.pack(
-        MAGIC,
-        FORMAT_VERSION,
-        b"\0\0\0",
-        bytes.fromhex(model_sha256),
-        index,
-        count,
-        total_size,
-        digest,
+    prefix = _PREFIX.pack(
+        MAGIC, FORMAT_VERSION, b"\0\0\0", bytes.fromhex(model_sha256), index, count, total_size
     )
-    return header + payload
+    return prefix + hashlib.sha256(prefix + payload).digest() + payload
 
 
 def chunk_at(
@@ -120,26 +113,30 @@ def decode_chunk(raw: bytes) -> Chunk:
 
     Raises:
         MalformedChunkError: Too short, wrong magic or version, nonzero reserved bytes,
-            index not below count, payload longer than the total size (reason
-            ``"malformed"``), or payload not matching its header hash (``"bad_hash"``).
+            payload longer than the total size (reason ``"malformed"``), index not below
+            count (``"index_out_of_range"``), or header + payload not matching the chunk
+            digest (``"bad_hash"``).
             It is both a ``ChunkError`` and a ``DecodeError``.
     """
     if not isinstance(raw, bytes | bytearray | memoryview) or len(raw) < HEADER_SIZE:
         raise MalformedChunkError(f"a chunk needs at least {HEADER_SIZE} header bytes")
-    magic, version, reserved, model_sha, index, count, total, digest = _HEADER.unpack_from(raw)
+    raw = bytes(raw)
+    magic, version, reserved, model_sha, index, count, total = _PREFIX.unpack_from(raw)
     if magic != MAGIC or version != FORMAT_VERSION or reserved != b"\0\0\0":
         raise MalformedChunkError(f"not an edgefleet v{FORMAT_VERSION} chunk (magic/version)")
+    payload = raw[HEADER_SIZE:]
+    digest = hashlib.sha256(raw[: _PREFIX.size])
+    digest.update(payload)
+    if digest.digest() != raw[_PREFIX.size : HEADER_SIZE]:
+        raise MalformedChunkError(
+            f"chunk {index}: header or payload does not match the chunk sha256", reason="bad_hash"
+        )
     if index >= count:
         raise MalformedChunkError(
             f"chunk index {index} not below count {count}", reason="index_out_of_range"
         )
-    payload = bytes(raw[HEADER_SIZE:])
     if len(payload) > total:
         raise MalformedChunkError(f"payload of {len(payload)} bytes exceeds total size {total}")
-    if hashlib.sha256(payload).digest() != digest:
-        raise MalformedChunkError(
-            f"chunk {index}: payload does not match its sha256", reason="bad_hash"
-        )
     return Chunk(model_sha.hex(), index, count, total, payload)
 
 

@@ -352,9 +352,13 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise MalformedManifestError("envelope payload or signature is not valid base64") from exc
+    # Only the canonical spelling: unused trailing bits must not let two strings mean one value.
+    if _b64(data) != text:
+        raise MalformedManifestError("envelope payload or signature is not canonical base64")
+    return data
 
 
 def _first_error(exc: Exception) -> str:

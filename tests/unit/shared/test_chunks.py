@@ -57,7 +57,7 @@ def test_header_layout_is_the_documented_one():
     assert raw[8:40] == bytes.fromhex(SHA)
     assert struct.unpack(">IIQ", raw[40:56]) == (3, 10, len(DATA))
     payload = DATA[3 * SIZE : 4 * SIZE]
-    assert raw[56:88] == hashlib.sha256(payload).digest()
+    assert raw[56:88] == hashlib.sha256(raw[:56] + payload).digest()
     assert raw[88:] == payload
 
 
@@ -121,9 +121,10 @@ def test_index_out_of_range_by_header_or_by_expected_count():
     _reject(r, raw, "index_out_of_range")
 
 
-def test_bad_hash():
+@pytest.mark.parametrize("offset", [-1, 8, 40, 43, 47, 55, 56])
+def test_bad_hash_for_any_changed_payload_or_header_field(offset):
     raw = bytearray(chunk_at(DATA, 2, chunk_size=SIZE))
-    raw[-1] ^= 0x01
+    raw[offset] ^= 0x01  # payload, model sha, index (2 -> 3), count, total size, digest
     _reject(new(), bytes(raw), "bad_hash")
 
 

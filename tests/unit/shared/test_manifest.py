@@ -262,3 +262,15 @@ def test_pem_round_trip_and_wrong_key_type(signing_key):
 def test_manifest_json_round_trip():
     manifest = make_manifest()
     assert Manifest.model_validate_json(canonical_bytes(manifest)) == manifest
+
+
+def test_non_canonical_base64_is_malformed(signing_key, trusted):
+    # 64 signature bytes end in one byte: "XY==", where Y carries 4 bits nobody reads.
+    env = json.loads(sign_manifest(make_manifest(), signing_key))
+    sig = env["signature"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(sig[-3])
+    env["signature"] = sig[:-3] + alphabet[last ^ 0b0001] + "=="
+    assert base64.b64decode(env["signature"]) == base64.b64decode(sig)
+    with pytest.raises(MalformedManifestError, match="canonical"):
+        verify(json.dumps(env).encode(), trusted)
