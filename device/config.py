@@ -1,0 +1,262 @@
+"""The agent's TOML configuration, validated by pydantic (``extra="forbid"``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgefleet.device.errors import ConfigError
+from edgefleet.shared.errors import TopicError
+from edgefleet.shared.topics import validate_id
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 devices
+    import tomli as tomllib
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(_Section):
+    """How to reach the broker."""
+
+    url: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="Broker URL: mqtt://host:port (plain) or mqtts://host:port (TLS).",
+    )
+    prefix: str = Field(default="edgefleet", description="Topic prefix shared with the host.")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, seconds.")
+    session_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="How long the broker keeps this device's session while it is offline.",
+    )
+    ca_file: Path | None = Field(default=None, description="CA certificate (PEM) for TLS.")
+    cert_file: Path | None = Field(default=None, description="TLS client certificate (PEM).")
+    key_file: Path | None = Field(default=None, description="TLS client private key (PEM).")
+    username: str | None = Field(default=None, description="Broker user name, if any.")
+    password: str | None = Field(default=None, description="Broker password, if any.")
+    reconnect_max_s: float = Field(
+        default=60.0, gt=0, description="Upper bound of the jittered reconnect backoff, seconds."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+            msg = f"{value!r} is not mqtt://host:port or mqtts://host:port"
+            raise ValueError(msg)
+        return value
+
+    @property
+    def host(self) -> str:
+        """Broker host name."""
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """Broker port (1883 / 8883 when the URL has none)."""
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        """True for mqtts:// URLs."""
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class TrustConfig(_Section):
+    """Which manifest signers this device trusts."""
+
+    signing_keys: list[Path] = Field(
+        default_factory=list,
+        description="Files or directories of trusted Ed25519 public keys (PEM).",
+    )
+    max_model_bytes: int = Field(
+        default=64 * 2**20, gt=0, description="Refuse manifests whose model is larger."
+    )
+
+
+class RuntimeConfig(_Section):
+    """The interpreter backend."""
+
+    backend: Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"] = Field(
+        default="auto",
+        description="auto tries ai_edge_litert, then tflite_runtime, then tensorflow.lite.",
+    )
+    num_threads: int = Field(default=1, ge=1, le=64, description="Interpreter CPU threads.")
+    edgetpu: str = Field(
+        default="off",
+        description='Edge TPU: "off", or the load_delegate device string: usb, pci, ":0".',
+    )
+
+
+class InferenceConfig(_Section):
+    """Where sensor images come from and what is reported."""
+
+    watch_dir: Path | None = Field(
+        default=None, description="Folder whose new .png/.jpg/.jpeg/.npy files are classified."
+    )
+    top_k: int = Field(default=3, ge=1, le=100, description="How many classes each record lists.")
+    poll_s: float = Field(default=0.2, gt=0, description="Watched-folder poll interval, seconds.")
+    after: Literal["move", "delete"] = Field(
+        default="move",
+        description="What to do with a classified file: move it to processed/ or delete it.",
+    )
+
+
+class OutboxConfig(_Section):
+    """The SQLite store-and-forward queue of prediction records."""
+
+    max_records: int = Field(default=100_000, ge=1, description="Bound of the outbox.")
+    when_full: Literal["drop_oldest", "drop_newest"] = Field(
+        default="drop_oldest", description="Which record to drop when full (always counted)."
+    )
+    max_in_flight: int = Field(
+        default=100, ge=1, description="Records published but not yet acknowledged by the host."
+    )
+    resend_after_s: float = Field(
+        default=30.0, gt=0, description="Publish an unacknowledged record again after this."
+    )
+
+
+class UpdateConfig(_Section):
+    """Over-the-air update timing."""
+
+    chunk_timeout_s: float = Field(
+        default=5.0, gt=0, description="Ask for missing chunks after this long without one."
+    )
+    health_timeout_s: float = Field(
+        default=60.0, gt=0, description="Kill the child-process health check after this."
+    )
+
+
+class StatusConfig(_Section):
+    """Heartbeat."""
+
+    heartbeat_s: float = Field(default=30.0, gt=0, description="Status heartbeat interval.")
+
+
+class AgentConfig(_Section):
+    """The whole agent.toml."""
+
+    device_id: str = Field(description="This device's id ([A-Za-z0-9._-], up to 64 chars).")
+    groups: list[str] = Field(default_factory=list, description="Groups this device belongs to.")
+    state_dir: Path = Field(description="Models, outbox, partial downloads, anti-rollback state.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="warning", description="Log verbosity (quiet by default)."
+    )
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")
+    trust: TrustConfig = Field(default_factory=TrustConfig, description="Manifest signers.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Interpreter.")
+    inference: InferenceConfig = Field(
+        default_factory=InferenceConfig, description="Inference sources."
+    )
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Outbox.")
+    update: UpdateConfig = Field(default_factory=UpdateConfig, description="OTA updates.")
+    status: StatusConfig = Field(default_factory=StatusConfig, description="Heartbeat.")
+
+    @field_validator("device_id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        return _topic_id(value, "device id")
+
+    @field_validator("groups")
+    @classmethod
+    def _check_groups(cls, value: list[str]) -> list[str]:
+        return [_topic_id(g, "group") for g in value]
+
+
+def _topic_id(value: str, what: str) -> str:
+    try:
+        return validate_id(value, what=what)
+    except TopicError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _resolve(base: Path, path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    path = path.expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
+    """Make every relative path in the config relative to ``base`` (the config's folder)."""
+    mqtt = config.mqtt.model_copy(
+        update={
+            k: _resolve(base, getattr(config.mqtt, k)) for k in ("ca_file", "cert_file", "key_file")
+        }
+    )
+    trust = config.trust.model_copy(
+        update={"signing_keys": [_resolve(base, p) for p in config.trust.signing_keys]}
+    )
+    inference = config.inference.model_copy(
+        update={"watch_dir": _resolve(base, config.inference.watch_dir)}
+    )
+    return config.model_copy(
+        update={
+            "state_dir": _resolve(base, config.state_dir),
+            "mqtt": mqtt,
+            "trust": trust,
+            "inference": inference,
+        }
+    )
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``section.field: what is wrong``."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown setting (check the spelling; see docs/agent.md)"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(text: str, *, base: Path, source: str = "<string>") -> AgentConfig:
+    """Parse and validate agent.toml text.
+
+    Args:
+        text: The TOML document.
+        base: Folder that relative paths are relative to.
+        source: Name used in error messages.
+
+    Returns:
+        The validated configuration with absolute paths.
+
+    Raises:
+        ConfigError: the TOML is malformed or a setting is missing or invalid.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
+    try:
+        config = AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        msg = f"{source} is invalid:\n{format_validation_error(exc)}"
+        raise ConfigError(msg) from exc
+    return resolve_paths(config, base)
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate an agent.toml file.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or invalid.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read agent config {path}: {exc.strerror or exc}") from exc
+    return parse_config(text, base=path.resolve().parent, source=str(path))

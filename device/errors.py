@@ -1,0 +1,61 @@
+"""Errors raised by the device agent.
+
+Tree (under ``edgefleet.shared.errors.EdgefleetError``)::
+
+    DeviceError                  anything the agent raises on purpose
+    ├── ConfigError              agent.toml is missing, unreadable or invalid
+    ├── RuntimeUnavailableError  no LiteRT / tflite-runtime backend can be imported
+    ├── DelegateError            the Edge TPU delegate (libedgetpu) could not be loaded
+    ├── ModelLoadError           a .tflite could not be loaded or run in this process
+    ├── HealthCheckError         a staged model failed its child-process health check
+    └── StoreError               the state directory is unusable (layout, permissions)
+"""
+
+from __future__ import annotations
+
+from edgefleet.shared.errors import EdgefleetError
+
+
+class DeviceError(EdgefleetError):
+    """Root of every error the device agent raises on purpose."""
+
+
+class ConfigError(DeviceError):
+    """The agent configuration is missing, unreadable or invalid."""
+
+
+class RuntimeUnavailableError(DeviceError):
+    """No interpreter backend can be imported on this machine."""
+
+
+class DelegateError(DeviceError):
+    """The Edge TPU delegate could not be loaded.
+
+    Attributes:
+        device: the device string passed to ``load_delegate`` (``usb``, ``pci``, ``:0``).
+    """
+
+    def __init__(self, message: str, *, device: str) -> None:
+        super().__init__(message)
+        self.device = device
+
+
+class ModelLoadError(DeviceError):
+    """A model file could not be loaded, allocated or invoked in this process."""
+
+
+class HealthCheckError(DeviceError):
+    """A staged model failed its health check.
+
+    Attributes:
+        reason: machine code: ``crashed``, ``timeout``, ``load``, ``spec_mismatch``,
+            ``invoke`` or ``protocol`` (the child said something unreadable).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StoreError(DeviceError):
+    """The agent's state directory cannot be used."""

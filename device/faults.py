@@ -1,0 +1,45 @@
+"""Named fault points: ``EDGEFLEET_FAULT=<point>`` makes the agent die there (tests only).
+
+The fault-injection suite kills the agent at exact steps of an update to prove that a
+restart resumes or rolls forward without using a half-written file. The exit is
+``os._exit(137)``: no cleanup, no flush, as if the power went out.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+ENV: Final = "EDGEFLEET_FAULT"
+POINTS: Final = frozenset(
+    {
+        "after_chunk_write",
+        "after_verify",
+        "after_stage",
+        "during_activate",
+        "after_activate_before_report",
+        "after_outbox_commit",
+        "health_child",
+    }
+)
+
+
+def fault(point: str) -> None:
+    """Exit at once with status 137 if ``EDGEFLEET_FAULT`` names ``point``.
+
+    ``EDGEFLEET_FAULT=after_chunk_write:3`` fires on the third time the point is reached.
+    """
+    wanted = os.environ.get(ENV, "")
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    if name != point:
+        return
+    if count:
+        _hits[point] = _hits.get(point, 0) + 1
+        if _hits[point] < int(count):
+            return
+    os._exit(137)
+
+
+_hits: dict[str, int] = {}

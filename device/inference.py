@@ -1,0 +1,142 @@
+"""Classify sensor inputs with the active model: preprocess, invoke, dequantize, top-k."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet.device.errors import ModelLoadError
+from edgefleet.device.runtime import Backend, Model, open_model
+from edgefleet.shared.errors import ModelFormatError
+from edgefleet.shared.preprocess import dequantize_output, preprocess, to_input_tensor
+from edgefleet.shared.spec import PreprocessSpec
+from edgefleet.shared.tflite_model import read_model_info
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+_NHWC = 4
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classification: best label, its score, the top-k, and the time it took."""
+
+    label: str
+    score: float
+    topk: list[tuple[str, float]]
+    latency_ms: float
+
+
+class Classifier:
+    """A loaded model plus what it needs to turn a sensor array into a named class."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        name: str,
+        version: int,
+        labels: Sequence[str],
+        preprocess_spec: PreprocessSpec,
+        top_k: int = 3,
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.version = version
+        self.preprocess_spec = preprocess_spec
+        self.top_k = top_k
+        classes = int(np.prod(model.output_spec.shape))
+        self.labels = [labels[i] if i < len(labels) else str(i) for i in range(classes)]
+
+    def classify(self, array: npt.NDArray[np.generic]) -> Prediction:
+        """Classify one decoded input (image array or GPR B-scan).
+
+        Raises:
+            InputError: the input cannot be preprocessed into the model's input.
+            ModelLoadError: the interpreter failed.
+        """
+        start = time.perf_counter()
+        x = to_input_tensor(preprocess(array, self.preprocess_spec), self.model.input_spec)
+        y = self.model.run(x)
+        scores = dequantize_output(y, self.model.output_spec).reshape(-1)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        order = np.argsort(-scores, kind="stable")[: self.top_k]
+        topk = [(self.labels[i], float(scores[i])) for i in order]
+        return Prediction(topk[0][0], topk[0][1], topk, latency_ms)
+
+
+def spec_from_model(model: Model) -> PreprocessSpec:
+    """A plain-image recipe guessed from an NHWC input (for models without edgefleet info)."""
+    shape = model.input_spec.shape
+    channels = shape[3] if len(shape) == _NHWC else 1
+    if len(shape) not in {3, _NHWC} or channels not in {1, 3}:
+        raise ModelLoadError(
+            f"model input shape {list(shape)} is not an image (N, H, W, C) and the model "
+            "carries no edgefleet metadata: re-export it with `edgefleet quantize`"
+        )
+    return PreprocessSpec(height=shape[1], width=shape[2], channels=1 if channels == 1 else 3)
+
+
+def classifier_from_file(
+    path: Path,
+    *,
+    backend: Backend,
+    num_threads: int = 1,
+    top_k: int = 3,
+    delegate: object = None,
+) -> Classifier:
+    """Open a .tflite for one-shot use, reading its embedded edgefleet model info.
+
+    Raises:
+        ModelLoadError: the file cannot be read, parsed or loaded.
+    """
+    try:
+        info = read_model_info(path.read_bytes())
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+    except ModelFormatError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+    model = open_model(path, backend=backend, num_threads=num_threads, delegate=delegate)
+    if info is None:
+        return Classifier(
+            model,
+            name=path.stem,
+            version=0,
+            labels=[],
+            preprocess_spec=spec_from_model(model),
+            top_k=top_k,
+        )
+    return Classifier(
+        model,
+        name=info.name,
+        version=0,
+        labels=info.labels,
+        preprocess_spec=info.preprocess,
+        top_k=top_k,
+    )
+
+
+class LatencyStats:
+    """Inference count and latency percentiles over a recent window."""
+
+    def __init__(self, window: int = 1000) -> None:
+        self.count = 0
+        self._recent: deque[float] = deque(maxlen=window)
+
+    def add(self, latency_ms: float) -> None:
+        """Record one inference."""
+        self.count += 1
+        self._recent.append(latency_ms)
+
+    def percentile(self, q: float) -> float | None:
+        """The q-th percentile (0-100) of recent latencies, or None before any inference."""
+        if not self._recent:
+            return None
+        return float(np.percentile(np.fromiter(self._recent, dtype=np.float64), q))

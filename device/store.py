@@ -1,0 +1,212 @@
+"""The agent's state directory: models, the active-model pointer, anti-rollback floor, downloads.
+
+Layout::
+
+    state_dir/
+      models/<sha256>.tflite       verified model files (active, previous, staged)
+      active.json                  pointer to the serving model (written atomically)
+      previous.json                pointer to the model served before (kept for rollback)
+      antirollback.json            highest activated version + signing-time floor
+      downloads/<sha256>/          partial download: manifest, reassembler state, chunks/
+      outbox.sqlite                prediction outbox
+
+Every file is written to a temp name, fsynced, ``os.replace``d and the directory fsynced,
+so a power cut leaves either the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgefleet.device.errors import StoreError
+from edgefleet.device.faults import fault
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, fault_point: str = "") -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never half.
+
+    Args:
+        path: Destination.
+        data: The whole content.
+        fault_point: A named fault point fired between the fsync and the rename.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if fault_point:
+            fault(fault_point)
+        Path(tmp).replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's content."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FileChunkStore:
+    """A ``ChunkStore`` that keeps each chunk in its own atomically written file."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, index: int) -> Path:
+        return self.directory / f"{index:08d}.chunk"
+
+    def put(self, index: int, data: bytes) -> None:
+        """Persist chunk ``index``."""
+        atomic_write(self._path(index), data)
+
+    def get(self, index: int) -> bytes:
+        """Read chunk ``index`` back."""
+        return self._path(index).read_bytes()
+
+    def clear(self) -> None:
+        """Forget every chunk."""
+        for p in self.directory.glob("*.chunk"):
+            p.unlink()
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """What ``active.json`` / ``previous.json`` say: a model file and its manifest."""
+
+    sha256: str
+    name: str
+    version: int
+    manifest: dict[str, Any]
+
+    def to_json(self) -> bytes:
+        """Serialize for the pointer file."""
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+
+class StateStore:
+    """Files under ``state_dir`` (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            for sub in ("models", "downloads"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the state directory {root}: {exc}") from exc
+        self._clean_temp_files()
+
+    def _clean_temp_files(self) -> None:
+        # Leftovers of writes interrupted before their rename: never used, safe to drop.
+        for tmp in (*self.root.glob(".*.tmp"), *self.root.glob("models/.*.tmp")):
+            tmp.unlink(missing_ok=True)
+
+    @property
+    def outbox_path(self) -> Path:
+        """Where the outbox database lives."""
+        return self.root / "outbox.sqlite"
+
+    def model_path(self, sha256: str) -> Path:
+        """Where a verified model with this hash is kept."""
+        return self.root / "models" / f"{sha256}.tflite"
+
+    def has_model(self, sha256: str) -> bool:
+        """True when a model file with exactly this content is stored."""
+        path = self.model_path(sha256)
+        return path.is_file() and sha256_file(path) == sha256
+
+    def stage_model(self, sha256: str, data: bytes) -> Path:
+        """Write a verified model file atomically and return its path."""
+        path = self.model_path(sha256)
+        atomic_write(path, data)
+        return path
+
+    def download_dir(self, sha256: str) -> Path:
+        """Folder for a partial download of this model."""
+        return self.root / "downloads" / sha256
+
+    def drop_download(self, sha256: str) -> None:
+        """Forget a partial download."""
+        shutil.rmtree(self.download_dir(sha256), ignore_errors=True)
+
+    def _read_pointer(self, name: str) -> Pointer | None:
+        path = self.root / name
+        if not path.exists():
+            return None
+        try:
+            raw = json.loads(path.read_bytes())
+            return Pointer(
+                sha256=str(raw["sha256"]),
+                name=str(raw["name"]),
+                version=int(raw["version"]),
+                manifest=dict(raw["manifest"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{path} is unreadable ({exc}); remove it to start clean") from exc
+
+    def active(self) -> Pointer | None:
+        """The model being served, if any."""
+        return self._read_pointer("active.json")
+
+    def previous(self) -> Pointer | None:
+        """The model served before the active one, if any."""
+        return self._read_pointer("previous.json")
+
+    def activate(self, pointer: Pointer) -> None:
+        """Make ``pointer`` the active model; the old one becomes ``previous``."""
+        old = self.active()
+        if old is not None and old.sha256 != pointer.sha256:
+            atomic_write(self.root / "previous.json", old.to_json())
+        atomic_write(self.root / "active.json", pointer.to_json(), fault_point="during_activate")
+        self.prune_models()
+
+    def prune_models(self) -> None:
+        """Delete model files that are neither active nor previous."""
+        keep = {p.sha256 for p in (self.active(), self.previous()) if p is not None}
+        for path in (self.root / "models").glob("*.tflite"):
+            if path.stem not in keep:
+                path.unlink(missing_ok=True)
+
+    def floor(self) -> tuple[int, float]:
+        """(highest activated version, signing-time floor) for anti-rollback."""
+        path = self.root / "antirollback.json"
+        active = self.active()
+        # The pointer is written before the floor: after a crash between the two, the
+        # active model's version is the floor.
+        version, time_floor = (active.version if active else 0), 0.0
+        if path.exists():
+            raw = json.loads(path.read_bytes())
+            version, time_floor = max(version, int(raw["version"])), float(raw["time_floor"])
+        return version, time_floor
+
+    def raise_floor(self, version: int, time_floor: float) -> None:
+        """Persist a higher anti-rollback version / time floor (never lowers them)."""
+        cur_version, cur_time = self.floor()
+        data = {"version": max(cur_version, version), "time_floor": max(cur_time, time_floor)}
+        atomic_write(self.root / "antirollback.json", json.dumps(data).encode())

@@ -1,0 +1,361 @@
+"""The over-the-air update state machine, separate from MQTT: feed it events, it returns actions.
+
+States (``edgefleet.shared.messages.UpdateState``)::
+
+    idle/active --desired--> verifying --ok--> downloading --complete--> verifying (sha256)
+        --> health_check --> activating --> active
+    any step fails: the previous model keeps serving; state rejected (manifest refused:
+    reason = ManifestError code) or failed (step + reason), reported retained.
+
+The machine does its own file I/O through :class:`StateStore` (chunks persisted as they
+arrive, so a restart resumes) and runs the injected health check and activation hook;
+everything that touches the network comes back as :class:`Publish` / :class:`Subscribe`
+/ :class:`Unsubscribe` actions for the driver in ``agent.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.device.errors import DeviceError, HealthCheckError
+from edgefleet.device.faults import fault
+from edgefleet.device.store import FileChunkStore, Pointer, StateStore, atomic_write
+from edgefleet.shared.chunks import Reassembler
+from edgefleet.shared.errors import ChunkError, DecodeError, IntegrityError, ManifestError
+from edgefleet.shared.manifest import Manifest, ModelVariant, select_variant, verify_manifest
+from edgefleet.shared.messages import ChunkRequest, Reported, UpdateState, encode
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from edgefleet.shared.topics import Topics
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_INDEXES = 4096
+STATE_FILE = "reassembler.state"
+MANIFEST_FILE = "manifest.signed"
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Publish ``payload`` on ``topic``."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Subscribe to ``topic_filter`` at QoS 1."""
+
+    topic_filter: str
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    """Unsubscribe from ``topic_filter``."""
+
+    topic_filter: str
+
+
+Action = Publish | Subscribe | Unsubscribe
+HealthCheck = Callable[[Path, Manifest], Any]
+Activate = Callable[[Path, Manifest], None]
+
+
+@dataclass(frozen=True)
+class UpdaterSettings:
+    """What the updater needs to know about this device."""
+
+    device_id: str
+    groups: Sequence[str]
+    topics: Topics
+    trusted_keys: Mapping[str, Ed25519PublicKey]
+    accelerators: tuple[str, ...] = ("cpu",)
+    max_model_bytes: int = 64 * 2**20
+    chunk_timeout_s: float = 5.0
+
+
+@dataclass
+class _Job:
+    manifest: Manifest
+    envelope_sha: str
+    variant: ModelVariant
+    reassembler: Reassembler
+    directory: Path
+    last_activity: float
+    reported_progress: float = 0.0
+    requests: int = 0
+
+
+@dataclass
+class Updater:
+    """The update state machine for one device (see the module docstring)."""
+
+    settings: UpdaterSettings
+    store: StateStore
+    health_check: HealthCheck
+    on_activate: Activate
+    clock: Callable[[], float] = time.time
+    state: UpdateState = UpdateState.IDLE
+    last_report: Reported | None = None
+    _job: _Job | None = None
+    _seen: set[str] = field(default_factory=set)
+
+    # -- events -----------------------------------------------------------------------
+
+    def subscriptions(self) -> list[Action]:
+        """What to subscribe to on every (re)connect."""
+        topics = self.settings.topics
+        filters = [topics.desired_device(self.settings.device_id)]
+        filters += [topics.desired_group(g) for g in self.settings.groups]
+        if self._job is not None:
+            filters.append(topics.chunks_filter(self._job.variant.sha256))
+        return [Subscribe(f) for f in filters]
+
+    def start(self) -> list[Action]:
+        """Report where the device stands after a (re)start."""
+        active = self.store.active()
+        if active is None:
+            return [self._report(UpdateState.IDLE)]
+        self._seen.add(str(active.manifest.get("_envelope_sha256", "")))
+        return [self._report_active(active)]
+
+    def on_desired(self, data: bytes) -> list[Action]:
+        """A (retained) signed manifest arrived on a desired topic."""
+        if not data:
+            return []  # a cleared retained message
+        envelope_sha = hashlib.sha256(data).hexdigest()
+        if envelope_sha in self._seen:
+            return []
+        self._seen.add(envelope_sha)
+        try:
+            manifest, variant = self._verify(data)
+        except ManifestError as exc:
+            return [self._rejected(exc)]
+        fault("after_verify")
+        return self._begin(manifest, variant, data, envelope_sha)
+
+    def on_chunk(self, raw: bytes) -> list[Action]:
+        """A chunk arrived on the current download's chunk topic."""
+        job = self._job
+        if job is None:
+            return []
+        try:
+            new = job.reassembler.add(raw)
+        except ChunkError as exc:
+            log.info("ignoring a chunk that does not belong: %s", exc)
+            return []
+        if not new:
+            return []
+        atomic_write(job.directory / STATE_FILE, job.reassembler.state())
+        fault("after_chunk_write")
+        job.last_activity = self.clock()
+        if job.reassembler.complete:
+            return self._finish_download(job)
+        if job.reassembler.progress - job.reported_progress >= 0.1:  # noqa: PLR2004
+            job.reported_progress = job.reassembler.progress
+            return [self._report(UpdateState.DOWNLOADING, job.manifest, job.variant)]
+        return []
+
+    def tick(self) -> list[Action]:
+        """Periodic: ask again for missing chunks after a quiet period."""
+        job = self._job
+        now = self.clock()
+        if job is None or now - job.last_activity < self.settings.chunk_timeout_s:
+            return []
+        job.last_activity = now
+        job.requests += 1
+        missing = job.reassembler.missing()[:MAX_REQUEST_INDEXES]
+        request = ChunkRequest(
+            device_id=self.settings.device_id, sha256=job.variant.sha256, indexes=missing
+        )
+        topic = self.settings.topics.chunk_request(self.settings.device_id)
+        return [Publish(topic, encode(request))]
+
+    # -- steps ------------------------------------------------------------------------
+
+    def _verify(self, data: bytes) -> tuple[Manifest, ModelVariant]:
+        self.state = UpdateState.VERIFYING
+        version, time_floor = self.store.floor()
+        manifest = verify_manifest(
+            data,
+            trusted_keys=self.settings.trusted_keys,
+            device_id=self.settings.device_id,
+            groups=self.settings.groups,
+            current_version=version,
+            now=self.clock(),
+            accelerators=self.settings.accelerators,
+            max_model_bytes=self.settings.max_model_bytes,
+            time_floor=time_floor,
+        )
+        return manifest, select_variant(manifest, self.settings.accelerators)
+
+    def _begin(
+        self, manifest: Manifest, variant: ModelVariant, data: bytes, envelope_sha: str
+    ) -> list[Action]:
+        actions = self._abandon_job()
+        if self.store.has_model(variant.sha256):
+            # Already here (e.g. a rollback to the previous model): no download needed.
+            return actions + self._install(manifest, variant, envelope_sha)
+        directory = self.store.download_dir(variant.sha256)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(directory / MANIFEST_FILE, data)
+        job = _Job(
+            manifest,
+            envelope_sha,
+            variant,
+            self._reassembler(variant, directory),
+            directory,
+            self.clock(),
+        )
+        self._job = job
+        self.state = UpdateState.DOWNLOADING
+        if job.reassembler.complete:
+            return actions + self._finish_download(job)
+        # Subscribe first: once the host sees "downloading", chunks it sends will arrive.
+        actions.append(Subscribe(self.settings.topics.chunks_filter(variant.sha256)))
+        actions.append(self._report(UpdateState.DOWNLOADING, manifest, variant))
+        return actions
+
+    def _reassembler(self, variant: ModelVariant, directory: Path) -> Reassembler:
+        chunk_store = FileChunkStore(directory / "chunks")
+        saved = directory / STATE_FILE
+        if saved.exists():
+            try:
+                return Reassembler.restore(saved.read_bytes(), chunk_store)
+            except (DecodeError, ChunkError) as exc:
+                log.warning("partial download state unusable, starting over: %s", exc)
+                chunk_store.clear()
+        return Reassembler(
+            sha256=variant.sha256,
+            size=variant.size,
+            chunk_size=variant.chunk_size,
+            store=chunk_store,
+        )
+
+    def _abandon_job(self) -> list[Action]:
+        job, self._job = self._job, None
+        if job is None:
+            return []
+        return [Unsubscribe(self.settings.topics.chunks_filter(job.variant.sha256))]
+
+    def _finish_download(self, job: _Job) -> list[Action]:
+        actions = self._abandon_job()
+        self.state = UpdateState.VERIFYING
+        try:
+            data = job.reassembler.assemble()
+        except IntegrityError as exc:
+            # Chunks were damaged: start over, and let the next delivery of the same
+            # manifest (e.g. after a reconnect) try again.
+            self.store.drop_download(job.variant.sha256)
+            self._seen.discard(job.envelope_sha)
+            return [
+                *actions,
+                self._failed(job.manifest, job.variant, "verifying", "integrity", exc),
+            ]
+        self.store.stage_model(job.variant.sha256, data)
+        fault("after_stage")
+        self.store.drop_download(job.variant.sha256)
+        return actions + self._install(job.manifest, job.variant, job.envelope_sha)
+
+    def _install(
+        self, manifest: Manifest, variant: ModelVariant, envelope_sha: str
+    ) -> list[Action]:
+        path = self.store.model_path(variant.sha256)
+        self.state = UpdateState.HEALTH_CHECK
+        actions = [self._report(UpdateState.HEALTH_CHECK, manifest, variant)]
+        try:
+            self.health_check(path, manifest)
+        except HealthCheckError as exc:
+            self.store.prune_models()
+            return [*actions, self._failed(manifest, variant, "health_check", "health_check", exc)]
+        self.state = UpdateState.ACTIVATING
+        actions.append(self._report(UpdateState.ACTIVATING, manifest, variant))
+        try:
+            pointer = self._activate(manifest, variant, envelope_sha, path)
+        except (DeviceError, OSError) as exc:
+            return [*actions, self._failed(manifest, variant, "activating", "io_error", exc)]
+        fault("after_activate_before_report")
+        return [*actions, self._report_active(pointer)]
+
+    def _activate(
+        self, manifest: Manifest, variant: ModelVariant, envelope_sha: str, path: Path
+    ) -> Pointer:
+        previous = self.store.active()
+        document = manifest.model_dump(mode="json")
+        document["_envelope_sha256"] = envelope_sha
+        pointer = Pointer(variant.sha256, manifest.name, manifest.version, document)
+        self.store.activate(pointer)
+        try:
+            self.on_activate(path, manifest)
+        except DeviceError:
+            if previous is not None:
+                self.store.activate(previous)  # the old model keeps serving, also after reboot
+            raise
+        self.store.raise_floor(manifest.version, float(manifest.created_at))
+        return pointer
+
+    # -- reports ----------------------------------------------------------------------
+
+    def _report(
+        self,
+        state: UpdateState,
+        manifest: Manifest | None = None,
+        variant: ModelVariant | None = None,
+        **extra: Any,  # noqa: ANN401 - Reported's optional fields
+    ) -> Publish:
+        self.state = state
+        active = self.store.active()
+        fields: dict[str, Any] = {
+            "device_id": self.settings.device_id,
+            "state": state,
+            "active_version": active.version if active else None,
+            "ts": self.clock(),
+        }
+        if manifest is not None:
+            fields |= {"model_name": manifest.name, "version": manifest.version}
+        if variant is not None:
+            fields["sha256"] = variant.sha256
+        if self._job is not None and state == UpdateState.DOWNLOADING:
+            fields["progress"] = round(self._job.reassembler.progress, 4)
+        report = Reported.model_validate(fields | extra)
+        self.last_report = report
+        topic = self.settings.topics.reported(self.settings.device_id)
+        return Publish(topic, encode(report), retain=True)
+
+    def _report_active(self, pointer: Pointer) -> Publish:
+        self.state = UpdateState.ACTIVE
+        report = self._report(UpdateState.ACTIVE)
+        extra = {"model_name": pointer.name, "version": pointer.version, "sha256": pointer.sha256}
+        return self._with(report, extra)
+
+    def _with(self, publish: Publish, extra: dict[str, Any]) -> Publish:
+        assert self.last_report is not None  # noqa: S101 - set by _report just before
+        report = self.last_report.model_copy(update=extra)
+        self.last_report = report
+        return Publish(publish.topic, encode(report), retain=True)
+
+    def _rejected(self, exc: ManifestError) -> Publish:
+        log.warning("manifest rejected (%s): %s", exc.reason, exc)
+        message = str(exc)[:4000]
+        return self._report(
+            UpdateState.REJECTED, step="verifying", reason=exc.reason, message=message
+        )
+
+    def _failed(
+        self, manifest: Manifest, variant: ModelVariant, step: str, reason: str, exc: Exception
+    ) -> Publish:
+        log.warning("update to %s v%s failed at %s: %s", manifest.name, manifest.version, step, exc)
+        return self._report(
+            UpdateState.FAILED, manifest, variant, step=step, reason=reason, message=str(exc)[:4000]
+        )

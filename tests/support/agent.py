@@ -1,0 +1,440 @@
+"""Test helpers for the device agent: tiny real models, signed updates, a real agent process.
+
+Used by tests/integration/test_agent*.py and reusable by fleet / fault-injection tests:
+
+* :func:`build_mnist_model` trains a tiny ConvNet on real MNIST digits and converts it
+  to full int8 with the real TFLite converter (TensorFlow: host side only).
+* :class:`Signer` makes Ed25519 keys and signed manifests; :class:`FakeHost` is a real
+  paho client that publishes manifests, answers chunk requests, stores and acks
+  predictions, and records every status / reported message.
+* :class:`AgentProcess` runs ``edgefleet-agent run`` as a real child process.
+"""
+
+# TensorFlow, Pillow and the host package load lazily, only in the helpers that need them.
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgefleet.shared.chunks import chunk_at, chunk_count
+from edgefleet.shared.manifest import (
+    Manifest,
+    ModelVariant,
+    Targets,
+    key_id_for,
+    public_key_pem,
+    sign_manifest,
+)
+from edgefleet.shared.messages import Ack, ChunkRequest, PredictionRecord, Reported, Status, encode
+from edgefleet.shared.spec import PreprocessSpec, TensorSpec
+from edgefleet.shared.topics import Topics
+
+MNIST_LABELS = tuple(str(i) for i in range(10))
+MNIST_PREPROCESS = PreprocessSpec(height=28, width=28, channels=1, scale="unit")
+
+
+# -- models -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A .tflite file and what a manifest says about it."""
+
+    path: Path
+    data: bytes
+    input: TensorSpec
+    output: TensorSpec
+    labels: tuple[str, ...] = MNIST_LABELS
+    preprocess: PreprocessSpec = MNIST_PREPROCESS
+    name: str = "mnist_tiny"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def interpreter_specs(path: Path) -> tuple[TensorSpec, TensorSpec]:
+    """Input and output TensorSpec of a model, read by LiteRT (as the agent does)."""
+    from edgefleet.device.runtime import discover_backend, open_model
+
+    model = open_model(path, backend=discover_backend("ai_edge_litert"))
+    return model.input_spec, model.output_spec
+
+
+def build_mnist_model(out: Path, *, train_n: int = 3000, epochs: int = 3) -> ModelBundle:
+    """Train a tiny ConvNet on real MNIST and convert it to full int8 (int8 in and out)."""
+    import keras
+    import tensorflow as tf
+
+    from edgefleet.host.datasets.mnist import load_mnist
+
+    keras.utils.set_random_seed(0)
+    data = load_mnist("train")
+    x = (data.x[:train_n].astype("float32") / 255.0)[..., None]
+    y = data.y[:train_n]
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[i : i + 1]] for i in range(200))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    tflite = converter.convert()
+    tflite = _embed_info(tflite)
+    out.write_bytes(tflite)
+    inp, outp = interpreter_specs(out)
+    return ModelBundle(path=out, data=tflite, input=inp, output=outp)
+
+
+def _embed_info(tflite: bytes) -> bytes:
+    try:
+        from edgefleet.host.modelinfo import describe, embed_model_info
+    except ImportError:  # the quantizer's module is not there: the manifest still carries it
+        return tflite
+    info = describe(
+        tflite, name="mnist_tiny", mode="int8", labels=MNIST_LABELS, preprocess=MNIST_PREPROCESS
+    )
+    return embed_model_info(tflite, info)
+
+
+def variant_of(bundle: ModelBundle, data: bytes | None = None, *, chunk_size: int) -> ModelBundle:
+    """The same specs with other bytes (e.g. a corrupt or crashing build)."""
+    path = bundle.path.with_name(f"{hashlib.sha256(data or b'').hexdigest()[:12]}.tflite")
+    path.write_bytes(data or b"")
+    return ModelBundle(path, data or b"", bundle.input, bundle.output)
+
+
+# -- signing and publishing -------------------------------------------------------------
+
+
+class Signer:
+    """An Ed25519 signing key and its public key file (what the device trusts)."""
+
+    def __init__(self, keys_dir: Path, name: str = "signing") -> None:
+        self.key = Ed25519PrivateKey.generate()
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        self.public_path = keys_dir / f"{name}.pub"
+        self.public_path.write_bytes(public_key_pem(self.key.public_key()))
+        self.key_id = key_id_for(self.key.public_key())
+
+    def manifest(
+        self,
+        bundle: ModelBundle,
+        *,
+        version: int,
+        devices: list[str] | None = None,
+        groups: list[str] | None = None,
+        chunk_size: int = 4096,
+        created_at: int | None = None,
+        ttl_s: int = 3600,
+    ) -> tuple[Manifest, bytes]:
+        """A signed manifest for ``bundle`` (returns the model and the envelope bytes)."""
+        now = int(time.time()) if created_at is None else created_at
+        manifest = Manifest(
+            name=bundle.name,
+            version=version,
+            created_at=now,
+            expires_at=now + ttl_s,
+            targets=Targets(devices=devices or [], groups=groups or []),
+            variants=[
+                ModelVariant.for_bytes(bundle.data, accelerator="cpu", chunk_size=chunk_size)
+            ],
+            mode="int8",
+            input=bundle.input,
+            output=bundle.output,
+            preprocess=bundle.preprocess,
+            labels=list(bundle.labels),
+        )
+        return manifest, sign_manifest(manifest, self.key)
+
+
+# -- a real MQTT "host" -------------------------------------------------------------------
+
+
+@dataclass
+class FakeHost:
+    """A paho client playing the host: publishes updates, serves chunks, acks predictions."""
+
+    url: str
+    prefix: str
+    models: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # sha -> (data, chunk)
+    records: dict[tuple[str, str, int], PredictionRecord] = field(default_factory=dict)
+    deliveries: int = 0
+    reports: list[Reported] = field(default_factory=list)
+    statuses: list[Status] = field(default_factory=list)
+    chunk_requests: list[ChunkRequest] = field(default_factory=list)
+    serve_chunks: bool = True
+    ack: bool = True
+
+    def __post_init__(self) -> None:
+        self.topics = Topics(self.prefix)
+        self.lock = threading.Condition()
+        host, port = self.url.removeprefix("mqtt://").split(":")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"host-{self.prefix}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect(host, int(port), 30, clean_start=True)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: Any, *_: Any) -> None:
+        t = self.topics
+        for topic in (
+            t.all_status(),
+            t.all_reported(),
+            t.all_predictions(),
+            t.all_chunk_requests(),
+        ):
+            client.subscribe(topic, qos=1)
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        kind = self.topics.parse(msg.topic).kind
+        payload = bytes(msg.payload)
+        if not payload:
+            return
+        with self.lock:
+            if kind == "status":
+                self.statuses.append(Status.model_validate_json(payload))
+            elif kind == "reported":
+                self.reports.append(Reported.model_validate_json(payload))
+            elif kind == "predictions":
+                self._on_prediction(PredictionRecord.model_validate_json(payload))
+            elif kind == "chunk_request":
+                self._on_chunk_request(ChunkRequest.model_validate_json(payload))
+            self.lock.notify_all()
+
+    def _on_prediction(self, record: PredictionRecord) -> None:
+        self.deliveries += 1
+        self.records.setdefault((record.device_id, record.boot_id, record.seq), record)
+        if self.ack:
+            ack = Ack(device_id=record.device_id, boot_id=record.boot_id, seqs=[record.seq])
+            self.client.publish(self.topics.predictions_ack(record.device_id), encode(ack), 1)
+
+    def _on_chunk_request(self, request: ChunkRequest) -> None:
+        self.chunk_requests.append(request)
+        if self.serve_chunks and request.sha256 in self.models:
+            data, size = self.models[request.sha256]
+            for index in request.indexes:
+                raw = chunk_at(data, index, chunk_size=size, model_sha256=request.sha256)
+                self.client.publish(self.topics.chunk(request.sha256, index), raw, 1)
+
+    def offer(self, data: bytes, *, chunk_size: int, sha256: str | None = None) -> None:
+        """Serve chunks of ``data`` on request (``sha256`` may lie, for corrupt-model tests)."""
+        sha = sha256 or hashlib.sha256(data).hexdigest()
+        self.models[sha] = (data, chunk_size)
+
+    def push(self, envelope: bytes, *, device: str | None = None, group: str | None = None) -> None:
+        """Publish a signed manifest as the retained desired state."""
+        topic = (
+            self.topics.desired_device(device) if device else self.topics.desired_group(group or "")
+        )
+        self.client.publish(topic, envelope, 1, retain=True).wait_for_publish(5)
+
+    def publish_chunks(self, data: bytes, *, chunk_size: int) -> None:
+        """Publish every chunk once (not retained), as a rollout does."""
+        sha = hashlib.sha256(data).hexdigest()
+        for index in range(chunk_count(len(data), chunk_size)):
+            raw = chunk_at(data, index, chunk_size=chunk_size, model_sha256=sha)
+            self.client.publish(self.topics.chunk(sha, index), raw, 1)
+
+    def wait(self, predicate: Callable[[FakeHost], Any], timeout: float = 60.0) -> Any:
+        """Wait until ``predicate(self)`` is truthy and return its value."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while True:
+                value = predicate(self)
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    msg = f"timed out; last reports: {[r.model_dump() for r in self.reports[-3:]]}"
+                    raise TimeoutError(msg)
+                self.lock.wait(min(left, 0.2))
+
+    def wait_report(self, device_id: str, timeout: float = 60.0, **fields: Any) -> Reported:
+        """Wait for a reported state of ``device_id`` matching all ``fields``."""
+
+        def match(host: FakeHost) -> Reported | None:
+            for report in reversed(host.reports):
+                if report.device_id == device_id and all(
+                    getattr(report, k) == v for k, v in fields.items()
+                ):
+                    return report
+            return None
+
+        return self.wait(match, timeout)
+
+    def latest_status(self, device_id: str) -> Status | None:
+        with self.lock:
+            found = [s for s in self.statuses if s.device_id == device_id]
+        return found[-1] if found else None
+
+
+# -- the agent process ------------------------------------------------------------------
+
+
+def write_agent_config(
+    directory: Path,
+    *,
+    device_id: str,
+    broker_url: str,
+    prefix: str,
+    keys: list[Path],
+    groups: list[str] | None = None,
+    watch_dir: Path | None = None,
+    extra: str = "",
+) -> Path:
+    """Write an agent.toml for tests (short timeouts, fast heartbeat)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f'device_id = "{device_id}"',
+        f"groups = {json.dumps(groups or [])}",
+        f'state_dir = "{directory / "state"}"',
+        'log_level = "info"',
+        "[mqtt]",
+        f'url = "{broker_url}"',
+        f'prefix = "{prefix}"',
+        "reconnect_max_s = 1.0",
+        "[trust]",
+        f"signing_keys = {json.dumps([str(k) for k in keys])}",
+        "[update]",
+        "chunk_timeout_s = 0.5",
+        "health_timeout_s = 30",
+        "[status]",
+        "heartbeat_s = 0.5",
+        "[inference]",
+        "poll_s = 0.05",
+    ]
+    if watch_dir is not None:
+        lines.append(f'watch_dir = "{watch_dir}"')
+    path = directory / "agent.toml"
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+class AgentProcess:
+    """``edgefleet-agent run --config PATH`` as a real child process."""
+
+    def __init__(self, config: Path, *, fault: str | None = None) -> None:
+        self.config = config
+        self.log_path = config.with_name("agent.log")
+        env = dict(os.environ)
+        env.pop("EDGEFLEET_FAULT", None)
+        if fault:
+            env["EDGEFLEET_FAULT"] = fault
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from edgefleet.device.cli import main; main()",
+                "run",
+                "--config",
+                str(config),
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+        log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then wait; kill if it does not stop."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def mnist_eval_pngs(directory: Path, n: int, *, start: int = 0) -> dict[str, int]:
+    """Write ``n`` real MNIST eval digits as PNGs (renamed into place); name -> true label."""
+    from PIL import Image
+
+    from edgefleet.host.datasets.mnist import load_mnist
+
+    data = load_mnist("eval")
+    truth: dict[str, int] = {}
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n):
+        name = f"digit-{i:05d}.png"
+        tmp = directory / f".{name}.tmp"
+        Image.fromarray(data.x[i]).save(tmp, format="PNG")
+        tmp.rename(directory / name)
+        truth[name] = int(data.y[i])
+    return truth
+
+
+def bare_predictions(model: Path, images: np.ndarray) -> list[int]:
+    """Argmax of a bare LiteRT interpreter over uint8 28x28 images (the reference)."""
+    from edgefleet.device.runtime import discover_backend, open_model
+    from edgefleet.shared.preprocess import preprocess, to_input_tensor
+
+    m = open_model(model, backend=discover_backend("ai_edge_litert"))
+    out = []
+    for img in images:
+        x = to_input_tensor(preprocess(img, MNIST_PREPROCESS), m.input_spec)
+        out.append(int(np.argmax(m.run(x))))
+    return out
+
+
+# -- pytest fixtures (import them into a test module to use them) ----------------------
+
+
+@pytest.fixture(scope="session")
+def mnist_bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
+    """A tiny real int8 MNIST ConvNet, trained once per session."""
+    return build_mnist_model(tmp_path_factory.mktemp("models") / "mnist_tiny_int8.tflite")

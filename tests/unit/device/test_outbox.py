@@ -1,0 +1,56 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from edgefleet.device.outbox import Outbox
+
+
+def _build(seq: int) -> bytes:
+    return json.dumps({"seq": seq}).encode()
+
+
+def test_records_survive_reopen_and_leave_only_on_ack(tmp_path: Path):
+    box = Outbox(tmp_path / "o.sqlite", max_records=10, when_full="drop_oldest")
+    seqs = [box.append("boot-a", _build) for _ in range(3)]
+    assert seqs == [1, 2, 3]
+    box.close()
+    box = Outbox(tmp_path / "o.sqlite", max_records=10, when_full="drop_oldest")
+    assert [p.seq for p in box.pending()] == [1, 2, 3]
+    assert json.loads(box.pending()[1].payload) == {"seq": 2}
+    assert box.ack("boot-a", [2]) == 1
+    assert box.ack("boot-b", [1]) == 0  # another run's seq 1 is a different record
+    assert [p.seq for p in box.pending()] == [1, 3]
+    # seqs keep growing across restarts so (boot, seq) never repeats
+    assert box.append("boot-b", _build) == 4
+
+
+def test_pending_pages_in_order(tmp_path: Path):
+    box = Outbox(tmp_path / "o.sqlite", max_records=100, when_full="drop_oldest")
+    for _ in range(7):
+        box.append("b", _build)
+    assert [p.seq for p in box.pending(after_seq=2, limit=3)] == [3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept"), [("drop_oldest", [2, 3, 4]), ("drop_newest", [1, 2, 3])]
+)
+def test_full_outbox_policy_is_applied_and_counted(tmp_path: Path, policy, kept):
+    box = Outbox(tmp_path / "o.sqlite", max_records=3, when_full=policy)
+    results = [box.append("b", _build) for _ in range(4)]
+    assert [p.seq for p in box.pending()] == kept
+    assert box.dropped() == 1
+    assert box.depth() == 3
+    assert results[-1] == (4 if policy == "drop_oldest" else None)
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path: Path):
+    box = Outbox(tmp_path / "o.sqlite", max_records=3, when_full="drop_oldest")
+
+    def broken(seq: int) -> bytes:
+        raise ValueError(seq)
+
+    with pytest.raises(ValueError, match="1"):
+        box.append("b", broken)
+    assert box.depth() == 0
+    assert box.append("b", _build) == 1  # the seq was not consumed either

@@ -1,0 +1,72 @@
+import hashlib
+from pathlib import Path
+
+import pytest
+
+import edgefleet.device.store as store_mod
+from edgefleet.device.store import FileChunkStore, Pointer, StateStore, atomic_write
+
+
+def _pointer(sha: str, version: int) -> Pointer:
+    return Pointer(sha256=sha, name="m", version=version, manifest={"name": "m"})
+
+
+def test_activate_keeps_previous_and_prunes_the_rest(tmp_path: Path):
+    store = StateStore(tmp_path)
+    for sha in ("a" * 64, "b" * 64, "c" * 64):
+        store.stage_model(sha, sha.encode())
+    store.activate(_pointer("a" * 64, 1))
+    store.activate(_pointer("b" * 64, 2))
+    assert store.active().sha256 == "b" * 64
+    assert store.previous().sha256 == "a" * 64
+    assert not store.model_path("c" * 64).exists()
+    store.activate(_pointer("c" * 64, 3))  # c was pruned: caller restages before activating
+    assert store.previous().version == 2
+    assert not store.model_path("a" * 64).exists()
+
+
+def test_floor_never_goes_down_and_follows_the_pointer(tmp_path: Path):
+    store = StateStore(tmp_path)
+    assert store.floor() == (0, 0.0)
+    store.raise_floor(5, 100.0)
+    store.raise_floor(3, 50.0)
+    assert store.floor() == (5, 100.0)
+    store.activate(_pointer("a" * 64, 7))  # crash before raise_floor: the pointer wins
+    assert store.floor() == (7, 100.0)
+
+
+def test_has_model_checks_the_content(tmp_path: Path):
+    store = StateStore(tmp_path)
+    data = b"model bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    store.stage_model(sha, data)
+    assert store.has_model(sha)
+    store.model_path(sha).write_bytes(b"tampered")
+    assert not store.has_model(sha)
+
+
+def test_interrupted_write_leaves_the_old_file_and_temp_is_cleaned(tmp_path: Path):
+    target = tmp_path / "active.json"
+    atomic_write(target, b"old")
+
+    class BoomError(Exception):
+        pass
+
+    original = store_mod.fault
+    store_mod.fault = lambda _point: (_ for _ in ()).throw(BoomError())
+    try:
+        with pytest.raises(BoomError):
+            atomic_write(target, b"new", fault_point="x")
+    finally:
+        store_mod.fault = original
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_file_chunk_store_round_trip(tmp_path: Path):
+    chunks = FileChunkStore(tmp_path / "c")
+    chunks.put(3, b"three")
+    assert FileChunkStore(tmp_path / "c").get(3) == b"three"
+    chunks.clear()
+    with pytest.raises(FileNotFoundError):
+        chunks.get(3)

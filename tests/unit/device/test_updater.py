@@ -1,0 +1,235 @@
+"""The update state machine, driven by events without MQTT (real manifests, chunks, files)."""
+
+import base64
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgefleet.device.errors import HealthCheckError, ModelLoadError
+from edgefleet.device.store import StateStore
+from edgefleet.device.updater import Publish, Subscribe, Unsubscribe, Updater, UpdaterSettings
+from edgefleet.shared.chunks import chunk_count, encode_chunk, split_model
+from edgefleet.shared.manifest import Manifest, ModelVariant, Targets, key_id_for, sign_manifest
+from edgefleet.shared.messages import ChunkRequest, Reported, UpdateState
+from edgefleet.shared.spec import PreprocessSpec, TensorSpec
+from edgefleet.shared.topics import Topics
+
+KEY = Ed25519PrivateKey.generate()
+TOPICS = Topics("t")
+CHUNK = 100
+
+
+def manifest(data: bytes, version: int, *, key=KEY, devices=("d1",), sha=None) -> bytes:
+    variant = ModelVariant.for_bytes(data, accelerator="cpu", chunk_size=CHUNK)
+    if sha:
+        variant = variant.model_copy(update={"sha256": sha})
+    now = int(time.time())
+    m = Manifest(
+        name="m",
+        version=version,
+        created_at=now - 10,
+        expires_at=now + 3600,
+        targets=Targets(devices=list(devices)),
+        variants=[variant],
+        mode="int8",
+        input=TensorSpec(shape=(1, 2), dtype="int8", scale=0.1),
+        output=TensorSpec(shape=(1, 3), dtype="int8", scale=0.1),
+        preprocess=PreprocessSpec(height=1, width=2),
+        labels=["a", "b", "c"],
+    )
+    return sign_manifest(m, key)
+
+
+def tamper_signature(envelope: bytes) -> bytes:
+    doc = json.loads(envelope)
+    sig = bytearray(base64.b64decode(doc["signature"]))
+    sig[0] ^= 1
+    doc["signature"] = base64.b64encode(bytes(sig)).decode()
+    return json.dumps(doc).encode()
+
+
+class Harness:
+    def __init__(self, root: Path, *, health_error=None, activate_error=None):
+        self.checked: list[Path] = []
+        self.activated: list[int] = []
+        self.health_error = health_error
+        self.activate_error = activate_error
+        self.updater = self.make(root)
+
+    def make(self, root: Path) -> Updater:
+        return Updater(
+            settings=UpdaterSettings(
+                device_id="d1",
+                groups=["g"],
+                topics=TOPICS,
+                trusted_keys={key_id_for(KEY.public_key()): KEY.public_key()},
+                chunk_timeout_s=5,
+            ),
+            store=StateStore(root),
+            health_check=self.health,
+            on_activate=self.activate,
+            clock=lambda: self.now,
+        )
+
+    now = time.time()
+
+    def health(self, path: Path, _m: Manifest) -> None:
+        self.checked.append(path)
+        if self.health_error:
+            raise self.health_error
+
+    def activate(self, _path: Path, m: Manifest) -> None:
+        if self.activate_error:
+            raise self.activate_error
+        self.activated.append(m.version)
+
+
+def reports(actions) -> list[Reported]:
+    return [
+        Reported.model_validate_json(a.payload)
+        for a in actions
+        if isinstance(a, Publish) and a.topic == TOPICS.reported("d1")
+    ]
+
+
+def deliver(h: Harness, data: bytes, version: int):
+    actions = h.updater.on_desired(manifest(data, version))
+    assert Subscribe(TOPICS.chunks_filter(hashlib.sha256(data).hexdigest())) in actions
+    for raw in split_model(data, chunk_size=CHUNK):
+        actions += h.updater.on_chunk(raw)
+    return actions
+
+
+def test_happy_path_reaches_active_through_every_state(tmp_path: Path):
+    h = Harness(tmp_path)
+    data = bytes(range(256)) * 3
+    actions = deliver(h, data, 1)
+    states = [r.state for r in reports(actions)]
+    assert states[0] == UpdateState.DOWNLOADING
+    assert states[-3:] == [UpdateState.HEALTH_CHECK, UpdateState.ACTIVATING, UpdateState.ACTIVE]
+    assert reports(actions)[-1].active_version == 1
+    assert any(isinstance(a, Unsubscribe) for a in actions)
+    assert h.activated == [1]
+    assert h.updater.store.model_path(hashlib.sha256(data).hexdigest()).read_bytes() == data
+    assert h.updater.store.floor()[0] == 1
+    assert not any((tmp_path / "downloads").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("envelope", "reason"),
+    [
+        (lambda d: manifest(d, 1, key=Ed25519PrivateKey.generate()), "unknown_key"),
+        (lambda d: tamper_signature(manifest(d, 1)), "bad_signature"),
+        (lambda d: manifest(d, 1, devices=("other",)), "not_targeted"),
+        (lambda _d: b"not json", "malformed"),
+    ],
+)
+def test_refused_manifests_are_reported_and_change_nothing(tmp_path: Path, envelope, reason):
+    h = Harness(tmp_path)
+    actions = h.updater.on_desired(envelope(b"x" * 300))
+    (report,) = reports(actions)
+    assert (report.state, report.reason) == (UpdateState.REJECTED, reason)
+    assert report.message
+    assert h.updater.store.active() is None
+    assert not any(isinstance(a, Subscribe) for a in actions)
+
+
+def test_replayed_older_version_is_a_rollback(tmp_path: Path):
+    h = Harness(tmp_path)
+    deliver(h, b"a" * 300, 2)
+    (report,) = reports(h.updater.on_desired(manifest(b"b" * 300, 1)))
+    assert (report.state, report.reason, report.active_version) == ("rejected", "rollback", 2)
+    # the same envelope again (Ed25519 is deterministic) is not re-reported
+    assert h.updater.on_desired(manifest(b"b" * 300, 1)) == []
+    assert h.activated == [2]
+
+
+def test_health_check_failure_keeps_the_old_model(tmp_path: Path):
+    h = Harness(tmp_path)
+    deliver(h, b"a" * 300, 1)
+    h.health_error = HealthCheckError("boom (SIGSEGV)", reason="crashed")
+    actions = deliver(h, b"b" * 300, 2)
+    last = reports(actions)[-1]
+    assert (last.state, last.step, last.reason) == ("failed", "health_check", "health_check")
+    assert "SIGSEGV" in last.message
+    assert last.active_version == 1
+    store = h.updater.store
+    assert store.active().version == 1
+    assert store.floor()[0] == 1
+    assert not store.model_path(hashlib.sha256(b"b" * 300).hexdigest()).exists()
+
+
+def test_activation_hook_failure_reverts_the_pointer(tmp_path: Path):
+    h = Harness(tmp_path)
+    deliver(h, b"a" * 300, 1)
+    h.activate_error = ModelLoadError("cannot load")
+    last = reports(deliver(h, b"b" * 300, 2))[-1]
+    assert (last.state, last.step) == ("failed", "activating")
+    assert h.updater.store.active().version == 1
+
+
+def test_integrity_failure_is_reported_and_download_dropped(tmp_path: Path):
+    h = Harness(tmp_path)
+    good, evil = b"g" * 300, b"e" * 300
+    sha = hashlib.sha256(good).hexdigest()
+    h.updater.on_desired(manifest(good, 1))
+    actions = []
+    for i in range(chunk_count(300, CHUNK)):
+        payload = evil[i * CHUNK : (i + 1) * CHUNK]
+        raw = encode_chunk(model_sha256=sha, index=i, count=3, total_size=300, payload=payload)
+        actions += h.updater.on_chunk(raw)
+    last = reports(actions)[-1]
+    assert (last.state, last.step, last.reason) == ("failed", "verifying", "integrity")
+    assert h.checked == []
+    assert not (tmp_path / "downloads" / sha).exists()
+
+
+def test_restart_resumes_and_requests_only_missing_chunks(tmp_path: Path):
+    h = Harness(tmp_path)
+    data = bytes(range(250)) * 4  # 10 chunks
+    chunks = split_model(data, chunk_size=CHUNK)
+    envelope = manifest(data, 1)
+    h.updater.on_desired(envelope)
+    for raw in chunks[:4]:
+        h.updater.on_chunk(raw)
+    # a new process: same state dir, the retained manifest arrives again
+    h2 = Harness(tmp_path)
+    h2.now = h.now
+    h2.updater.on_desired(envelope)
+    assert h2.updater.tick() == []
+    h2.now += 6
+    (request,) = h2.updater.tick()
+    body = ChunkRequest.model_validate_json(request.payload)
+    assert body.indexes == list(range(4, 10))
+    actions = []
+    for raw in chunks[4:]:
+        actions += h2.updater.on_chunk(raw)
+    assert reports(actions)[-1].state == UpdateState.ACTIVE
+
+
+def test_known_model_file_is_reused_without_download(tmp_path: Path):
+    h = Harness(tmp_path)
+    a, b = b"a" * 300, b"b" * 300
+    deliver(h, a, 1)
+    deliver(h, b, 2)
+    actions = h.updater.on_desired(manifest(a, 3))  # rollback = re-sign the previous model
+    assert not any(isinstance(x, Subscribe) for x in actions)
+    assert reports(actions)[-1].state == UpdateState.ACTIVE
+    assert h.updater.store.active().version == 3
+
+
+def test_start_reports_active_and_ignores_the_same_envelope(tmp_path: Path):
+    h = Harness(tmp_path)
+    envelope = manifest(b"a" * 300, 1)
+    h.updater.on_desired(envelope)
+    for raw in split_model(b"a" * 300, chunk_size=CHUNK):
+        h.updater.on_chunk(raw)
+    h2 = Harness(tmp_path)
+    (start,) = reports(h2.updater.start())
+    assert (start.state, start.version) == ("active", 1)
+    assert h2.updater.on_desired(envelope) == []
+    assert json.loads((tmp_path / "active.json").read_text())["version"] == 1
