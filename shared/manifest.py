@@ -218,7 +218,7 @@ def open_envelope(data: bytes, *, trusted_keys: Mapping[str, Ed25519PublicKey]) 
     except InvalidSignature as exc:
         raise BadSignatureError(f"signature by key {envelope.key_id} does not verify") from exc
     try:
-        manifest = Manifest.model_validate_json(payload)
+        manifest = Manifest.model_validate_json(payload, strict=True)
     except (ValidationError, ValueError, RecursionError) as exc:
         raise MalformedManifestError(f"signed manifest is invalid: {_first_error(exc)}") from exc
     if manifest.key_id != envelope.key_id:

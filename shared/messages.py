@@ -12,7 +12,14 @@ import binascii
 from enum import Enum
 from typing import Annotated, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from edgefleet.shared.errors import DecodeError
 
@@ -65,10 +72,12 @@ FAIL_REASONS: Final = ("integrity", "health_check", "disk_full", "io_error", "ti
 FAIL_STEPS: Final = ("downloading", "verifying", "health_check", "activating")
 
 
-class Message(BaseModel):
-    """Base of every payload: strict, closed, finite numbers, schema version ``v``."""
-
+class _Closed(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class Message(_Closed):
+    """Base of every payload: strict, closed, finite numbers, schema version ``v``."""
 
     v: Literal[1] = Field(default=SCHEMA_VERSION, description="Schema version of the payload.")
 
@@ -113,8 +122,22 @@ class Reported(Message):
     active_version: Count | None = Field(default=None, description="Version now serving.")
     ts: float | None = Field(default=None, description="Unix time of the report.")
 
+    @model_validator(mode="after")
+    def _codes_match_state(self) -> Reported:
+        if self.state is UpdateState.REJECTED:
+            if self.reason not in REJECT_REASONS or self.step is not None:
+                raise ValueError(f"state rejected needs reason in {REJECT_REASONS} and no step")
+        elif self.state is UpdateState.FAILED:
+            if self.reason not in FAIL_REASONS or self.step not in FAIL_STEPS:
+                raise ValueError(
+                    f"state failed needs step in {FAIL_STEPS} and reason in {FAIL_REASONS}"
+                )
+        elif self.reason is not None or self.step is not None:
+            raise ValueError(f"state {self.state.value} carries no step or reason")
+        return self
 
-class TopK(Message):
+
+class TopK(_Closed):
     """One of the best-scoring classes."""
 
     label: ShortText = Field(description="Class name.")
