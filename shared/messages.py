@@ -125,8 +125,11 @@ class Reported(Message):
     @model_validator(mode="after")
     def _codes_match_state(self) -> Reported:
         if self.state is UpdateState.REJECTED:
-            if self.reason not in REJECT_REASONS or self.step is not None:
-                raise ValueError(f"state rejected needs reason in {REJECT_REASONS} and no step")
+            # The manifest check is the "verifying" step of the manifest, if a step is named.
+            if self.reason not in REJECT_REASONS or self.step not in (None, "verifying"):
+                raise ValueError(
+                    f"state rejected needs reason in {REJECT_REASONS}, step null or 'verifying'"
+                )
         elif self.state is UpdateState.FAILED:
             if self.reason not in FAIL_REASONS or self.step not in FAIL_STEPS:
                 raise ValueError(
