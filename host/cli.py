@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from edgefleet import __version__
-from edgefleet.host.commands import datasets_cmd, provision_cmd
+from edgefleet.host.commands import datasets_cmd, gpr_cmd, provision_cmd
 
 app = typer.Typer(
     name="edgefleet",
@@ -14,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(datasets_cmd.app, name="datasets")
+app.add_typer(gpr_cmd.app, name="gpr")
 provision_cmd.register(app)  # init, provision, revoke, keys
 
 
