@@ -17,10 +17,8 @@ Every file is written atomically; changes to an existing fleet hold an exclusive
 from __future__ import annotations
 
 import fcntl
-import io
 import re
 import shutil
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -31,13 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edgefleet.host import pki
-from edgefleet.host.brokerconf import (
-    BUNDLE_TEMPLATES,
-    render_acl,
-    render_agent_config,
-    render_mosquitto_conf,
-    template_text,
-)
+from edgefleet.host.brokerconf import render_acl, render_mosquitto_conf
+from edgefleet.host.bundle import write_bundle
 from edgefleet.host.errors import ProvisionError
 from edgefleet.host.fleetconfig import (
     DEFAULT_HOST_IDENTITY,
@@ -348,8 +341,13 @@ def provision_device(
             provisioned_at=int(time.time()),
         )
         pki.write_atomic(config.resolve(f"devices/{device_id}.crt"), pki.cert_pem(cert))
-        bundle = _write_bundle(
-            config, record, cert_pem=pki.cert_pem(cert), key_pem=pki.key_pem(key), edgetpu=edgetpu
+        bundle = write_bundle(
+            config,
+            record,
+            trusted=trusted_key_files(config),
+            cert_pem=pki.cert_pem(cert),
+            key_pem=pki.key_pem(key),
+            edgetpu=edgetpu,
         )
         registry.devices[device_id] = record
         _save_registry(config, registry)
@@ -438,64 +436,3 @@ def _locked(fleet_dir: Path) -> Iterator[FleetConfig]:
             yield load_fleet_config(fleet_dir)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-# --- bundle ----------------------------------------------------------------------------
-
-
-def _write_bundle(
-    config: FleetConfig, record: DeviceRecord, *, cert_pem: bytes, key_pem: bytes, edgetpu: str
-) -> Path:
-    keys = trusted_key_files(config)
-    files: dict[str, tuple[bytes, int]] = {
-        "ca.crt": (config.resolve(config.ca_file).read_bytes(), 0o644),
-        "device.crt": (cert_pem, 0o644),
-        "device.key": (key_pem, PRIVATE),
-        "INSTALL.txt": (_install_text(config, record).encode(), 0o644),
-    }
-    files |= {f"signing-keys/{kid}.pub": (p.read_bytes(), 0o644) for kid, p in keys.items()}
-    agent = render_agent_config(config, record, key_files=sorted(keys), edgetpu=edgetpu)
-    files["agent.toml"] = (agent.encode(), 0o644)
-    for name in BUNDLE_TEMPLATES:
-        mode = 0o755 if name.endswith(".sh") else 0o644
-        files[Path(name).name] = (template_text(name).encode(), mode)
-    path = config.resolve(f"bundles/{record.device_id}.tar.gz")
-    pki.write_atomic(path, _tarball(f"edgefleet-{record.device_id}", files), mode=PRIVATE)
-    return path
-
-
-def _tarball(top: str, files: dict[str, tuple[bytes, int]]) -> bytes:
-    buf = io.BytesIO()
-    now = int(time.time())
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for dirname in (top, f"{top}/signing-keys"):
-            info = tarfile.TarInfo(dirname)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
-            tar.addfile(info)
-        for name, (data, mode) in sorted(files.items()):
-            info = tarfile.TarInfo(f"{top}/{name}")
-            info.size, info.mode, info.mtime = len(data), mode, now
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _install_text(config: FleetConfig, record: DeviceRecord) -> str:
-    groups = ", ".join(record.groups) or "(none)"
-    return f"""edgefleet device bundle for {record.device_id}
-fleet: {config.name}    broker: {config.broker_url}    topic prefix: {config.prefix}
-groups: {groups}
-
-This bundle holds the device's PRIVATE KEY (device.key): copy it to the device over a
-trusted channel (scp, a USB stick you keep) and delete other copies afterwards.
-
-On the Raspberry Pi (Raspberry Pi OS Bookworm, 64-bit), as root:
-
-    tar xzf {record.device_id}.tar.gz
-    cd edgefleet-{record.device_id}
-    sudo ./install-device.sh            # --help for options; --dry-run to preview
-
-It installs the agent in /opt/edgefleet/venv, this config in /etc/edgefleet, state in
-/var/lib/edgefleet, and starts edgefleet-agent.service. For a Coral USB accelerator,
-install libedgetpu first and set runtime.edgetpu = "usb" in /etc/edgefleet/agent.toml
-(see docs/provisioning.md). Check: systemctl status edgefleet-agent
-"""
