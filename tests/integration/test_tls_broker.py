@@ -21,10 +21,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from support.broker import MosquittoBroker, free_port
 
 from edgefleet.device.config import AgentConfig, load_config
+from edgefleet.device.trust import load_trusted_keys
 from edgefleet.host import pki
 from edgefleet.host.fleetconfig import FleetConfig
 from edgefleet.host.provision import init_fleet, load_signing_key, provision_device, revoke_device
@@ -34,8 +35,6 @@ from edgefleet.shared.manifest import (
     Manifest,
     ModelVariant,
     Targets,
-    key_id_for,
-    load_public_key,
     sign_manifest,
     verify_manifest,
 )
@@ -177,13 +176,10 @@ def host_client(fleet: Fleet, client_id: str = "host-test") -> Client:
     return Client(fleet.port, ca=ca, cert=cert, key=key, client_id=client_id)
 
 
-def bundle_trust(fleet: Fleet, device: str) -> dict[str, object]:
-    """key id -> public key for the keys the device's bundle trusts."""
-    keys = {}
-    for pem in sorted((fleet.bundles[device] / "signing-keys").glob("*.pub")):
-        public = load_public_key(pem.read_bytes())
-        keys[key_id_for(public)] = public
-    return keys
+def bundle_trust(fleet: Fleet, device: str) -> dict[str, Ed25519PublicKey]:
+    """The keys the agent trusts, loaded the agent's way from the bundle's agent.toml."""
+    cfg = load_config(fleet.bundles[device] / "agent.toml")
+    return load_trusted_keys(cfg.trust.signing_keys)
 
 
 def make_manifest(model: bytes, *, version: int, devices=(), groups=()) -> Manifest:
@@ -485,10 +481,12 @@ def test_model_signed_with_an_untrusted_key_is_rejected(fleet):
     dev = device_client(fleet, "devA")
     dev.subscribe(T.desired_device("devA"))
     dev.until(T.desired_device("devA"), rogue_envelope)
+    trust = bundle_trust(fleet, "devA")
+    assert list(trust) == [fleet.config.signing_key_id]  # the device does trust a key
     with pytest.raises(UnknownKeyError):
         verify_manifest(
             rogue_envelope,
-            trusted_keys=bundle_trust(fleet, "devA"),
+            trusted_keys=trust,
             device_id="devA",
             groups=DEVICES["devA"],
             current_version=0,
