@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -30,3 +31,21 @@ def info(
     except HostError as exc:
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc
+
+
+@app.command("export")
+def export(
+    name: Annotated[str, typer.Argument(help="Data set name: mnist or gpr.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write DIR/<label>/*.png into.")],
+    split: Annotated[str, typer.Option(help="train or eval.")] = "eval",
+) -> None:
+    """Write a bundled split as DIR/<label>/<index>.png (the Keras folder convention)."""
+    from edgefleet.host.datasets.export import export_pngs  # noqa: PLC0415
+    from edgefleet.host.errors import HostError  # noqa: PLC0415
+
+    try:
+        count = export_pngs(name, split=split, out_dir=out)
+    except HostError as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(code=1) from exc
+    print(f"wrote {count} images to {out}")

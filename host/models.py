@@ -1,0 +1,58 @@
+"""The seed article's MNIST ConvNet, reused for GPR B-scans, and its training loop."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+SEED_BATCH_SIZE = 250
+
+
+def build_seed_convnet(input_shape: tuple[int, int, int], num_classes: int) -> Any:  # noqa: ANN401 - keras.Model is untyped
+    """Build and compile the seed's ConvNet (Adam, sparse categorical cross-entropy).
+
+    Conv 32 3x3 relu, MaxPool, Dropout .25, Conv 64 3x3 relu, MaxPool, Dropout .25,
+    Flatten, Dense 256 relu, Dense ``num_classes`` softmax.
+    """
+    import keras  # noqa: PLC0415 - TensorFlow loads only when a model is built
+
+    model = keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(32, (3, 3), activation="relu"),
+            keras.layers.MaxPooling2D((2, 2)),
+            keras.layers.Dropout(0.25),
+            keras.layers.Conv2D(64, (3, 3), activation="relu"),
+            keras.layers.MaxPooling2D((2, 2)),
+            keras.layers.Dropout(0.25),
+            keras.layers.Flatten(),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="seed_convnet",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def train(
+    model: Any,  # noqa: ANN401 - keras.Model is untyped
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    *,
+    epochs: int,
+    batch_size: int = SEED_BATCH_SIZE,
+    seed: int = 0,
+) -> None:
+    """Fit ``model`` on preprocessed ``x`` (n, H, W, C) and class indices ``y``."""
+    import keras  # noqa: PLC0415
+
+    keras.utils.set_random_seed(seed)
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)

@@ -1,0 +1,225 @@
+"""``edgefleet quantize``: every TFLite mode of one Keras model, measured on the user's data."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.host import convert, edgetpu, measure
+from edgefleet.host.datasets.registry import Prepared, prepare
+from edgefleet.host.errors import DatasetError, EdgeTPUError, QuantizationError
+from edgefleet.host.modelinfo import describe, embed_model_info
+from edgefleet.shared.spec import PreprocessSpec
+from edgefleet.shared.tflite_model import read_flat_model
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from edgefleet.shared.spec import ModelInfo
+
+QUANTIZED_MODES = ("float16", "dynamic", "int8", "16x8", "qat")
+
+
+@dataclass
+class ModeResult:
+    """One converted model and what it measured."""
+
+    mode: str
+    path: str
+    size_bytes: int
+    accuracy: float
+    latency_ms: float
+    input_dtype: str
+    output_dtype: str
+    ops: list[str]
+    edgetpu_precheck: dict[str, Any] | None = None
+
+
+@dataclass
+class Report:
+    """Everything ``report.json`` holds."""
+
+    model: str
+    created: str
+    machine: str
+    eval_source: str
+    eval_count: int
+    threads: int
+    preprocess: dict[str, Any]
+    labels: list[str]
+    results: list[ModeResult] = field(default_factory=list)
+    edgetpu: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_modes(modes: Sequence[str]) -> list[str]:
+    """float32 first, then the requested modes in canonical order; ``all`` means every one.
+
+    Raises:
+        QuantizationError: an unknown mode name.
+    """
+    wanted = set(QUANTIZED_MODES) if "all" in modes else set(modes)
+    unknown = wanted - set(convert.MODES)
+    if unknown:
+        raise QuantizationError(
+            f"unknown mode(s) {sorted(unknown)}; use {', '.join(convert.MODES)} or all"
+        )
+    return ["float32", *[m for m in QUANTIZED_MODES if m in wanted]]
+
+
+def machine() -> str:
+    """A short description of this machine for the report."""
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything validated before a single file is written."""
+
+    model: Any
+    name: str
+    spec: PreprocessSpec
+    calibration: Prepared
+    evaluation: Prepared
+    train: Prepared | None
+
+
+def load_inputs(
+    model_path: Path,
+    *,
+    modes: Sequence[str],
+    calibration: str,
+    evaluation: str,
+    train: str | None = None,
+    preprocess: PreprocessSpec | None = None,
+) -> Inputs:
+    """Load and check the model and every data set (nothing is written here).
+
+    Raises:
+        ModelLoadError: the model is missing, not a model, or has no static input shape.
+        DatasetError: empty or mismatched data.
+    """
+    model = convert.load_model(model_path)
+    height, width, channels = convert.static_input_shape(model)
+    if channels not in {1, 3}:
+        raise DatasetError(f"the model's input has {channels} channels; edgefleet needs 1 or 3")
+    spec = preprocess or PreprocessSpec(
+        kind="gpr" if calibration == "gpr" else "image",
+        height=height,
+        width=width,
+        channels=1 if channels == 1 else 3,
+    )
+    if (spec.height, spec.width, spec.channels) != (height, width, channels):
+        raise DatasetError(f"preprocessing spec {spec} does not match input {height, width}")
+    calib = prepare(calibration, split="train", spec=spec)
+    labels = calib.labels
+    evaluated = prepare(evaluation, split="eval", spec=spec, labels=labels)
+    trained = None
+    if "qat" in modes or "all" in modes:
+        trained = prepare(train or calibration, split="train", spec=spec, labels=labels)
+    name = model_path.stem if model_path.is_file() else model_path.name
+    return Inputs(model, name, spec, calib, evaluated, trained)
+
+
+def quantize(
+    inputs: Inputs,
+    *,
+    modes: Sequence[str],
+    out_dir: Path,
+    qat_epochs: int = 1,
+    calibration_samples: int = 500,
+    latency_runs: int = 200,
+    threads: int = 1,
+    run_edgetpu: bool = False,
+) -> Report:
+    """Convert, embed ModelInfo, measure, and write ``<name>_<mode>.tflite`` + report.
+
+    Raises:
+        QuantizationError: a conversion failed (files of earlier modes stay valid).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = Report(
+        model=inputs.name,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        machine=machine(),
+        eval_source=inputs.evaluation.source,
+        eval_count=len(inputs.evaluation),
+        threads=threads,
+        preprocess=inputs.spec.model_dump(),
+        labels=list(inputs.calibration.labels),
+    )
+    rep = inputs.calibration.x[:calibration_samples]
+    for mode in resolve_modes(modes):
+        source = inputs.model
+        if mode == "qat":
+            train = inputs.train or inputs.calibration
+            source = convert.qat_fine_tune(inputs.model, train.x, train.y, epochs=qat_epochs)
+        data = convert.convert(source, mode, representative=rep)
+        info = describe(
+            data, name=inputs.name, mode=mode, labels=report.labels, preprocess=inputs.spec
+        )
+        path = out_dir / f"{inputs.name}_{mode}.tflite"
+        write_atomic(path, embed_model_info(data, info))
+        report.results.append(
+            _measure(path, mode, info, data=inputs.evaluation, runs=latency_runs, threads=threads)
+        )
+    if run_edgetpu:
+        report.edgetpu = _compile(out_dir / f"{inputs.name}_int8.tflite", out_dir, report)
+    return report
+
+
+def _measure(
+    path: Path, mode: str, info: ModelInfo, *, data: Prepared, runs: int, threads: int
+) -> ModeResult:
+    blob = path.read_bytes()
+    scores = measure.predict_all(path, data.x, info)
+    graph = read_flat_model(blob).main
+    check = edgetpu.precheck(blob).to_dict() if mode in {"int8", "qat"} else None
+    return ModeResult(
+        mode=mode,
+        path=path.name,
+        size_bytes=len(blob),
+        accuracy=measure.top1_accuracy(scores, data.y),
+        latency_ms=measure.latency_ms(path, data.x[0], info, runs=runs, threads=threads),
+        input_dtype=info.input.dtype,
+        output_dtype=info.output.dtype,
+        ops=[op.name for op in graph.operators],
+        edgetpu_precheck=check,
+    )
+
+
+def _compile(model: Path, out_dir: Path, report: Report) -> dict[str, Any]:
+    if not model.is_file():
+        return {"ok": False, "error": "no int8 model to compile (add --mode int8)"}
+    missing = edgetpu.find_compiler() is None
+    try:
+        result = edgetpu.compile_model(model, out_dir)
+    except EdgeTPUError as exc:
+        report.notes.append(f"Edge TPU: {exc}")
+        return {"ok": False, "missing": missing, "error": str(exc)}
+    return {
+        "ok": True,
+        "path": result.model.name,
+        "log": result.log.name,
+        "mapped_ops": result.mapped_ops,
+        "total_ops": result.total_ops,
+    }
