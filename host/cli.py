@@ -14,6 +14,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(datasets_cmd.app, name="datasets")
+from edgefleet.host.commands import example_cmd, quantize_cmd  # noqa: E402
+
+app.command("quantize")(quantize_cmd.quantize)
+app.add_typer(example_cmd.app, name="example")
 app.add_typer(gpr_cmd.app, name="gpr")
 provision_cmd.register(app)  # init, provision, revoke, keys
 
