@@ -127,11 +127,31 @@ def _embed_info(tflite: bytes) -> bytes:
     return embed_model_info(tflite, info)
 
 
-def variant_of(bundle: ModelBundle, data: bytes | None = None, *, chunk_size: int) -> ModelBundle:
-    """The same specs with other bytes (e.g. a corrupt or crashing build)."""
-    path = bundle.path.with_name(f"{hashlib.sha256(data or b'').hexdigest()[:12]}.tflite")
-    path.write_bytes(data or b"")
-    return ModelBundle(path, data or b"", bundle.input, bundle.output)
+def crash_model(bundle: ModelBundle) -> ModelBundle:
+    """A crafted model that makes LiteRT segfault: the first CONV_2D loses its filter.
+
+    Its input index becomes -1 (optional), which the kernel dereferences anyway: SIGSEGV
+    in ``allocate_tensors`` (measured with ai-edge-litert 2.3). The bytes are a valid
+    flatbuffer with the original tensor specs, so only a health check that runs the
+    interpreter can find out - and it must do so in a child process.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(bundle.data), 0)
+    graph = model.subgraphs[0]
+    conv = next(
+        op
+        for op in graph.operators
+        if model.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.CONV_2D
+    )
+    conv.inputs[1] = -1
+    builder = flatbuffers.Builder(len(bundle.data) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    data = bytes(builder.Output())
+    path = bundle.path.with_name("crashing.tflite")
+    path.write_bytes(data)
+    return ModelBundle(path, data, bundle.input, bundle.output)
 
 
 # -- signing and publishing -------------------------------------------------------------
@@ -431,10 +451,17 @@ def bare_predictions(model: Path, images: np.ndarray) -> list[int]:
     return out
 
 
-# -- pytest fixtures (import them into a test module to use them) ----------------------
+# -- a model shared by every test of a session ------------------------------------------
+
+_MODEL_CACHE: dict[str, ModelBundle] = {}
 
 
-@pytest.fixture(scope="session")
-def mnist_bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    """A tiny real int8 MNIST ConvNet, trained once per session."""
-    return build_mnist_model(tmp_path_factory.mktemp("models") / "mnist_tiny_int8.tflite")
+def shared_mnist_model(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
+    """The tiny int8 MNIST model, trained once per test session whoever asks first.
+
+    Use it from a fixture: ``return shared_mnist_model(tmp_path_factory)``.
+    """
+    if "mnist" not in _MODEL_CACHE:
+        path = tmp_path_factory.mktemp("models") / "mnist_tiny_int8.tflite"
+        _MODEL_CACHE["mnist"] = build_mnist_model(path)
+    return _MODEL_CACHE["mnist"]

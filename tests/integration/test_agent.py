@@ -1,0 +1,225 @@
+"""The real agent process against a real Mosquitto: updates, rejections, predictions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support.agent import (
+    AgentProcess,
+    FakeHost,
+    ModelBundle,
+    Signer,
+    bare_predictions,
+    crash_model,
+    mnist_eval_pngs,
+    shared_mnist_model,
+    write_agent_config,
+)
+
+from edgefleet.host.datasets.mnist import load_mnist
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+DEVICE = "pi-001"
+CHUNK = 4096
+
+
+@pytest.fixture(scope="module")
+def mnist_bundle(tmp_path_factory) -> ModelBundle:
+    return shared_mnist_model(tmp_path_factory)
+
+
+@pytest.fixture
+def host(broker, prefix):
+    h = FakeHost(broker.url, prefix)
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def setup(tmp_path: Path, broker, prefix, host):
+    signer = Signer(tmp_path / "keys")
+    inbox = tmp_path / "inbox"
+    config = write_agent_config(
+        tmp_path / "device",
+        device_id=DEVICE,
+        broker_url=broker.url,
+        prefix=prefix,
+        keys=[signer.public_path],
+        groups=["field"],
+        watch_dir=inbox,
+    )
+    agents: list[AgentProcess] = []
+
+    def start(**kw) -> AgentProcess:
+        agent = AgentProcess(config, **kw)
+        agents.append(agent)
+        return agent
+
+    yield signer, inbox, config, start
+    for agent in agents:
+        agent.kill()
+
+
+def install(host: FakeHost, signer: Signer, bundle: ModelBundle, version: int, **kw):
+    host.offer(bundle.data, chunk_size=CHUNK)
+    _, envelope = signer.manifest(bundle, version=version, devices=[DEVICE], chunk_size=CHUNK)
+    host.push(envelope, **({"device": DEVICE} | kw))
+    return envelope
+
+
+def predictions_for(host: FakeHost, names: set[str], timeout: float = 60):
+    return host.wait(
+        lambda h: (
+            (recs := {r.source: r for r in h.records.values() if r.source in names})
+            and len(recs) == len(names)
+            and recs
+        ),
+        timeout,
+    )
+
+
+def test_update_activates_then_folder_digits_come_back_as_correct_predictions(
+    setup, host, mnist_bundle
+):
+    signer, inbox, _config, start = setup
+    agent = start()
+    install(host, signer, mnist_bundle, 1)
+    active = host.wait_report(DEVICE, state="active", version=1)
+    assert active.sha256 == mnist_bundle.sha256
+    assert active.active_version == 1
+    states = [r.state for r in host.reports if r.device_id == DEVICE]
+    for step in ("downloading", "health_check", "activating", "active"):
+        assert step in states
+
+    truth = mnist_eval_pngs(inbox, 30)
+    records = predictions_for(host, set(truth))
+    digits = load_mnist("eval").x[:30]
+    reference = bare_predictions(mnist_bundle.path, digits)
+    got = [int(records[name].label) for name in sorted(truth)]
+    assert got == reference  # exactly what a bare interpreter says on the same pixels
+    accuracy = np.mean([int(records[n].label) == truth[n] for n in truth])
+    assert accuracy >= 0.7
+    rec = next(iter(records.values()))
+    assert (rec.model_name, rec.model_version, rec.device_id) == ("mnist_tiny", 1, DEVICE)
+    assert len(rec.topk) == 3
+    assert rec.topk[0].label == rec.label
+    assert rec.latency_ms > 0
+    assert sorted(r.seq for r in records.values()) == sorted({r.seq for r in records.values()})
+
+    status = host.wait(
+        lambda h: (
+            (s := h.latest_status(DEVICE))
+            and s.online
+            and s.inference_count == 30
+            and s.outbox_depth == 0
+            and s
+        )
+    )
+    assert status.runtime == "ai_edge_litert"
+    assert status.model_version == 1
+    assert status.rss_bytes > 0
+    assert status.latency_p95_ms >= status.latency_p50_ms > 0
+    assert (Path(inbox) / "processed" / min(truth)).exists()
+
+    assert agent.stop() == 0
+    offline = host.wait(lambda h: (s := h.latest_status(DEVICE)) and not s.online and s)
+    assert offline.device_id == DEVICE
+
+
+def test_bad_updates_are_refused_while_the_old_model_keeps_serving(
+    setup, host, mnist_bundle, tmp_path
+):
+    signer, inbox, _config, start = setup
+    start()
+    install(host, signer, mnist_bundle, 2)
+    host.wait_report(DEVICE, state="active", version=2)
+
+    # unsigned by a trusted key
+    stranger = Signer(tmp_path / "stranger")
+    _, envelope = stranger.manifest(mnist_bundle, version=3, devices=[DEVICE], chunk_size=CHUNK)
+    host.push(envelope, device=DEVICE)
+    host.wait_report(DEVICE, state="rejected", reason="unknown_key", active_version=2)
+
+    # replayed: an older, genuinely signed manifest
+    _, old = signer.manifest(mnist_bundle, version=1, devices=[DEVICE], chunk_size=CHUNK)
+    host.push(old, device=DEVICE)
+    host.wait_report(DEVICE, state="rejected", reason="rollback", active_version=2)
+
+    # corrupt: self-consistent chunks whose bytes do not hash to the signed sha256
+    retrained = mnist_bundle.path.with_name("v4.tflite")
+    data = mnist_bundle.data + b"\0" * 16  # a different file, same model
+    retrained.write_bytes(data)
+    fake = ModelBundle(retrained, data, mnist_bundle.input, mnist_bundle.output)
+    host.offer(bytes(reversed(data)), chunk_size=CHUNK, sha256=fake.sha256)
+    _, env4 = signer.manifest(fake, version=4, devices=[DEVICE], chunk_size=CHUNK)
+    host.push(env4, device=DEVICE)
+    host.wait_report(DEVICE, state="failed", reason="integrity", version=4, active_version=2)
+
+    # signed and intact, but not a model the interpreter can load
+    garbage = hashlib.sha256(b"seed").digest() * 512
+    bad = ModelBundle(retrained, garbage, mnist_bundle.input, mnist_bundle.output)
+    host.offer(garbage, chunk_size=CHUNK)
+    _, env5 = signer.manifest(bad, version=5, devices=[DEVICE], chunk_size=CHUNK)
+    host.push(env5, device=DEVICE)
+    failed = host.wait_report(DEVICE, state="failed", step="health_check", version=5)
+    assert failed.active_version == 2
+
+    # still serving v2
+    truth = mnist_eval_pngs(inbox, 3, start=100)
+    records = predictions_for(host, set(truth))
+    assert {r.model_version for r in records.values()} == {2}
+
+
+def test_a_model_that_crashes_the_interpreter_is_caught_by_the_child(setup, host, mnist_bundle):
+    signer, inbox, _config, start = setup
+    agent = start()
+    install(host, signer, mnist_bundle, 1)
+    host.wait_report(DEVICE, state="active", version=1)
+    # The health-check child dies by SIGSEGV on this model (see support.agent.crash_model).
+    crash = crash_model(mnist_bundle)
+    host.offer(crash.data, chunk_size=CHUNK)
+    _, envelope = signer.manifest(crash, version=2, devices=[DEVICE], chunk_size=CHUNK)
+    host.push(envelope, device=DEVICE)
+    failed = host.wait_report(DEVICE, state="failed", step="health_check", version=2)
+    assert "SIGSEGV" in failed.message
+    assert agent.proc.poll() is None  # the agent itself is fine
+    truth = mnist_eval_pngs(inbox, 2, start=200)
+    records = predictions_for(host, set(truth))
+    assert {r.model_version for r in records.values()} == {1}
+
+
+def test_one_shot_predict_prints_one_json_line_per_file(mnist_bundle, tmp_path):
+    truth = mnist_eval_pngs(tmp_path, 5)
+    npy = tmp_path / "scan.npy"
+    np.save(npy, load_mnist("eval").x[0])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    files = [str(tmp_path / n) for n in sorted(truth)] + [str(npy), str(broken)]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from edgefleet.device.cli import main; main()",
+            "predict",
+            "--model",
+            str(mnist_bundle.path),
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == 7
+    assert proc.returncode == 1  # one file failed, and said so
+    assert "broken.png" in lines[-1]["error"]
+    reference = bare_predictions(mnist_bundle.path, load_mnist("eval").x[:5])
+    assert [int(line["label"]) for line in lines[:5]] == reference
+    assert lines[5]["label"] == lines[0]["label"]  # the same digit as .npy and as .png
+    assert lines[0]["model_name"] == "mnist_tiny"
