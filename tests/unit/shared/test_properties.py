@@ -12,7 +12,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from edgefleet.shared.chunks import MemoryChunkStore, Reassembler, split_model
-from edgefleet.shared.errors import ChunkError, DecodeError, IntegrityError, ManifestError
+from edgefleet.shared.errors import (
+    ChunkError,
+    DecodeError,
+    IntegrityError,
+    ManifestError,
+    TopicError,
+)
 from edgefleet.shared.manifest import sign_manifest, verify_manifest
 from edgefleet.shared.messages import ChunkRequest, PredictionRecord, Status, encode
 from edgefleet.shared.topics import (
@@ -25,6 +31,8 @@ from edgefleet.shared.topics import (
     PREDICTIONS_ACK,
     REPORTED,
     STATUS,
+    ParsedTopic,
+    Topics,
 )
 from edgefleet.shared.wire import decode_payload
 
@@ -212,3 +220,28 @@ def test_decode_payload_accepts_valid_payloads(envelope):
     assert decode_payload(DESIRED_GROUP, envelope).key_id
     with pytest.raises(DecodeError):
         decode_payload("nonsense", b"{}")
+
+
+ids = st.from_regex(r"\A[A-Za-z0-9._-]{1,64}\Z")
+
+
+@settings(max_examples=100, deadline=None)
+@given(ids, ids, st.from_regex(r"\A[0-9a-f]{64}\Z"), st.integers(0, 2**32 - 1))
+def test_every_built_topic_parses_back(device_id, group, sha, index):
+    t = Topics("fleet/x")
+    assert t.parse(t.predictions_ack(device_id)) == ParsedTopic(
+        "predictions_ack", device_id=device_id
+    )
+    assert t.parse(t.desired_group(group)) == ParsedTopic("desired_group", group=group)
+    assert t.parse(t.chunk(sha, index)) == ParsedTopic("chunk", sha256=sha, index=index)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=120) | st.lists(st.sampled_from(["fleet", "x", "devices", "models",
+       "groups", "chunks", "status", "ack", "predictions", "+", "#", "", "0", "01", "a" * 64]),
+       max_size=7).map("/".join))  # fmt: skip
+def test_parsing_arbitrary_topics_raises_only_topic_error(topic):
+    with contextlib.suppress(TopicError):
+        parsed = Topics("fleet/x").parse(topic)
+        assert topic.startswith("fleet/x/")
+        assert parsed.kind
