@@ -5,7 +5,14 @@ from __future__ import annotations
 import typer
 
 from edgefleet import __version__
-from edgefleet.host.commands import datasets_cmd, gpr_cmd, provision_cmd
+from edgefleet.host.commands import (
+    datasets_cmd,
+    fleet_cmd,
+    gpr_cmd,
+    predictions_cmd,
+    provision_cmd,
+    push_cmd,
+)
 
 app = typer.Typer(
     name="edgefleet",
@@ -20,6 +27,9 @@ app.command("quantize")(quantize_cmd.quantize)
 app.add_typer(example_cmd.app, name="example")
 app.add_typer(gpr_cmd.app, name="gpr")
 provision_cmd.register(app)  # init, provision, revoke, keys
+app.add_typer(push_cmd.app)  # push, rollback, rollout status
+app.add_typer(fleet_cmd.app)  # fleet status, send-image
+app.add_typer(predictions_cmd.app, name="predictions")
 
 
 @app.command()

@@ -1,0 +1,116 @@
+"""Pushing models to real agent processes over a real Mosquitto: groups, rejections, canary, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fleet_helpers import AgentFleet, wait_online
+from support.agent import Signer, mnist_bundle  # noqa: F401 - fixture
+
+from edgefleet.host.fleet import close_fleet
+from edgefleet.host.publish import PushPlan, load_model, push, rollout_status
+from edgefleet.host.rollout import Phase
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def agents(broker, prefix, tmp_path):
+    fleet = AgentFleet(tmp_path / "agents", broker.url, prefix, Signer(tmp_path / "keys"))
+    yield fleet
+    fleet.stop_all()
+
+
+@pytest.fixture
+def host(agents, tmp_path):
+    handle = agents.host(tmp_path / "host-state")
+    yield handle
+    close_fleet(handle)
+
+
+def _phases(result) -> dict[str, Phase]:
+    return {p.device_id: p.phase for p in result.progress}
+
+
+def test_push_to_a_group_of_three_ends_with_all_active(agents, host, mnist_bundle):
+    names = ["g3-a", "g3-b", "g3-c"]
+    for name in names:
+        agents.start(name, groups=["field"])
+    wait_online(host, names)
+
+    result = push(host, load_model(mnist_bundle.path), PushPlan(group="field", wait=90))
+
+    assert result.exit_code == 0, (result.progress, agents.logs())
+    assert _phases(result) == dict.fromkeys(names, Phase.ACTIVE)
+    # the devices themselves say so in their retained status
+    host.pump(2.0)
+    assert {host.view.reports[n].active_version for n in names} == {result.version}
+    [(record, progress)] = rollout_status(host, target="group:field")
+    assert record.version == result.version
+    assert all(p.phase == Phase.ACTIVE for p in progress)
+
+
+def test_a_push_one_agent_rejects_ends_nonzero_naming_it(agents, host, mnist_bundle, tmp_path):
+    other = Signer(tmp_path / "other-keys", name="other")
+    agents.start("rj-good", groups=["rj"])
+    agents.start("rj-bad", groups=["rj"], keys=[other.public_path])  # does not trust our key
+    wait_online(host, ["rj-good", "rj-bad"])
+
+    result = push(host, load_model(mnist_bundle.path), PushPlan(group="rj", wait=60))
+
+    assert result.exit_code != 0
+    phases = _phases(result)
+    assert phases["rj-good"] == Phase.ACTIVE
+    assert phases["rj-bad"] == Phase.REJECTED
+    bad = next(p for p in result.progress if p.device_id == "rj-bad")
+    assert bad.reason == "unknown_key"
+
+
+def test_a_failed_canary_stops_the_rollout_before_the_rest(agents, host, mnist_bundle, tmp_path):
+    other = Signer(tmp_path / "other-keys", name="other")
+    # sorted order makes "cn-0" the canary; it refuses our key
+    agents.start("cn-0", groups=["cn"], keys=[other.public_path])
+    agents.start("cn-1", groups=["cn"])
+    agents.start("cn-2", groups=["cn"])
+    wait_online(host, ["cn-0", "cn-1", "cn-2"])
+
+    result = push(host, load_model(mnist_bundle.path),
+                  PushPlan(group="cn", wait=60, canary=1))
+
+    assert result.exit_code != 0
+    assert result.aborted is not None and "cn-0" in result.aborted
+    host.pump(2.0)
+    # the rest never saw the manifest: no group desired, still on no model
+    for name in ("cn-1", "cn-2"):
+        report = host.view.reports.get(name)
+        assert report is None or report.active_version in (None, 0), report
+    assert host.registry.latest("group:cn") is None
+
+
+def test_an_agent_offline_during_the_push_gets_the_model_when_it_returns(
+    agents, host, mnist_bundle
+):
+    agents.start("off-a", groups=["off"])
+    agents.start("off-b", groups=["off"])
+    wait_online(host, ["off-a", "off-b"])
+    agents.stop("off-b")  # clean stop: its status goes offline
+
+    result = push(host, load_model(mnist_bundle.path), PushPlan(group="off", wait=20))
+    assert _phases(result) == {"off-a": Phase.ACTIVE, "off-b": Phase.PENDING}
+    assert result.exit_code != 0
+    close_fleet(host)  # the host is gone too: retained manifest + chunks must suffice
+
+    agents.start("off-b", groups=["off"])
+    later = agents.host(Path(host.registry.state_dir))
+    try:
+        wait_online(later, ["off-b"])
+        for _ in range(120):
+            later.pump(0.5)
+            report = later.view.reports.get("off-b")
+            if report is not None and report.active_version == result.version:
+                break
+        else:
+            pytest.fail(f"off-b never activated v{result.version}\n{agents.logs()}")
+    finally:
+        close_fleet(later)
