@@ -37,14 +37,14 @@ if TYPE_CHECKING:
 CLASSES = ("metal", "plastic", "concrete", "none")
 C0 = 299_792_458.0  # speed of light in vacuum, m/s
 DX_MIN, DX_MAX = 0.005, 0.014  # FDTD cell size range, m (chosen per scan, see _cell_size)
-CELLS_PER_WAVELENGTH = 5  # at twice the centre frequency, in the soil: coarse but stable
+CELLS_PER_WAVELENGTH = 4  # at twice the centre frequency (8 at fc), in the soil: coarse
 PML_CELLS = 8
 SOIL_THICKNESS = 0.40  # m of soil above the bottom PML
 AIR_THICKNESS = 0.06  # m of air between the surface and the top PML
 MARGIN = 0.04  # m between the PML and the first/last antenna position
 MANIFEST = "manifest.jsonl"
 
-Split = Literal["train", "heldout"]
+Split = Literal["train", "heldout", "eval"]
 
 
 @dataclass(frozen=True)
@@ -121,17 +121,17 @@ def sample_params(scan_seed: int) -> ScanParams:
     soil_sigma = float(10 ** np.clip(-4.0 + 2.7 * wet + rng.normal(0.0, 0.4), -4.0, -1.3))
     freq = float(rng.uniform(300e6, 600e6))
     dx = _cell_size(soil_eps, freq)
-    n_traces = int(rng.integers(12, 21))
-    spacing = float(rng.uniform(0.02, 0.04))
+    n_traces = int(rng.integers(10, 18))
+    spacing = float(rng.uniform(0.025, 0.045))
     offset = float(rng.uniform(0.03, 0.08))
     length = (n_traces - 1) * spacing
     target_x = PML_CELLS * dx + MARGIN + offset / 2 + length * float(rng.uniform(0.2, 0.8))
-    depth = float(rng.uniform(0.03, 0.14))
-    radius = float(rng.uniform(0.025, 0.07))
+    depth = float(rng.uniform(0.03, 0.12))
+    radius = float(rng.uniform(0.025, 0.06))
     label = CLASSES[scan_seed % len(CLASSES)]
     # The window reaches a random depth below the target (drawn for every class, so the
     # window says nothing about whether a target is there).
-    reach = max(depth + 2 * radius + 0.04, 0.2) + float(rng.uniform(0.0, 0.06))
+    reach = max(depth + 2 * radius + 0.03, 0.16) + float(rng.uniform(0.0, 0.05))
     time_window = 2 * reach * math.sqrt(soil_eps) / C0 + 2.8 / freq
     # Band-limited to ~2.5 x the centre frequency: keep >= 5 samples per centre period.
     min_samples = math.ceil(5.0 * freq * time_window)
@@ -185,13 +185,15 @@ def _stones(
     x_lo = PML_CELLS * dx + MARGIN / 2
     x_hi = x_lo + length + offset + MARGIN
     y_lo, y_hi = soil_top - 0.3, soil_top - 0.03
-    stones: list[Stone] = []
-    for _ in range(int(rng.integers(2, 7))):
-        radius = float(rng.uniform(0.015, 0.03))
+    wanted, stones = int(rng.integers(1, 5)), list[Stone]()
+    for _ in range(4 * wanted):  # a few tries each: stones never touch the target
+        radius = float(rng.uniform(0.01, 0.02))
         x, y = float(rng.uniform(x_lo, x_hi)), float(rng.uniform(y_lo, y_hi - radius))
         eps = float(rng.uniform(4.0, 9.0))
-        if math.hypot(x - tx, y - ty) > tradius + radius + 0.02:  # stones never touch it
+        if math.hypot(x - tx, y - ty) > tradius + radius + 0.02:
             stones.append(Stone(round(x, 4), round(y, 4), round(radius, 4), round(eps, 3)))
+        if len(stones) == wanted:
+            break
     return tuple(stones)
 
 
@@ -342,6 +344,21 @@ def generate(
     done = n - len(todo)
     if progress:
         progress(done, n)
+    if todo:
+        done = _run_pool(out_dir, todo, workers=workers, done=done, n=n, progress=progress)
+    write_manifest(out_dir)
+    return [scan_path(out_dir, sample_params(s)) for s in seeds]
+
+
+def _run_pool(
+    out_dir: Path,
+    todo: list[int],
+    *,
+    workers: int,
+    done: int,
+    n: int,
+    progress: Callable[[int, int], None] | None,
+) -> int:
     # Fresh worker processes now and then: gprMax keeps module-level state between runs.
     with get_context("spawn").Pool(workers, maxtasksperchild=20) as pool:
         for _ in pool.imap_unordered(_make_one, [(str(out_dir), s) for s in todo]):
@@ -350,8 +367,7 @@ def generate(
                 progress(done, n)
             if done % 25 == 0:
                 write_manifest(out_dir)
-    write_manifest(out_dir)
-    return [scan_path(out_dir, sample_params(s)) for s in seeds]
+    return done
 
 
 def write_manifest(out_dir: Path) -> Path:
@@ -377,7 +393,8 @@ def load_gpr(split: Split = "train", directory: Path | None = None) -> Dataset:
     """Load the bundled simulated B-scans.
 
     Args:
-        split: ``"train"`` or ``"heldout"`` (made from a disjoint seed range, see docs/gpr.md).
+        split: ``"train"``, or ``"heldout"`` (alias ``"eval"``): scans from a disjoint seed
+            range (see docs/gpr.md).
         directory: the data set root (holding ``train/`` and ``heldout/``); bundled by default.
 
     Returns:
@@ -387,9 +404,9 @@ def load_gpr(split: Split = "train", directory: Path | None = None) -> Dataset:
     Raises:
         DatasetError: the split folder is missing, empty or holds an unreadable scan.
     """
-    if split not in {"train", "heldout"}:
-        raise DatasetError(f"unknown GPR split {split!r}; use train or heldout")
-    root = (directory or default_dir()) / split
+    if split not in {"train", "heldout", "eval"}:
+        raise DatasetError(f"unknown GPR split {split!r}; use train or heldout (eval)")
+    root = (directory or default_dir()) / ("heldout" if split == "eval" else split)
     files = sorted(root.glob("*/*.npy"))
     files = [f for f in files if f.parent.name in CLASSES and not f.name.startswith(".")]
     if not files:

@@ -1,0 +1,136 @@
+"""The seed ConvNet on simulated GPR B-scans: train, quantize to full int8, compare per class."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgefleet.host.datasets.gpr import CLASSES, load_gpr
+from edgefleet.shared.preprocess import preprocess
+from edgefleet.shared.spec import GprOptions, PreprocessSpec
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from edgefleet.host.datasets.gpr import Split
+
+INPUT_HEIGHT = 48  # time (rows): scans hold 64-128 samples, fewer after time zero
+INPUT_WIDTH = 32  # traces (columns): scans hold 10-17 traces
+MODEL_NAME = "gpr_convnet"
+
+
+def gpr_spec() -> PreprocessSpec:
+    """The preprocessing recipe every GPR model here is trained and deployed with."""
+    return PreprocessSpec(
+        kind="gpr", height=INPUT_HEIGHT, width=INPUT_WIDTH, channels=1, gpr=GprOptions()
+    )
+
+
+def prepared(
+    split: Split, *, directory: Path | None = None, limit: int | None = None
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """One split of the bundled scans through ``shared.preprocess``: ``(n, H, W, 1)``, labels."""
+    ds = load_gpr(split, directory)
+    spec = gpr_spec()
+    picked = np.arange(len(ds)) if limit is None else _balanced(ds.y, limit)
+    x = np.stack([preprocess(ds.x[i], spec) for i in picked]).astype(np.float32)
+    return x, ds.y[picked]
+
+
+def _balanced(y: npt.NDArray[np.int64], limit: int) -> npt.NDArray[np.int64]:
+    # Round-robin over classes so a small limit still sees every class.
+    per_class = [np.flatnonzero(y == c) for c in range(len(CLASSES))]
+    order = [idx for group in zip(*per_class, strict=False) for idx in group]
+    return np.array(order[:limit], dtype=np.int64)
+
+
+def train_gpr_convnet(
+    out_path: Path,
+    *,
+    epochs: int = 40,
+    seed: int = 0,
+    directory: Path | None = None,
+    limit: int | None = None,
+) -> Path:
+    """Train the seed ConvNet on the train split (plus left-right mirrored copies), save it.
+
+    Mirroring a B-scan is the same survey walked the other way, so it is free, honest data.
+    """
+    from edgefleet.host.models import build_seed_convnet, train  # noqa: PLC0415 - loads TF
+
+    x, y = prepared("train", directory=directory, limit=limit)
+    x_aug = np.concatenate([x, x[:, :, ::-1, :]])
+    y_aug = np.concatenate([y, y])
+    model = build_seed_convnet((INPUT_HEIGHT, INPUT_WIDTH, 1), len(CLASSES))
+    train(model, x_aug, y_aug, epochs=epochs, batch_size=32, seed=seed)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out_path)
+    return out_path
+
+
+@dataclass
+class GprEvaluation:
+    """Held-out accuracy of each converted model, overall and per class."""
+
+    count: int
+    class_counts: dict[str, int]
+    accuracy: dict[str, float] = field(default_factory=dict)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    size_bytes: dict[str, int] = field(default_factory=dict)
+    edgetpu_precheck_compatible: bool | None = None
+    edgetpu_cpu_ops: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """Markdown table: one row per mode, overall then per-class accuracy (%)."""
+        head = "| mode | size | all | " + " | ".join(CLASSES) + " |"
+        rows = [head, "|" + "---|" * (3 + len(CLASSES))]
+        for mode, acc in self.accuracy.items():
+            cells = " | ".join(f"{100 * self.per_class[mode][c]:.1f}" for c in CLASSES)
+            rows.append(f"| {mode} | {self.size_bytes[mode]} B | {100 * acc:.1f} | {cells} |")
+        return "\n".join(rows)
+
+
+def evaluate(
+    model_path: Path,
+    out_dir: Path,
+    *,
+    directory: Path | None = None,
+    calibration_samples: int = 300,
+) -> GprEvaluation:
+    """Convert to float32 and full int8, embed ModelInfo, and score both on held-out scans."""
+    from edgefleet.host import convert, edgetpu, measure  # noqa: PLC0415 - loads TF
+    from edgefleet.host.modelinfo import describe, embed_model_info  # noqa: PLC0415
+    from edgefleet.host.quantize import write_atomic  # noqa: PLC0415
+
+    model = convert.load_model(model_path)
+    x_cal, _ = prepared("train", directory=directory, limit=calibration_samples)
+    x, y = prepared("heldout", directory=directory)
+    counts = {c: int((y == i).sum()) for i, c in enumerate(CLASSES)}
+    result = GprEvaluation(count=len(y), class_counts=counts)
+    for mode in ("float32", "int8"):
+        data = convert.convert(model, mode, representative=x_cal)
+        info = describe(data, name=MODEL_NAME, mode=mode, labels=CLASSES, preprocess=gpr_spec())
+        path = out_dir / f"{MODEL_NAME}_{mode}.tflite"
+        blob = embed_model_info(data, info)
+        write_atomic(path, blob)
+        predicted = np.argmax(measure.predict_all(path, x, info), axis=1)
+        result.accuracy[mode] = float(np.mean(predicted == y))
+        result.per_class[mode] = _per_class(predicted, y)
+        result.size_bytes[mode] = len(blob)
+        if mode == "int8":
+            check = edgetpu.precheck(blob)
+            result.edgetpu_precheck_compatible = check.compatible
+            result.edgetpu_cpu_ops = list(check.cpu_ops)
+    (out_dir / "gpr_evaluation.json").write_text(json.dumps(asdict(result), indent=2))
+    return result
+
+
+def _per_class(predicted: npt.NDArray[Any], y: npt.NDArray[np.int64]) -> dict[str, float]:
+    return {
+        c: float(np.mean(predicted[y == i] == i)) if (y == i).any() else float("nan")
+        for i, c in enumerate(CLASSES)
+    }
