@@ -29,7 +29,13 @@ from edgefleet.device.faults import fault
 from edgefleet.device.health import run_health_check
 from edgefleet.device.inference import Classifier, LatencyStats
 from edgefleet.device.outbox import Outbox
-from edgefleet.device.runtime import Backend, choose_accelerator, discover_backend, open_model
+from edgefleet.device.runtime import (
+    Backend,
+    accelerator_note,
+    choose_accelerator,
+    discover_backend,
+    open_model,
+)
 from edgefleet.device.sources import FolderWatcher
 from edgefleet.device.store import Pointer, StateStore
 from edgefleet.device.system import cpu_temp_c, rss_bytes
@@ -159,12 +165,11 @@ class Agent:
         self.accelerator_note = self._note_for(manifest)
 
     def _note_for(self, manifest: Manifest) -> str:
-        offers_tpu = any(v.accelerator == "edgetpu" for v in manifest.variants)
-        chosen = select_variant(manifest, self.accel.accelerators).accelerator
-        if offers_tpu and chosen == "cpu":
-            why = self.accel.note or "edgetpu is off in the agent config"
-            return f"manifest offers an edgetpu variant; running the cpu variant: {why}"
-        return self.accel.note
+        return accelerator_note(
+            self.accel,
+            offered={v.accelerator for v in manifest.variants},
+            chosen=select_variant(manifest, self.accel.accelerators).accelerator,
+        )
 
     def _load_active(self) -> None:
         for pointer in (self.store.active(), self.store.previous()):

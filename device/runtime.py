@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -146,6 +147,20 @@ def choose_accelerator(backend: Backend, edgetpu: str) -> AcceleratorChoice:
         log.warning("Edge TPU unavailable, using the CPU int8 variant: %s", exc)
         return AcceleratorChoice(("cpu",), None, f"edgetpu unavailable, using cpu: {exc}")
     return AcceleratorChoice(("edgetpu", "cpu"), delegate, f"edgetpu {edgetpu} loaded")
+
+
+def accelerator_note(choice: AcceleratorChoice, *, offered: Collection[str], chosen: str) -> str:
+    """Say why a model runs where it runs (for the status' ``accelerator_note``).
+
+    Args:
+        choice: What the device decided at start.
+        offered: Accelerators the manifest has variants for.
+        chosen: The variant's accelerator that is being served.
+    """
+    if "edgetpu" in offered and chosen == "cpu":
+        why = choice.note or "edgetpu is off in the agent config"
+        return f"manifest offers an edgetpu variant; running the cpu variant: {why}"
+    return choice.note
 
 
 def tensor_spec(detail: dict[str, Any]) -> TensorSpec:
