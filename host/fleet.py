@@ -187,6 +187,7 @@ class IngestStats:
     acked: int = 0
     malformed: int = 0
     chunk_requests: int = 0
+    failed_batches: int = 0
 
 
 @dataclass
@@ -225,8 +226,16 @@ class Ingestor:
         """Ingest until ``stop`` is set."""
         while not stop.is_set():
             batch = self._collect(timeout=0.5)
-            if batch:
+            if not batch:
+                continue
+            try:
                 self.commit_and_ack(batch)
+            except FleetError as exc:
+                # Not stored, so not acked: the devices keep the records and send them again.
+                log.error("%s; %d records left to the devices' outboxes", exc, len(batch))  # noqa: TRY400
+                self.stats.failed_batches += 1
+                stop.wait(1.0)
+                continue
                 if on_batch is not None:
                     on_batch(self.stats)
         return self.stats

@@ -104,7 +104,9 @@ class Registry:
         self.state_dir = state_dir
         try:
             (state_dir / "models").mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(state_dir / "registry.sqlite", timeout=30.0)
+            self._db = sqlite3.connect(
+                state_dir / "registry.sqlite", timeout=30.0, check_same_thread=False
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:

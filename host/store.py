@@ -82,7 +82,8 @@ class SqliteStore:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=busy_timeout_s)
+            # One worker thread uses it at a time; the check would refuse a hand-over between threads.
+            self._db = sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a process crash; FULL also survives power loss,
             # which is the promise made to devices when they delete acked records.
