@@ -33,3 +33,40 @@ def generate(
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc
     print(f"{len(paths)} scans in {out} (manifest: {out / gpr.MANIFEST})")
+
+
+@app.command("train")
+def train(
+    out: Annotated[Path, typer.Option(help="Where to save the Keras model (.keras).")],
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 40,
+    seed: Annotated[int, typer.Option(help="Random seed for weights and shuffling.")] = 0,
+) -> None:
+    """Train the seed ConvNet on the bundled GPR training scans."""
+    from edgefleet.host.errors import HostError  # noqa: PLC0415 - keep CLI start fast
+    from edgefleet.host.gpr_model import train_gpr_convnet  # noqa: PLC0415
+
+    try:
+        path = train_gpr_convnet(out, epochs=epochs, seed=seed)
+    except HostError as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(code=1) from exc
+    print(f"saved {path}")
+
+
+@app.command("evaluate")
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A Keras model trained on GPR scans.")],
+    out: Annotated[Path, typer.Option(help="Folder for the .tflite files and the JSON.")],
+) -> None:
+    """Convert to float32 and full int8; print held-out accuracy per class for both."""
+    from edgefleet.host.errors import HostError  # noqa: PLC0415 - keep CLI start fast
+    from edgefleet.host.gpr_model import evaluate as run_evaluation  # noqa: PLC0415
+
+    try:
+        result = run_evaluation(model, out)
+    except HostError as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(code=1) from exc
+    print(f"held-out scans: {result.count} {result.class_counts}")
+    print(result.table())
+    print(f"Edge TPU pre-check (int8): compatible={result.edgetpu_precheck_compatible}")
