@@ -106,6 +106,7 @@ def convert(
     mode: str,
     *,
     representative: npt.NDArray[np.float32] | None = None,
+    per_channel: bool = True,
 ) -> bytes:
     """Convert ``model`` to a TFLite flatbuffer in ``mode`` (QAT models convert as ``qat``).
 
@@ -113,6 +114,7 @@ def convert(
         model: a Keras 3 or tf-keras model with one image input.
         mode: one of :data:`MODES`.
         representative: preprocessed calibration inputs ``(n, H, W, C)`` (int8, 16x8, qat).
+        per_channel: False quantizes conv/dense weights per tensor (for benchmarks).
 
     Raises:
         QuantizationError: the converter failed, or an int8 model kept float ops.
@@ -122,6 +124,8 @@ def convert(
     static = _batch_one(model, static_input_shape(model))
     converter = tf.lite.TFLiteConverter.from_keras_model(static)
     _configure(converter, mode, tf, _representative(representative, mode))
+    # A private converter flag, the only switch TF offers for per-tensor weights.
+    converter._experimental_disable_per_channel = not per_channel  # noqa: SLF001
     try:
         data = bytes(converter.convert())
     except Exception as exc:  # the converter raises many unrelated types
