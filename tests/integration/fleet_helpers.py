@@ -6,7 +6,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.agent import AgentProcess, Signer, write_agent_config
+import pytest
+from support.agent import (
+    AgentProcess,
+    ModelBundle,
+    Signer,
+    shared_mnist_model,
+    write_agent_config,
+)
 
 from edgefleet.host.fleet import open_fleet
 from edgefleet.host.publish import Fleet
@@ -68,3 +75,9 @@ def wait_online(fleet: Fleet, devices: list[str], timeout: float = 60.0) -> None
         fleet.pump(0.5)
     missing = sorted(set(devices) - fleet.view.online())
     raise TimeoutError(f"devices never came online: {missing}")
+
+
+@pytest.fixture(scope="module")
+def mnist_bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
+    """The tiny real int8 MNIST model, trained once per session (shared with the agent tests)."""
+    return shared_mnist_model(tmp_path_factory)

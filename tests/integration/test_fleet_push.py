@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fleet_helpers import AgentFleet, wait_online
-from support.agent import Signer, mnist_bundle  # noqa: F401 - fixture
+from fleet_helpers import AgentFleet, mnist_bundle, wait_online  # noqa: F401 - fixture
+from support.agent import Signer
 
 from edgefleet.host.fleet import close_fleet
 from edgefleet.host.publish import PushPlan, load_model, push, rollout_status
