@@ -206,6 +206,8 @@ class Updater:
         actions = self._abandon_job()
         if self.store.has_model(variant.sha256):
             # Already here (e.g. a rollback to the previous model): no download needed.
+            # A crash after staging leaves the chunks behind: drop them now.
+            self.store.drop_download(variant.sha256)
             return actions + self._install(manifest, variant, envelope_sha)
         directory = self.store.download_dir(variant.sha256)
         directory.mkdir(parents=True, exist_ok=True)
