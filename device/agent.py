@@ -56,6 +56,7 @@ from edgefleet.shared.preprocess import decode_input, load_input
 from edgefleet.shared.topics import DESIRED_DEVICE, DESIRED_GROUP, Topics
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     import numpy as np
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_MESSAGE = 24 * 2**20
+ACK_BATCH = 256
+FOLDER_BATCH = 64
 
 
 def backoff_delay(attempt: int, cap: float) -> float:
@@ -123,6 +126,7 @@ class Agent:
         self.stopping = threading.Event()
         self.connected = threading.Event()
         self.flight = _Flight(sent={})
+        self._acks: list[tuple[str, int]] = []
         self.client = self._make_client()
         self._load_active()
 
@@ -313,8 +317,17 @@ class Agent:
             return
         if ack is None or ack.device_id != self.config.device_id:
             return
-        self.outbox.ack(ack.boot_id, ack.seqs)
-        for seq in ack.seqs:
+        # Acks are applied in batches (one transaction) when the queue runs dry.
+        self._acks.extend((ack.boot_id, seq) for seq in ack.seqs)
+        if len(self._acks) >= ACK_BATCH:
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        if not self._acks:
+            return
+        acks, self._acks = self._acks, []
+        self.outbox.ack_many(acks)
+        for _boot, seq in acks:
             self.flight.sent.pop(seq, None)
         self._drain()
 
@@ -331,11 +344,23 @@ class Agent:
 
     def classify(self, array: npt.NDArray[np.generic], *, source: str) -> int | None:
         """Classify one input and commit its record to the outbox; return its seq."""
+        (seq,) = self._commit([self._predict(array, source=source)])
+        return seq
+
+    def _commit(self, builds: list[Callable[[int], bytes]]) -> list[int | None]:
+        seqs = self.outbox.append_many(self.boot_id, builds)
+        fault("after_outbox_commit")
+        self._drain()
+        return seqs
+
+    def _predict(self, array: npt.NDArray[np.generic], *, source: str) -> Callable[[int], bytes]:
+        """Classify; return the record builder that the outbox calls with the seq."""
         classifier = self.classifier
         if classifier is None:
             raise ModelLoadError("no model is active yet")
         prediction = classifier.classify(array)
         self.stats.add(prediction.latency_ms)
+        ts = time.time()
 
         def build(seq: int) -> bytes:
             return encode(
@@ -350,14 +375,11 @@ class Agent:
                     latency_ms=prediction.latency_ms,
                     model_name=classifier.name,
                     model_version=classifier.version,
-                    ts=time.time(),
+                    ts=ts,
                 )
             )
 
-        seq = self.outbox.append(self.boot_id, build)
-        fault("after_outbox_commit")
-        self._drain()
-        return seq
+        return build
 
     def _drain(self) -> None:
         if not self.connected.is_set():
@@ -381,15 +403,25 @@ class Agent:
     def _poll_folder(self) -> None:
         if self.watcher is None or self.classifier is None:
             return
-        for path in self.watcher.poll():
+        ready = self.watcher.poll()
+        for start in range(0, len(ready), FOLDER_BATCH):
             if self.stopping.is_set():
-                return
+                return  # the rest stay in the folder for the next run
+            self._classify_files(ready[start : start + FOLDER_BATCH])
+
+    def _classify_files(self, paths: list[Path]) -> None:
+        # One outbox transaction per batch; files leave the folder only once committed.
+        assert self.watcher is not None  # noqa: S101 - checked by the caller
+        builds, done = [], []
+        for path in paths:
             try:
-                self.classify(load_input(path), source=path.name)
+                builds.append(self._predict(load_input(path), source=path.name))
+                done.append(path)
             except InputError as exc:
                 log.warning("cannot classify %s: %s", path.name, exc)
                 self.watcher.done(path, error=str(exc))
-                continue
+        self._commit(builds)
+        for path in done:
             self.watcher.done(path)
 
     def status(self) -> Status:
@@ -441,21 +473,27 @@ class Agent:
 
     def _serve(self) -> None:
         poll_s = self.config.inference.poll_s
-        next_beat = time.monotonic() + self.config.status.heartbeat_s
+        now = time.monotonic()
+        next_poll, next_beat = now, now + self.config.status.heartbeat_s
         while not self.stopping.is_set():
             try:
-                topic, payload = self.events.get(timeout=poll_s)
+                topic, payload = self.events.get(timeout=max(0.0, next_poll - now))
                 self._dispatch(topic, payload)
             except queue.Empty:
                 pass
-            self._poll_folder()
-            self._apply(self.updater.tick())
+            if self.events.empty():
+                self._flush_acks()
             now = time.monotonic()
+            if now >= next_poll:
+                next_poll = now + poll_s
+                self._poll_folder()
+                self._apply(self.updater.tick())
             if now >= next_beat:
                 next_beat = now + self.config.status.heartbeat_s
                 if self.connected.is_set():
                     self.publish_status()
                     self._drain()
+            now = time.monotonic()
 
     def _shutdown(self, net: threading.Thread) -> None:
         if self.connected.is_set():

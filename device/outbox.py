@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -73,15 +73,21 @@ class Outbox:
         Returns:
             The record's seq, or None when the outbox was full and drops the newest.
         """
+        return self.append_many(boot_id, [build])[0]
+
+    def append_many(
+        self, boot_id: str, builds: Sequence[Callable[[int], bytes]]
+    ) -> list[int | None]:
+        """Commit several records in one transaction (one fsync for the batch)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                seq = self._insert(boot_id, build)
+                seqs = [self._insert(boot_id, build) for build in builds]
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-            return seq
+            return seqs
 
     def _insert(self, boot_id: str, build: Callable[[int], bytes]) -> int | None:
         seq = self._meta("next_seq")
@@ -111,11 +117,14 @@ class Outbox:
 
     def ack(self, boot_id: str, seqs: Iterable[int]) -> int:
         """Delete the acknowledged records; return how many were still here."""
+        return self.ack_many([(boot_id, int(s)) for s in seqs])
+
+    def ack_many(self, keys: Iterable[tuple[str, int]]) -> int:
+        """Delete records named by ``(boot_id, seq)`` in one transaction."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             cur = self._db.executemany(
-                "DELETE FROM records WHERE boot_id = ? AND seq = ?",
-                [(boot_id, int(s)) for s in seqs],
+                "DELETE FROM records WHERE boot_id = ? AND seq = ?", list(keys)
             )
             self._db.execute("COMMIT")
             return int(cur.rowcount)
