@@ -17,6 +17,7 @@ Usage: ``.venv/bin/python bench/bench_agent.py [--n 1000] [--epochs 1] [--model 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
