@@ -322,7 +322,7 @@ def send_images(conn: Connection, fleet: Fleet, device_id: str, paths: list[Path
 # -- opening a fleet ----------------------------------------------------------------------
 
 
-def open_fleet(  # noqa: PLR0913 - the CLI's common options, passed through
+def open_fleet(
     *,
     broker: str | None,
     fleet_dir: Path | None,

@@ -1,4 +1,4 @@
-"""The host's MQTT connection: broker URL parsing, TLS from the fleet config, connect with a deadline.
+"""The host's MQTT connection: broker URL parsing, TLS from the fleet config, a connect deadline.
 
 Every host command talks to the broker through :class:`Connection`: a paho-mqtt 2.x client
 (``CallbackAPIVersion.VERSION2``) whose network loop runs in paho's thread and hands every
@@ -10,7 +10,6 @@ offered, MQTT 5 shared subscriptions), so any 3.1.1 or 5 broker works.
 from __future__ import annotations
 
 import queue
-import socket
 import ssl
 import threading
 import time
@@ -143,8 +142,13 @@ class Connection:
         return self.protocol == MQTTProtocolVersion.MQTTv5
 
     def _on_reconnect(
-        self, client: mqtt.Client, _u: object, flags: Any, rc: Any, _p: object
-    ) -> None:  # noqa: ANN401
+        self,
+        client: mqtt.Client,
+        _u: object,
+        flags: Any,  # noqa: ANN401 - paho's ConnectFlags
+        rc: Any,  # noqa: ANN401 - paho's ReasonCode
+        _p: object,
+    ) -> None:
         # paho reconnects by itself; a broker that lost the session also lost our subscriptions.
         if _code(rc) == 0 and not getattr(flags, "session_present", False) and self.filters:
             client.subscribe(list(self.filters.items()))
@@ -231,7 +235,7 @@ class Connection:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def __enter__(self) -> Connection:
+    def __enter__(self) -> Connection:  # noqa: PYI034 - a final class
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -385,7 +389,7 @@ def _tcp_connect(
             f"TLS handshake with {settings.url} failed: {exc}; check ca_file/cert_file/key_file "
             "in the fleet config and that the broker's certificate names this host"
         ) from exc
-    except (TimeoutError, socket.timeout) as exc:
+    except TimeoutError as exc:
         raise FleetError(
             f"cannot reach broker at {settings.url}: no TCP answer within {timeout:.0f} s; "
             "check the host name, port and firewall"

@@ -1,4 +1,4 @@
-"""Push models over MQTT: build and sign the manifest, publish chunks once, roll out, watch, roll back.
+"""Push models over MQTT: sign the manifest, publish chunks once, roll out, watch, roll back.
 
 Chunks are published once per model (retained, QoS 1) whatever the number of targets - the
 broker fans them out - and stay retained while any target's latest manifest wants them, so
@@ -392,7 +392,7 @@ def push(fleet: Fleet, model: ModelFiles, plan: PushPlan) -> RolloutResult:
     return _roll_out(fleet, model.template, model.blobs, plan, targets, version, kind="push")
 
 
-def _roll_out(  # noqa: PLR0913 - one orchestration, called by push and rollback
+def _roll_out(  # noqa: PLR0917 - private orchestration shared by push and rollback
     fleet: Fleet,
     template: Manifest,
     blobs: dict[str, bytes],
@@ -469,7 +469,7 @@ def _abort_reason(wave: list[Progress], *, canary: bool) -> str:
     return f"failure limit exceeded: {who}; later waves were not started"
 
 
-def _publish_final(  # noqa: PLR0913
+def _publish_final(  # noqa: PLR0917 - private helper of _roll_out
     fleet: Fleet,
     template: Manifest,
     plan: PushPlan,
@@ -539,7 +539,7 @@ def rollback(fleet: Fleet, plan: PushPlan) -> RolloutResult:
             f"{target} has only ever had {history[-1].name} "
             f"v{history[-1].version}: no earlier model to return to"
         )
-    blobs = {}
+    blobs: dict[str, bytes] = {}
     for v in previous.manifest.variants:
         data = fleet.registry.model_bytes(v.sha256)
         if data is None:

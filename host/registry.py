@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS devices (
 """
 
 
+_PUSH_COLUMNS = "id, target, name, version, shas, manifest, envelope, created_at, kind, members"
+
+
 def device_target(device_id: str) -> str:
     """The registry key of a device target."""
     return f"device:{device_id}"
@@ -183,9 +186,10 @@ class Registry:
         )
 
     def _rows(self, where: str = "", args: tuple[object, ...] = ()) -> list[PushRecord]:
+        # `where` is always one of this module's constant clauses, never user text.
+        sql = f"SELECT {_PUSH_COLUMNS} FROM pushes {where} ORDER BY id"  # noqa: S608
         rows = self._db.execute(
-            "SELECT id, target, name, version, shas, manifest, envelope, created_at, kind,"
-            f" members FROM pushes {where} ORDER BY id",
+            sql,
             args,
         ).fetchall()
         return [
@@ -258,7 +262,7 @@ class Registry:
             )
 
     def known_devices(self) -> dict[str, tuple[list[str], str | None, float | None]]:
-        """device id -> (groups, last online status JSON, last seen unix time)."""
+        """Device id -> (groups, last online status JSON, last seen unix time)."""
         rows = self._db.execute(
             "SELECT device_id, groups, last_status, last_seen FROM devices"
         ).fetchall()

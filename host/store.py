@@ -82,7 +82,7 @@ class SqliteStore:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # One worker thread uses it at a time; the check would refuse a hand-over between threads.
+            # One thread at a time uses it; the check would refuse a hand-over between threads.
             self._db = sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a process crash; FULL also survives power loss,
@@ -119,7 +119,7 @@ class SqliteStore:
             with self._db:
                 before = self._db.total_changes
                 self._db.executemany(
-                    f"INSERT OR IGNORE INTO predictions ({', '.join(_COLUMNS)}, record)"
+                    f"INSERT OR IGNORE INTO predictions ({', '.join(_COLUMNS)}, record)"  # noqa: S608 - constants
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )

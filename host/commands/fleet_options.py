@@ -1,4 +1,4 @@
-"""Options shared by the fleet commands (push, rollback, rollout, fleet, predictions, send-image)."""
+"""Options shared by the fleet commands: push, rollback, rollout, fleet, predictions, send-image."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def _db_path(db: Path | None, state_dir: Path | None) -> Path:
 
 
 @app.command()
-def listen(  # noqa: PLR0913
+def listen(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     db: Db = None,
     worker: Annotated[str, typer.Option(help="Worker name; run each worker with its own.")] = "1",
     shared: Annotated[
@@ -119,7 +119,7 @@ def tail(
 
 
 @app.command("export")
-def export_cmd(
+def export_cmd(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     db: Db = None,
     csv_format: Annotated[bool, typer.Option("--csv", help="CSV (flat columns).")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="JSON lines (full records).")] = False,

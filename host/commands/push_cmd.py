@@ -86,7 +86,7 @@ def print_result(result: RolloutResult) -> None:
 
 
 @app.command()
-def push(  # noqa: PLR0913 - the command's documented options
+def push(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     model: Annotated[Path, typer.Argument(help=".tflite written by `edgefleet quantize`.")],
     device: Devices = None,
     group: Group = None,
@@ -142,7 +142,7 @@ def push(  # noqa: PLR0913 - the command's documented options
 
 
 @app.command()
-def rollback(  # noqa: PLR0913
+def rollback(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     device: Devices = None,
     group: Group = None,
     wait: Wait = None,
@@ -182,7 +182,7 @@ def rollback(  # noqa: PLR0913
 
 
 @rollout_app.command("status")
-def rollout_status(
+def rollout_status(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     device: Annotated[str | None, typer.Option("--device")] = None,
     group: Group = None,
     broker: Broker = None,

@@ -6,14 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-from support.agent import (
-    AgentProcess,
-    ModelBundle,
-    Signer,
-    shared_mnist_model,
-    write_agent_config,
-)
+from support.agent import AgentProcess, Signer, write_agent_config
 
 from edgefleet.host.fleet import open_fleet
 from edgefleet.host.publish import Fleet
@@ -39,12 +32,17 @@ class AgentFleet:
             path.write_bytes(private_key_pem(self.signer.key))
         return path
 
-    def start(self, device_id: str, *, groups: list[str] | None = None,
-              keys: list[Path] | None = None) -> AgentProcess:
+    def start(
+        self, device_id: str, *, groups: list[str] | None = None, keys: list[Path] | None = None
+    ) -> AgentProcess:
         if device_id not in self.configs:
             self.configs[device_id] = write_agent_config(
-                self.root / device_id, device_id=device_id, broker_url=self.url,
-                prefix=self.prefix, keys=keys or [self.signer.public_path], groups=groups,
+                self.root / device_id,
+                device_id=device_id,
+                broker_url=self.url,
+                prefix=self.prefix,
+                keys=keys or [self.signer.public_path],
+                groups=groups,
             )
         self.agents[device_id] = AgentProcess(self.configs[device_id])
         return self.agents[device_id]
@@ -60,8 +58,14 @@ class AgentFleet:
         return "\n".join(f"--- {d}\n{a.log()[-3000:]}" for d, a in self.agents.items())
 
     def host(self, state_dir: Path) -> Fleet:
-        return open_fleet(broker=self.url, fleet_dir=None, prefix=self.prefix,
-                          state_dir=state_dir, key_file=self.key_file, need_key=True)
+        return open_fleet(
+            broker=self.url,
+            fleet_dir=None,
+            prefix=self.prefix,
+            state_dir=state_dir,
+            key_file=self.key_file,
+            need_key=True,
+        )
 
 
 def wait_online(fleet: Fleet, devices: list[str], timeout: float = 60.0) -> None:
@@ -75,9 +79,3 @@ def wait_online(fleet: Fleet, devices: list[str], timeout: float = 60.0) -> None
         fleet.pump(0.5)
     missing = sorted(set(devices) - fleet.view.online())
     raise TimeoutError(f"devices never came online: {missing}")
-
-
-@pytest.fixture(scope="module")
-def mnist_bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    """The tiny real int8 MNIST model, trained once per session (shared with the agent tests)."""
-    return shared_mnist_model(tmp_path_factory)

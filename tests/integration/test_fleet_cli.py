@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from fleet_helpers import AgentFleet, mnist_bundle, wait_online  # noqa: F401 - fixture
-from support.agent import MNIST_LABELS, MNIST_PREPROCESS, Signer
+from fleet_helpers import AgentFleet, wait_online
+from support.agent import MNIST_LABELS, MNIST_PREPROCESS, Signer, shared_mnist_model
 from typer.testing import CliRunner
 
 from edgefleet.host.cli import app
@@ -16,15 +16,33 @@ from edgefleet.host.modelinfo import describe, embed_model_info
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+@pytest.fixture(scope="module")
+def mnist_bundle(tmp_path_factory):
+    return shared_mnist_model(tmp_path_factory)
+
+
 def test_push_push_rollback_through_the_cli(broker, prefix, tmp_path, mnist_bundle):
     agents = AgentFleet(tmp_path / "agents", broker.url, prefix, Signer(tmp_path / "keys"))
     # a second, different build of the model: same weights, another embedded name
     second = tmp_path / "second.tflite"
-    info = describe(mnist_bundle.data, name="mnist_second", mode="int8", labels=MNIST_LABELS,
-                    preprocess=MNIST_PREPROCESS)
+    info = describe(
+        mnist_bundle.data,
+        name="mnist_second",
+        mode="int8",
+        labels=MNIST_LABELS,
+        preprocess=MNIST_PREPROCESS,
+    )
     second.write_bytes(embed_model_info(mnist_bundle.data, info))
-    common = ["--broker", broker.url, "--prefix", prefix, "--state-dir", str(tmp_path / "state"),
-              "--key", str(agents.key_file)]
+    common = [
+        "--broker",
+        broker.url,
+        "--prefix",
+        prefix,
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--key",
+        str(agents.key_file),
+    ]
     runner = CliRunner()
     try:
         agents.start("cli-1", groups=["lab"])
@@ -32,12 +50,14 @@ def test_push_push_rollback_through_the_cli(broker, prefix, tmp_path, mnist_bund
         wait_online(host, ["cli-1"])
         close_fleet(host)
 
-        first = runner.invoke(app, ["push", str(mnist_bundle.path), "--device", "cli-1",
-                                    "--wait", "60", *common])
+        first = runner.invoke(
+            app, ["push", str(mnist_bundle.path), "--device", "cli-1", "--wait", "60", *common]
+        )
         assert first.exit_code == 0, first.output + agents.logs()
         assert "1/1 active" in first.output
-        again = runner.invoke(app, ["push", str(second), "--device", "cli-1", "--wait", "60",
-                                    *common])
+        again = runner.invoke(
+            app, ["push", str(second), "--device", "cli-1", "--wait", "60", *common]
+        )
         assert again.exit_code == 0, again.output + agents.logs()
         assert "mnist_second v2: 1/1 active" in again.output
 
@@ -56,7 +76,8 @@ def test_push_push_rollback_through_the_cli(broker, prefix, tmp_path, mnist_bund
 
 
 def test_an_unreachable_broker_fails_the_cli_with_a_clear_message(tmp_path, mnist_bundle):
-    result = CliRunner().invoke(app, ["fleet", "status", "--broker", "mqtt://127.0.0.1:1",
-                                      "--state-dir", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["fleet", "status", "--broker", "mqtt://127.0.0.1:1", "--state-dir", str(tmp_path)]
+    )
     assert result.exit_code == 1
     assert "cannot reach broker at mqtt://127.0.0.1:1" in result.output

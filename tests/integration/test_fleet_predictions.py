@@ -1,4 +1,4 @@
-"""Prediction ingestion against a real Mosquitto: shared-subscription workers, acks, export, errors."""
+"""Prediction ingestion on a real Mosquitto: shared-subscription workers, acks, export, errors."""
 
 from __future__ import annotations
 
@@ -31,9 +31,17 @@ pytestmark = pytest.mark.integration
 
 def _record(device: str, boot: str, seq: int) -> PredictionRecord:
     return PredictionRecord(
-        device_id=device, boot_id=boot, seq=seq, source=f"digit-{seq}.png", label=str(seq % 10),
-        score=0.9, topk=[TopK(label=str(seq % 10), score=0.9)], latency_ms=0.4,
-        model_name="mnist_tiny", model_version=3, ts=time.time(),
+        device_id=device,
+        boot_id=boot,
+        seq=seq,
+        source=f"digit-{seq}.png",
+        label=str(seq % 10),
+        score=0.9,
+        topk=[TopK(label=str(seq % 10), score=0.9)],
+        latency_ms=0.4,
+        model_name="mnist_tiny",
+        model_version=3,
+        ts=time.time(),
     )
 
 
@@ -45,7 +53,9 @@ class DeviceClient:
         self.acked: set[tuple[str, str, int]] = set()
         self.lock = threading.Lock()
         host, port = url.removeprefix("mqtt://").split(":")
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:8]}")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:8]}"
+        )
         self.client.on_message = self._on_ack
         self.client.connect(host, int(port))
         self.client.loop_start()
@@ -58,8 +68,10 @@ class DeviceClient:
             self.acked.update((ack.device_id, ack.boot_id, s) for s in ack.seqs)
 
     def send(self, records: list[PredictionRecord]) -> None:
-        infos = [self.client.publish(self.topics.predictions(r.device_id), encode(r), qos=1)
-                 for r in records]
+        infos = [
+            self.client.publish(self.topics.predictions(r.device_id), encode(r), qos=1)
+            for r in records
+        ]
         for info in infos:
             info.wait_for_publish(30)
 
@@ -79,10 +91,25 @@ class DeviceClient:
 
 def _listen(url: str, prefix: str, db: Path, worker: str, state: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from edgefleet.host.cli import main; main()", "predictions",
-         "listen", "--broker", url, "--prefix", prefix, "--db", str(db), "--worker", worker,
-         "--state-dir", str(state)],
-        stderr=subprocess.PIPE, env=dict(os.environ),
+        [
+            sys.executable,
+            "-c",
+            "from edgefleet.host.cli import main; main()",
+            "predictions",
+            "listen",
+            "--broker",
+            url,
+            "--prefix",
+            prefix,
+            "--db",
+            str(db),
+            "--worker",
+            worker,
+            "--state-dir",
+            str(state),
+        ],
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
     )
     assert proc.stderr is not None
     line = proc.stderr.readline().decode()  # "listening on ..." once subscribed
@@ -97,8 +124,9 @@ def _stored(db: Path) -> set[tuple[str, str, int]]:
 
 def test_two_shared_workers_store_every_record_exactly_once(broker, prefix, tmp_path):
     dbs = [tmp_path / "w1.sqlite", tmp_path / "w2.sqlite"]  # separate files: no UNIQUE help
-    workers = [_listen(broker.url, prefix, db, f"w{i}", tmp_path / "state")
-               for i, db in enumerate(dbs)]
+    workers = [
+        _listen(broker.url, prefix, db, f"w{i}", tmp_path / "state") for i, db in enumerate(dbs)
+    ]
     device = DeviceClient(broker.url, prefix)
     try:
         records = [_record(f"dev-{d}", "boot1", s) for d in range(3) for s in range(1000)]
@@ -113,7 +141,8 @@ def test_two_shared_workers_store_every_record_exactly_once(broker, prefix, tmp_
     expected = {(r.device_id, r.boot_id, r.seq) for r in records}
     assert first | second == expected
     assert not first & second  # no record went to both workers
-    assert first and second  # both shared the load
+    assert first  # both shared the load
+    assert second
     assert device.acked == expected
 
 
@@ -132,10 +161,13 @@ def test_a_resent_record_is_stored_once_and_acked_again(broker, prefix, tmp_path
         device.send(batch[:3])  # the device resends after a lost ack
         device.client.publish(Topics(prefix).predictions("dup-dev"), b"{not json", qos=1)
         device.client.publish(  # a device may not file records for another device
-            Topics(prefix).predictions("dup-dev"), encode(_record("other", "b", 9)), qos=1)
+            Topics(prefix).predictions("dup-dev"), encode(_record("other", "b", 9)), qos=1
+        )
         device.wait_acked(5)
         deadline = time.monotonic() + 30
-        while ingestor.stats.received + ingestor.stats.malformed < 10 and time.monotonic() < deadline:
+        while (
+            ingestor.stats.received + ingestor.stats.malformed < 10 and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
     finally:
         stop.set()

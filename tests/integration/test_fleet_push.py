@@ -1,18 +1,23 @@
-"""Pushing models to real agent processes over a real Mosquitto: groups, rejections, canary, offline."""
+"""Pushing models to real agents over a real Mosquitto: groups, rejections, canary, offline."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from fleet_helpers import AgentFleet, mnist_bundle, wait_online  # noqa: F401 - fixture
-from support.agent import Signer
+from fleet_helpers import AgentFleet, wait_online
+from support.agent import Signer, shared_mnist_model
 
 from edgefleet.host.fleet import close_fleet
 from edgefleet.host.publish import PushPlan, load_model, push, rollout_status
 from edgefleet.host.rollout import Phase
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def mnist_bundle(tmp_path_factory):
+    return shared_mnist_model(tmp_path_factory)
 
 
 @pytest.fixture
@@ -75,11 +80,11 @@ def test_a_failed_canary_stops_the_rollout_before_the_rest(agents, host, mnist_b
     agents.start("cn-2", groups=["cn"])
     wait_online(host, ["cn-0", "cn-1", "cn-2"])
 
-    result = push(host, load_model(mnist_bundle.path),
-                  PushPlan(group="cn", wait=60, canary=1))
+    result = push(host, load_model(mnist_bundle.path), PushPlan(group="cn", wait=60, canary=1))
 
     assert result.exit_code != 0
-    assert result.aborted is not None and "cn-0" in result.aborted
+    assert result.aborted is not None
+    assert "cn-0" in result.aborted
     host.pump(2.0)
     # the rest never saw the manifest: no group desired, still on no model
     for name in ("cn-1", "cn-2"):
@@ -96,7 +101,7 @@ def test_an_agent_offline_during_the_push_gets_the_model_when_it_returns(
     wait_online(host, ["off-a", "off-b"])
     agents.stop("off-b")  # clean stop: its status goes offline
 
-    result = push(host, load_model(mnist_bundle.path), PushPlan(group="off", wait=20))
+    result = push(host, load_model(mnist_bundle.path), PushPlan(group="off", wait=8))
     assert _phases(result) == {"off-a": Phase.ACTIVE, "off-b": Phase.PENDING}
     assert result.exit_code != 0
     close_fleet(host)  # the host is gone too: retained manifest + chunks must suffice
@@ -114,3 +119,21 @@ def test_an_agent_offline_during_the_push_gets_the_model_when_it_returns(
             pytest.fail(f"off-b never activated v{result.version}\n{agents.logs()}")
     finally:
         close_fleet(later)
+
+
+def test_a_good_canary_and_doubling_waves_end_with_the_whole_group_active(
+    agents, host, mnist_bundle
+):
+    names = ["ok-0", "ok-1", "ok-2"]
+    for name in names:
+        agents.start(name, groups=["ok"])
+    wait_online(host, names)
+
+    plan = PushPlan(group="ok", wait=60, canary=1, max_failures=0)
+    result = push(host, load_model(mnist_bundle.path), plan)
+
+    assert result.exit_code == 0, (result.aborted, result.progress, agents.logs())
+    assert _phases(result) == dict.fromkeys(names, Phase.ACTIVE)
+    # canary and wave devices were handed over to the group topic
+    assert host.registry.latest("group:ok").members == tuple(names)
+    assert all(host.registry.latest(f"device:{n}") is None for n in names)

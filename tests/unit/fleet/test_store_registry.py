@@ -13,8 +13,17 @@ from edgefleet.shared.spec import PreprocessSpec, TensorSpec
 
 
 def record(seq: int, boot: str = "b1") -> PredictionRecord:
-    return PredictionRecord(device_id="d", boot_id=boot, seq=seq, label="7", score=0.5,
-                            latency_ms=1.0, model_name="m", model_version=1, ts=1.0)
+    return PredictionRecord(
+        device_id="d",
+        boot_id=boot,
+        seq=seq,
+        label="7",
+        score=0.5,
+        latency_ms=1.0,
+        model_name="m",
+        model_version=1,
+        ts=1.0,
+    )
 
 
 def test_store_ignores_duplicates_across_two_handles_of_one_file(tmp_path):
@@ -29,10 +38,19 @@ def test_store_ignores_duplicates_across_two_handles_of_one_file(tmp_path):
 
 def manifest(version: int, data: bytes) -> Manifest:
     spec = TensorSpec(shape=(1, 2), dtype="int8")
-    return Manifest(name="m", version=version, created_at=1, expires_at=2, targets=Targets(),
-                    variants=[ModelVariant.for_bytes(data, accelerator="cpu")], mode="int8",
-                    input=spec, output=spec, preprocess=PreprocessSpec(height=1, width=1),
-                    labels=["a", "b"])
+    return Manifest(
+        name="m",
+        version=version,
+        created_at=1,
+        expires_at=2,
+        targets=Targets(),
+        variants=[ModelVariant.for_bytes(data, accelerator="cpu")],
+        mode="int8",
+        input=spec,
+        output=spec,
+        preprocess=PreprocessSpec(height=1, width=1),
+        labels=["a", "b"],
+    )
 
 
 def test_registry_tracks_versions_and_which_models_are_still_desired(tmp_path):
