@@ -15,6 +15,7 @@ everything that touches the network comes back as :class:`Publish` / :class:`Sub
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import time
@@ -152,12 +153,15 @@ class Updater:
             return []
         try:
             new = job.reassembler.add(raw)
+            if new:
+                atomic_write(job.directory / STATE_FILE, job.reassembler.state())
         except ChunkError as exc:
             log.info("ignoring a chunk that does not belong: %s", exc)
-            return []
+            new = False
+        except OSError as exc:
+            return self._storage_failed(job, exc)
         if not new:
             return []
-        atomic_write(job.directory / STATE_FILE, job.reassembler.state())
         fault("after_chunk_write")
         job.last_activity = self.clock()
         if job.reassembler.complete:
@@ -265,10 +269,23 @@ class Updater:
                 *actions,
                 self._failed(job.manifest, job.variant, "verifying", "integrity", exc),
             ]
-        self.store.stage_model(job.variant.sha256, data)
+        try:
+            self.store.stage_model(job.variant.sha256, data)
+        except OSError as exc:
+            return [*actions, *self._storage_failed(job, exc)]
         fault("after_stage")
         self.store.drop_download(job.variant.sha256)
         return actions + self._install(job.manifest, job.variant, job.envelope_sha)
+
+    def _storage_failed(self, job: _Job, exc: OSError) -> list[Action]:
+        # Disk full or an I/O error: free what the download took (the old model keeps
+        # serving); the same manifest is tried again on its next delivery.
+        actions = self._abandon_job()
+        self.store.drop_download(job.variant.sha256)
+        self._seen.discard(job.envelope_sha)
+        full = exc.errno in {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+        reason = "disk_full" if full else "io_error"
+        return [*actions, self._failed(job.manifest, job.variant, "downloading", reason, exc)]
 
     def _install(
         self, manifest: Manifest, variant: ModelVariant, envelope_sha: str
