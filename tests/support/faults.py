@@ -296,13 +296,24 @@ def build_big_model(out: Path, *, dense: int = 384) -> ModelBundle:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-        data = converter.convert()
+        data = _embed_info(converter.convert(), "mnist_big")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
         inp, outp = interpreter_specs(out)
         bundle = ModelBundle(path=out, data=data, input=inp, output=outp, name="mnist_big")
         _BIG_CACHE[out] = bundle
         return bundle
+
+
+def _embed_info(tflite: bytes, name: str) -> bytes:
+    """Embed edgefleet ModelInfo, as ``edgefleet quantize`` does (``push`` needs it)."""
+    from edgefleet.host.modelinfo import describe, embed_model_info
+    from support.agent import MNIST_LABELS, MNIST_PREPROCESS
+
+    info = describe(
+        tflite, name=name, mode="int8", labels=MNIST_LABELS, preprocess=MNIST_PREPROCESS
+    )
+    return embed_model_info(tflite, info)
 
 
 def variant_of(bundle: ModelBundle, tag: bytes) -> ModelBundle:
