@@ -137,3 +137,24 @@ def test_a_good_canary_and_doubling_waves_end_with_the_whole_group_active(
     # canary and wave devices were handed over to the group topic
     assert host.registry.latest("group:ok").members == tuple(names)
     assert all(host.registry.latest(f"device:{n}") is None for n in names)
+
+
+def test_max_failures_stops_later_waves_and_leaves_the_rest_alone(
+    agents, host, mnist_bundle, tmp_path
+):
+    other = Signer(tmp_path / "other-keys", name="other")
+    agents.start("mf-0", groups=["mf"], keys=[other.public_path])  # first wave; refuses
+    agents.start("mf-1", groups=["mf"])
+    agents.start("mf-2", groups=["mf"])
+    wait_online(host, ["mf-0", "mf-1", "mf-2"])
+
+    plan = PushPlan(group="mf", wait=60, max_failures=20)  # 1 of 3 is 33% > 20%
+    result = push(host, load_model(mnist_bundle.path), plan)
+
+    assert result.exit_code != 0
+    assert result.aborted is not None
+    assert "failure limit exceeded" in result.aborted
+    phases = _phases(result)
+    assert phases["mf-0"] == Phase.REJECTED
+    assert phases["mf-1"] == phases["mf-2"] == Phase.PENDING  # never offered the model
+    assert host.registry.latest("group:mf") is None
