@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from support.agent import (
 )
 
 from edgefleet.host.datasets.mnist import load_mnist
+from edgefleet.shared.messages import ImageMessage, encode
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEVICE = "pi-001"
@@ -112,11 +114,19 @@ def test_update_activates_then_folder_digits_come_back_as_correct_predictions(
     assert rec.latency_ms > 0
     assert sorted(r.seq for r in records.values()) == sorted({r.seq for r in records.values()})
 
+    # the MQTT image topic: an .npy array of digit 0 of the eval set
+    buf = io.BytesIO()
+    np.save(buf, digits[0])
+    image = ImageMessage.from_bytes(name="scan-0", format="npy", data=buf.getvalue())
+    host.client.publish(host.topics.images(DEVICE), encode(image), 1)
+    (remote,) = predictions_for(host, {"mqtt:scan-0"}).values()
+    assert int(remote.label) == reference[0]
+
     status = host.wait(
         lambda h: (
             (s := h.latest_status(DEVICE))
             and s.online
-            and s.inference_count == 30
+            and s.inference_count == 31
             and s.outbox_depth == 0
             and s
         )

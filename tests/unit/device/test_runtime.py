@@ -1,3 +1,4 @@
+import gc
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,12 @@ from edgefleet.device.runtime import (
 # LiteRT's Delegate.__del__ raises AttributeError on a delegate that failed to load
 # (ai-edge-litert 2.3 bug, harmless): pytest reports it as an unraisable exception.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(autouse=True)
+def _collect_failed_delegates():
+    yield
+    gc.collect()  # run that __del__ here, under this module's filter, not in a later test
 
 
 def test_auto_picks_litert_first_and_reports_its_version():
