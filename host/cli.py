@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(datasets_cmd.app, name="datasets")
-from edgefleet.host.commands import example_cmd, quantize_cmd  # noqa: E402
+from edgefleet.host.commands import demo_cmd, example_cmd, quantize_cmd  # noqa: E402
 
 app.command("quantize")(quantize_cmd.quantize)
 app.add_typer(example_cmd.app, name="example")
@@ -30,6 +30,7 @@ provision_cmd.register(app)  # init, provision, revoke, keys
 app.add_typer(push_cmd.app)  # push, rollback, rollout status
 app.add_typer(fleet_cmd.app)  # fleet status, send-image
 app.add_typer(predictions_cmd.app, name="predictions")
+app.command("demo")(demo_cmd.demo)
 
 
 @app.command()

@@ -1,0 +1,186 @@
+"""The demo's data sets: where its Keras model comes from and which held-out scans it feeds."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgefleet.host.errors import DatasetError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy.typing as npt
+
+    from edgefleet.shared.spec import PreprocessSpec
+
+GPR_MODEL_NAMES = ("gpr_convnet.keras", "gpr_convnet.h5")
+MNIST_EPOCHS = 1
+MNIST_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One held-out input as the demo drops it into a device's watched folder."""
+
+    name: str
+    label: int
+    data: bytes
+    raw: npt.NDArray[np.generic]
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """A data set the demo can run on.
+
+    Attributes:
+        name: ``gpr`` or ``mnist`` (also the calibration/evaluation source for quantize).
+        labels: Class names, index = model output.
+        spec: The preprocessing recipe (None: derived from the model's input by quantize).
+        min_accuracy: Default on-device accuracy the demo must reach.
+        default_modes: Quantization modes made besides float32 unless ``--modes`` says.
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    spec: PreprocessSpec | None
+    min_accuracy: float
+    default_modes: tuple[str, ...]
+    model_source: Callable[[Path, bool, int | None], tuple[Path, str]]
+    scans: Callable[[int], list[Scan]]
+
+
+def models_dir() -> Path:
+    """The bundled models folder (host/datasets/data/models)."""
+    return Path(str(resources.files("edgefleet.host.datasets") / "data" / "models"))
+
+
+def bundled_gpr_model() -> Path | None:
+    """The bundled GPR ConvNet (Keras), if the package ships one."""
+    for name in GPR_MODEL_NAMES:
+        path = models_dir() / name
+        if path.is_file():
+            return path
+    return None
+
+
+def pick(name: str | None) -> DemoData:
+    """The data set called ``name``; None means gpr when its model is bundled, else mnist.
+
+    Raises:
+        DatasetError: an unknown name.
+    """
+    if name is None:
+        name = "gpr" if bundled_gpr_model() is not None else "mnist"
+    if name == "mnist":
+        return _mnist()
+    if name == "gpr":
+        return _gpr()
+    raise DatasetError(f"unknown demo data set {name!r}: use gpr or mnist")
+
+
+# -- MNIST --------------------------------------------------------------------------------
+
+
+def _mnist() -> DemoData:
+    from edgefleet.host.example import MNIST_SPEC  # noqa: PLC0415 - keeps TF out of import time
+
+    return DemoData(
+        name="mnist",
+        labels=tuple(str(i) for i in range(10)),
+        spec=MNIST_SPEC,
+        min_accuracy=0.85,
+        default_modes=("float16", "dynamic", "int8"),
+        model_source=_mnist_model,
+        scans=_mnist_scans,
+    )
+
+
+def _mnist_model(workdir: Path, _train: bool, epochs: int | None) -> tuple[Path, str]:
+    # No MNIST model ships: the seed ConvNet is always trained, briefly, on the 8,000
+    # digits; batches of 64 instead of the seed's 250 reach ~95% in one epoch.
+    from edgefleet.host import models  # noqa: PLC0415 - loads TF
+    from edgefleet.host.datasets.registry import prepare  # noqa: PLC0415
+    from edgefleet.host.example import MNIST_SPEC  # noqa: PLC0415
+
+    n = epochs or MNIST_EPOCHS
+    train = prepare("mnist", split="train", spec=MNIST_SPEC)
+    model = models.build_seed_convnet((28, 28, 1), len(train.labels))
+    models.train(model, train.x, train.y, epochs=n, batch_size=MNIST_BATCH)
+    path = workdir / "model" / "mnist_convnet.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path, f"seed ConvNet trained here: {n} epoch(s), batch {MNIST_BATCH}, 8,000 digits"
+
+
+def _mnist_scans(n: int) -> list[Scan]:
+    from PIL import Image  # noqa: PLC0415
+
+    from edgefleet.host.datasets.mnist import load_mnist  # noqa: PLC0415
+
+    data = load_mnist("eval")
+    scans = []
+    for i in _spread(len(data.y), n):
+        buf = io.BytesIO()
+        Image.fromarray(data.x[i]).save(buf, format="PNG")
+        scans.append(Scan(f"digit-{i:04d}.png", int(data.y[i]), buf.getvalue(), data.x[i]))
+    return scans
+
+
+# -- GPR ----------------------------------------------------------------------------------
+
+
+def _gpr() -> DemoData:
+    from edgefleet.host.datasets.gpr import CLASSES  # noqa: PLC0415
+    from edgefleet.host.gpr_model import gpr_spec  # noqa: PLC0415 - the GPR engineer's module
+
+    return DemoData(
+        name="gpr",
+        labels=CLASSES,
+        spec=gpr_spec(),
+        min_accuracy=0.75,
+        default_modes=("float16", "dynamic", "int8", "16x8"),
+        model_source=_gpr_model,
+        scans=_gpr_scans,
+    )
+
+
+def _gpr_model(workdir: Path, train: bool, epochs: int | None) -> tuple[Path, str]:
+    bundled = bundled_gpr_model()
+    if bundled is not None and not train:
+        return bundled, f"bundled GPR ConvNet ({bundled.name})"
+    from edgefleet.host.gpr_model import train_gpr_convnet  # noqa: PLC0415 - loads TF
+
+    path = workdir / "model" / "gpr_convnet.keras"
+    if epochs is None:
+        train_gpr_convnet(path)
+    else:
+        train_gpr_convnet(path, epochs=epochs)
+    why = "" if bundled is not None else " (no bundled model found)"
+    return path, f"GPR ConvNet trained here on the bundled train split{why}"
+
+
+def _gpr_scans(n: int) -> list[Scan]:
+    from edgefleet.host.datasets.gpr import load_gpr  # noqa: PLC0415
+
+    data = load_gpr("heldout")
+    scans = []
+    for i in _spread(len(data.y), n):
+        buf = io.BytesIO()
+        np.save(buf, data.x[i], allow_pickle=False)
+        label = int(data.y[i])
+        scans.append(Scan(f"scan-{i:04d}.npy", label, buf.getvalue(), data.x[i]))
+    return scans
+
+
+def _spread(total: int, n: int) -> list[int]:
+    """``n`` indexes spread evenly over ``range(total)`` (every class, not just the first)."""
+    if total == 0:
+        raise DatasetError("the held-out split is empty")
+    n = min(n, total)
+    return sorted({int(i) for i in np.linspace(0, total - 1, n)})

@@ -1,0 +1,119 @@
+"""`edgefleet demo` end to end (the real CLI, agents and broker), its cleanup, and its brokers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgefleet.host.broker import EmbeddedBroker, MosquittoProcess
+from edgefleet.host.mqttconn import BrokerSettings, connect
+
+pytestmark = pytest.mark.integration
+
+EDGEFLEET = Path(sys.executable).with_name("edgefleet")
+
+
+def _gone(pid: int, wait_s: float = 15.0) -> bool:
+    """True once no process has this pid (bounded wait: the reaper may lag a little)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_demo_json_summary_all_active_nothing_lost_accurate():
+    proc = subprocess.run(
+        [str(EDGEFLEET), "demo", "--devices", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    summary = json.loads(proc.stdout)  # stdout holds the JSON and nothing else
+
+    assert summary["ok"] is True, summary["problems"]
+    assert summary["all_active"] is True
+    devices = summary["devices"]
+    assert [d["device_id"] for d in devices] == ["demo-01", "demo-02"]
+    assert all(d["update"] == f"active v{summary['deployed']['version']}" for d in devices)
+    assert summary["sent"] > 0
+    assert summary["received"] == summary["sent"]
+    # the round robin gave both devices work, and each answered for all of it
+    assert all(d["sent"] > 0 and d["received"] == d["sent"] for d in devices)
+    assert summary["accuracy"] >= summary["min_accuracy"] > 0
+    # the devices ran the same preprocessing and model as the host's LiteRT check
+    assert summary["host_agreement"] >= 0.98
+    modes = {m["mode"]: m for m in summary["quantization"]}
+    assert {"float32", "int8"} <= set(modes)
+    assert modes["int8"]["size_bytes"] < modes["float32"]["size_bytes"] / 3
+    assert summary["deployed"]["mode"] == "int8"
+    assert summary["median_latency_ms"] > 0
+    for device in devices:  # cleaned up on the way out
+        assert _gone(device["pid"]), f"agent {device['device_id']} still runs"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_demo_stops_its_agents_and_broker(tmp_path, sig):
+    proc = subprocess.Popen(
+        [str(EDGEFLEET), "demo", "--dataset", "mnist", "--json", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids: list[int] = []
+    seen: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        pids += [int(p) for p in re.findall(r"\(pid (\d+)\)", line)]
+        if "agents:" in line:
+            break
+    assert len(pids) == 3, "".join(seen)  # mosquitto and two agents
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted" in err
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_embedded_amqtt_broker_serves_mqtt311_clients_and_stops():
+    broker = EmbeddedBroker().start()
+    try:
+        conn = connect(BrokerSettings(url=broker.url), protocol="3.1.1")
+        try:
+            conn.subscribe("demo-test/#")
+            conn.wait_published([conn.publish("demo-test/a", b"hello", retain=True)])
+            msg = conn.next_message(5)
+            assert msg is not None
+            assert (msg.topic, msg.payload) == ("demo-test/a", b"hello")
+        finally:
+            conn.close()
+    finally:
+        broker.stop()
+    assert broker._thread is not None
+    assert not broker._thread.is_alive()
+
+
+def test_mosquitto_process_listens_then_stops(tmp_path):
+    broker = MosquittoProcess(tmp_path).start()
+    assert broker.proc is not None
+    pid = broker.proc.pid
+    conn = connect(BrokerSettings(url=broker.url))
+    assert conn.mqtt5
+    conn.close()
+    broker.stop()
+    assert _gone(pid)
