@@ -66,7 +66,10 @@ def _configs(root: Path, url: str, prefix: str, signer: Signer) -> list[Path]:
         )
         # Field-like timings: the test defaults (0.5 s) would make 100 agents chatter.
         text = path.read_text().replace("heartbeat_s = 0.5", "heartbeat_s = 5")
-        path.write_text(text.replace("chunk_timeout_s = 0.5", "chunk_timeout_s = 5"))
+        text = text.replace("chunk_timeout_s = 0.5", "chunk_timeout_s = 5")
+        # N simulated devices share the test machine's cores, and every one starts its
+        # health-check child at the same moment: 30 s is too short for 100 on 2 cores.
+        path.write_text(text.replace("health_timeout_s = 30", "health_timeout_s = 900"))
         paths.append(path)
     return paths
 
