@@ -353,8 +353,12 @@ def open_fleet(
     if key_file is None and config is not None:
         key_file = config.resolve(config.signing_key)
     key = _load_key(key_file) if need_key else None
-    registry = open_registry(state_dir)
     conn = connect(settings, client_id=client_id, persistent=persistent)
+    try:
+        registry = open_registry(state_dir)
+    except FleetError:
+        conn.close()
+        raise
     fleet = Fleet(conn=conn, topics=Topics(settings.prefix), registry=registry, signing_key=key)
     if config is not None:
         for record in load_registry(config.root).active():
