@@ -282,9 +282,10 @@ class _Demo:
         else:
             if not demo_agents.agent_speaks_mqtt311():
                 raise DemoError(
-                    "no mosquitto here, and the embedded amqtt broker speaks MQTT 3.1.1 only, "
-                    "which edgefleet-agent does not offer yet: install mosquitto "
-                    "(sudo apt-get install mosquitto) or pass --broker mqtt://HOST:PORT"
+                    "the embedded amqtt broker speaks MQTT 3.1.1 only, and this "
+                    "edgefleet-agent speaks MQTT 5 only (its config has no mqtt.protocol "
+                    "setting yet): install mosquitto (sudo apt-get install mosquitto) or "
+                    "pass --broker mqtt://HOST:PORT"
                 )
             broker = EmbeddedBroker().start()
             self.log(f"broker: embedded amqtt on {broker.url} (plain MQTT 3.1.1, loopback)")

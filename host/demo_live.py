@@ -86,6 +86,10 @@ class LiveRun:
     stats: IngestStats = field(default_factory=IngestStats)
     _done: threading.Event = field(default_factory=threading.Event)
     _stop_feeding: threading.Event = field(default_factory=threading.Event)
+    _by_name: dict[str, Scan] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._by_name = {s.name: s for s in self.scans}
 
     def run(self, *, interval_s: float, timeout_s: float) -> None:
         """Feed and ingest until every scan's prediction is stored, or ``timeout_s`` passes."""
@@ -129,8 +133,7 @@ class LiveRun:
             time.sleep(interval_s)
 
     def _on_new(self, record: PredictionRecord) -> None:
-        by_name = {s.name: s for s in self.scans}
-        scan = by_name.get(record.source)
+        scan = self._by_name.get(record.source)
         if scan is None or record.source in self.arrived:
             self.strays += 1  # not one of ours (an earlier run's leftovers)
             return
@@ -176,8 +179,7 @@ class LiveRun:
         info = read_model_info(deployed.read_bytes())
         if info is None or not records:
             return None
-        by_name = {s.name: s for s in self.scans}
-        x = np.stack([preprocess(by_name[r.source].raw, info.preprocess) for r in records])
+        x = np.stack([preprocess(self._by_name[r.source].raw, info.preprocess) for r in records])
         host = np.argmax(measure.predict_all(deployed, x.astype(np.float32), info), axis=1)
         same = [r.label == info.labels[int(h)] for r, h in zip(records, host, strict=True)]
         return round(sum(same) / len(same), 4)
