@@ -166,15 +166,25 @@ def _gpr_model(workdir: Path, train: bool, epochs: int | None) -> tuple[Path, st
 
 
 def _gpr_scans(n: int) -> list[Scan]:
+    """Held-out B-scans, alternately as the raw ``.npy`` and as the crew's 8-bit PNG form."""
+    from PIL import Image  # noqa: PLC0415
+
     from edgefleet.host.datasets.gpr import load_gpr  # noqa: PLC0415
+    from edgefleet.shared.gpr import render_png  # noqa: PLC0415
 
     data = load_gpr("heldout")
     scans = []
-    for i in _spread(len(data.y), n):
+    for k, i in enumerate(_spread(len(data.y), n)):
         buf = io.BytesIO()
-        np.save(buf, data.x[i], allow_pickle=False)
-        label = int(data.y[i])
-        scans.append(Scan(f"scan-{i:04d}.npy", label, buf.getvalue(), data.x[i]))
+        raw: npt.NDArray[np.generic] = data.x[i]
+        if k % 2:
+            raw = render_png(raw)
+            Image.fromarray(raw).save(buf, format="PNG")
+            name = f"scan-{i:04d}.png"
+        else:
+            np.save(buf, raw, allow_pickle=False)
+            name = f"scan-{i:04d}.npy"
+        scans.append(Scan(name, int(data.y[i]), buf.getvalue(), raw))
     return scans
 
 

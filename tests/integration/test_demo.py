@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.device.config import load_config
 from edgefleet.host.broker import EmbeddedBroker, MosquittoProcess
+from edgefleet.host.demo_agents import demo_agent_config, extract_bundle
+from edgefleet.host.fleetconfig import dump_toml
 from edgefleet.host.mqttconn import BrokerSettings, connect
+from edgefleet.host.provision import init_fleet, provision_device
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +121,30 @@ def test_mosquitto_process_listens_then_stops(tmp_path):
     conn.close()
     broker.stop()
     assert _gone(pid)
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_the_agent_accepts_the_config_the_demo_makes_from_a_real_bundle(tmp_path, tls):
+    config = init_fleet(
+        tmp_path / "fleet", broker_url="mqtts://127.0.0.1:18883", bind_address="127.0.0.1"
+    )
+    bundle = extract_bundle(
+        provision_device(config.root, "demo-01", groups=["demo"]), tmp_path / "dev" / "bundle"
+    )
+    url = "mqtts://127.0.0.1:18883" if tls else "mqtt://127.0.0.1:1883"
+    settings = demo_agent_config(bundle, home=tmp_path / "dev", url=url, tls=tls, mqtt311=False)
+    (bundle / "agent.toml").write_text(dump_toml(settings))
+
+    agent = load_config(bundle / "agent.toml")
+    assert agent.device_id == "demo-01"
+    assert agent.groups == ["demo"]
+    assert agent.mqtt.url == url
+    assert agent.state_dir == tmp_path / "dev" / "state"
+    assert agent.inference.watch_dir == tmp_path / "dev" / "inbox"
+    assert [p.is_dir() for p in agent.trust.signing_keys] == [True]
+    if tls:
+        assert agent.mqtt.cert_file is not None
+        assert agent.mqtt.cert_file.is_file()
+    else:
+        assert agent.mqtt.ca_file is None
+        assert agent.mqtt.cert_file is None
