@@ -216,6 +216,10 @@ class _Demo:
 
     def run(self) -> Summary:
         t = time.monotonic()
+        self.say(
+            f"edgefleet demo: {len(self.device_ids)} device(s), data set {self.data.name}, "
+            f"{self.options.scans} held-out inputs, deploying {self.options.deploy_mode}"
+        )
         config, url = self.setup_fleet()
         self.agents.start_all(self.device_ids, config=config, url=url, tls=url.startswith("mqtts"))
         pids = ", ".join(f"{d} (pid {p})" for d, p in self.agents.pids().items())
