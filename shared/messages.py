@@ -100,7 +100,10 @@ class Status(Message):
     latency_p50_ms: NonNeg | None = Field(default=None, description="Median latency.")
     latency_p95_ms: NonNeg | None = Field(default=None, description="95th pct latency.")
     outbox_depth: Count | None = Field(default=None, description="Unacked predictions.")
-    dropped: Count | None = Field(default=None, description="Inputs dropped (overload).")
+    dropped: Count | None = Field(
+        default=None,
+        description="Prediction records dropped by the outbox bound policy (ever, persisted).",
+    )
     uptime_s: NonNeg | None = Field(default=None, description="Seconds since agent start.")
     rss_bytes: Count | None = Field(default=None, description="Resident memory.")
     cpu_temp_c: float | None = Field(default=None, description="SoC temperature.")
@@ -151,8 +154,13 @@ class PredictionRecord(Message):
     """One inference result; unique on (device_id, boot_id, seq)."""
 
     device_id: DeviceId = Field(description="The device's id.")
-    boot_id: BootId = Field(description="Agent run; seq restarts from 0 each run.")
-    seq: Count = Field(description="Position of this record within the run.")
+    boot_id: BootId = Field(description="Agent run (random per start of the agent).")
+    seq: Count = Field(
+        description=(
+            "Record number, +1 per record; unique per (device_id, boot_id). The reference "
+            "agent starts at 1 and keeps counting across runs (the counter is in its outbox)."
+        )
+    )
     source: LongText = Field(default="", description="Where the input came from.")
     label: ShortText = Field(description="Best class.")
     score: float = Field(description="Its score.")

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.device.outbox import Outbox
+from edgefleet.shared.messages import PredictionRecord, Status
 
 
 def _build(seq: int) -> bytes:
@@ -54,3 +55,19 @@ def test_failed_build_leaves_nothing_behind(tmp_path: Path):
         box.append("b", broken)
     assert box.depth() == 0
     assert box.append("b", _build) == 1  # the seq was not consumed either
+
+
+def test_the_wire_descriptions_say_what_the_outbox_does(tmp_path: Path):
+    # The schema text is what other implementers read: it must match the behaviour.
+    box = Outbox(tmp_path / "o.sqlite", max_records=1, when_full="drop_oldest")
+    assert box.append("run-1", _build) == 1  # starts at 1, not 0
+    box.close()
+    box = Outbox(tmp_path / "o.sqlite", max_records=1, when_full="drop_oldest")
+    assert box.append("run-2", _build) == 2  # a new run keeps counting
+    assert box.dropped() == 1  # run-1's record, dropped by the bound policy
+    fields = PredictionRecord.model_fields
+    seq_text = f"{fields['seq'].description} {fields['boot_id'].description}"
+    assert "starts at 1" in seq_text
+    assert "across runs" in seq_text
+    assert "restarts" not in seq_text
+    assert "outbox bound policy" in (Status.model_fields["dropped"].description or "")
