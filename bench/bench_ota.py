@@ -7,8 +7,8 @@ For each N (default 1, 10, 100), on one Mosquitto on loopback:
   subscriber has every chunk: what the broker alone needs to fan the bytes out;
 * edgefleet: N real agents (``tests/support/agent_pool.py``, 25 to a process, each with
   its own MQTT session and state), idle and online; ``host.publish.push`` to their group;
-  "delivered" is when every agent has reported 90 % of the chunks persisted (its last
-  progress report; the agent sends its health_check report only together with "active"),
+  "delivered" is when every agent has sent its last progress report (~90 % of the chunks
+  persisted; the agent sends its health_check report only together with "active"),
   "active" when every agent reports the new version active.
 
 The ratios (delivered / raw, active / raw) are measured in one run.
@@ -111,10 +111,11 @@ class ReportWatch:
         if report.version != self.version:
             return
         now = time.perf_counter()
-        # The agent reports progress in 10 % steps and sends its health_check report
-        # together with "active": 90 % persisted is the last sign of the transfer.
-        downloaded = report.state == "downloading" and report.progress >= 0.9
-        if downloaded or report.state in PAST_DOWNLOAD:
+        # The agent reports progress in ~10 % steps and sends its health_check report
+        # together with "active": its last progress report is the last sign of the transfer.
+        if report.state == "downloading":
+            self.delivered[report.device_id] = now
+        elif report.state in PAST_DOWNLOAD:
             self.delivered.setdefault(report.device_id, now)
         if report.state == "active":
             self.active.setdefault(report.device_id, now)
