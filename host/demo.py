@@ -221,7 +221,13 @@ class _Demo:
             f"{self.options.scans} held-out inputs, deploying {self.options.deploy_mode}"
         )
         config, url = self.setup_fleet()
-        self.agents.start_all(self.device_ids, config=config, url=url, tls=url.startswith("mqtts"))
+        self.agents.start_all(
+            self.device_ids,
+            config=config,
+            url=url,
+            tls=url.startswith("mqtts"),
+            mqtt311=self.summary.broker.get("kind") == "amqtt",
+        )
         pids = ", ".join(f"{d} (pid {p})" for d, p in self.agents.pids().items())
         self.log(f"agents: {pids}; logs in {self.agents.root}/<id>/agent.log")
         t = self.lap("setup", t)

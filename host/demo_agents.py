@@ -84,11 +84,15 @@ class AgentGroup:
         self.root = root
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start_all(self, device_ids: list[str], *, config: FleetConfig, url: str, tls: bool) -> None:
-        """Unpack each device's bundle, write its agent.toml, start ``edgefleet-agent run``."""
+    def start_all(
+        self, device_ids: list[str], *, config: FleetConfig, url: str, tls: bool, mqtt311: bool
+    ) -> None:
+        """Unpack each device's bundle, write its agent.toml, start ``edgefleet-agent run``.
+
+        ``mqtt311`` sets ``mqtt.protocol = "3.1.1"`` (for a broker that speaks nothing newer).
+        """
         from edgefleet.host.fleetconfig import dump_toml  # noqa: PLC0415
 
-        mqtt311 = url.startswith("mqtt://") and agent_speaks_mqtt311()
         for device in device_ids:
             bundle = extract_bundle(
                 config.resolve(f"bundles/{device}.tar.gz"), self.root / device / "bundle"
