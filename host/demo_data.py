@@ -62,11 +62,12 @@ def models_dir() -> Path:
 
 def bundled_gpr_model() -> Path | None:
     """The bundled GPR ConvNet (Keras), if the package ships one."""
+    folder = models_dir()
     for name in GPR_MODEL_NAMES:
-        path = models_dir() / name
-        if path.is_file():
-            return path
-    return None
+        if (folder / name).is_file():
+            return folder / name
+    others = sorted(folder.glob("gpr*.keras")) if folder.is_dir() else []
+    return others[0] if others else None
 
 
 def pick(name: str | None) -> DemoData:
