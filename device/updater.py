@@ -29,7 +29,13 @@ from edgefleet.device.faults import fault
 from edgefleet.device.store import FileChunkStore, Pointer, StateStore, atomic_write
 from edgefleet.shared.chunks import Reassembler
 from edgefleet.shared.errors import ChunkError, DecodeError, IntegrityError, ManifestError
-from edgefleet.shared.manifest import Manifest, ModelVariant, select_variant, verify_manifest
+from edgefleet.shared.manifest import (
+    Manifest,
+    ModelVariant,
+    open_envelope,
+    select_variant,
+    verify_manifest,
+)
 from edgefleet.shared.messages import ChunkRequest, Reported, UpdateState, encode
 
 if TYPE_CHECKING:
@@ -139,10 +145,16 @@ class Updater:
         if envelope_sha in self._seen:
             return []
         self._seen.add(envelope_sha)
+        self.state = UpdateState.VERIFYING
         try:
-            manifest, variant = self._verify(data)
+            # Only fields under a valid signature may be reported back (name, version).
+            manifest = open_envelope(data, trusted_keys=self.settings.trusted_keys)
         except ManifestError as exc:
             return [self._rejected(exc)]
+        try:
+            variant = self._verify(data)
+        except ManifestError as exc:
+            return [self._rejected(exc, manifest)]
         fault("after_verify")
         return self._begin(manifest, variant, data, envelope_sha)
 
@@ -188,8 +200,8 @@ class Updater:
 
     # -- steps ------------------------------------------------------------------------
 
-    def _verify(self, data: bytes) -> tuple[Manifest, ModelVariant]:
-        self.state = UpdateState.VERIFYING
+    def _verify(self, data: bytes) -> ModelVariant:
+        """The device's policy checks (signature again, then section 6 in order)."""
         version, time_floor = self.store.floor()
         manifest = verify_manifest(
             data,
@@ -202,7 +214,7 @@ class Updater:
             max_model_bytes=self.settings.max_model_bytes,
             time_floor=time_floor,
         )
-        return manifest, select_variant(manifest, self.settings.accelerators)
+        return select_variant(manifest, self.settings.accelerators)
 
     def _begin(
         self, manifest: Manifest, variant: ModelVariant, data: bytes, envelope_sha: str
@@ -364,11 +376,23 @@ class Updater:
         self.last_report = report
         return Publish(publish.topic, encode(report), retain=True)
 
-    def _rejected(self, exc: ManifestError) -> Publish:
+    def _rejected(self, exc: ManifestError, manifest: Manifest | None = None) -> Publish:
+        """Report a refused manifest; ``manifest`` only if its signature verified."""
         log.warning("manifest rejected (%s): %s", exc.reason, exc)
         message = str(exc)[:4000]
+        variant = None
+        if manifest is not None:
+            try:
+                variant = select_variant(manifest, self.settings.accelerators)
+            except ManifestError:
+                variant = None  # refused for its accelerator: no variant to name
         return self._report(
-            UpdateState.REJECTED, step="verifying", reason=exc.reason, message=message
+            UpdateState.REJECTED,
+            manifest,
+            variant,
+            step="verifying",
+            reason=exc.reason,
+            message=message,
         )
 
     def _failed(

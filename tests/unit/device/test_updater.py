@@ -1,6 +1,7 @@
 """The update state machine, driven by events without MQTT (real manifests, chunks, files)."""
 
 import base64
+import dataclasses
 import hashlib
 import json
 import time
@@ -21,10 +22,13 @@ from edgefleet.shared.topics import Topics
 KEY = Ed25519PrivateKey.generate()
 TOPICS = Topics("t")
 CHUNK = 100
+NOW = time.time()  # the harness clock (fixed, so expiry does not depend on the run time)
 
 
-def manifest(data: bytes, version: int, *, key=KEY, devices=("d1",), sha=None) -> bytes:
-    variant = ModelVariant.for_bytes(data, accelerator="cpu", chunk_size=CHUNK)
+def manifest(
+    data: bytes, version: int, *, key=KEY, devices=("d1",), sha=None, accel="cpu", **fields
+) -> bytes:
+    variant = ModelVariant.for_bytes(data, accelerator=accel, chunk_size=CHUNK)
     if sha:
         variant = variant.model_copy(update={"sha256": sha})
     now = int(time.time())
@@ -41,7 +45,7 @@ def manifest(data: bytes, version: int, *, key=KEY, devices=("d1",), sha=None) -
         preprocess=PreprocessSpec(height=1, width=2),
         labels=["a", "b", "c"],
     )
-    return sign_manifest(m, key)
+    return sign_manifest(m.model_copy(update=fields), key)
 
 
 def tamper_signature(envelope: bytes) -> bytes:
@@ -75,7 +79,7 @@ class Harness:
             clock=lambda: self.now,
         )
 
-    now = time.time()
+    now = NOW
 
     def health(self, path: Path, _m: Manifest) -> None:
         self.checked.append(path)
@@ -134,8 +138,31 @@ def test_refused_manifests_are_reported_and_change_nothing(tmp_path: Path, envel
     (report,) = reports(actions)
     assert (report.state, report.reason) == (UpdateState.REJECTED, reason)
     assert report.message
+    if reason != "not_targeted":  # unsigned fields are never reported back
+        assert (report.model_name, report.version) == (None, None)
     assert h.updater.store.active() is None
     assert not any(isinstance(a, Subscribe) for a in actions)
+
+
+@pytest.mark.parametrize(
+    ("envelope", "reason"),
+    [
+        (lambda d: manifest(d, 7, devices=("other",)), "not_targeted"),
+        (lambda d: manifest(d, 7, created_at=int(NOW) - 99, expires_at=int(NOW) - 1), "expired"),
+        (lambda d: manifest(d, 7, accel="edgetpu"), "accelerator"),
+        (lambda d: manifest(d * 100, 7), "too_large"),
+        (lambda d: manifest(d, 3), "rollback"),  # floor 5, nothing active
+    ],
+)
+def test_refusals_of_signed_manifests_name_the_version(tmp_path: Path, envelope, reason):
+    # The host matches reports to a rollout by version: a verified manifest's refusal says it.
+    h = Harness(tmp_path)
+    h.updater.settings = dataclasses.replace(h.updater.settings, max_model_bytes=1000)
+    h.updater.store.raise_floor(5, 0.0)
+    (report,) = reports(h.updater.on_desired(envelope(b"x" * 300)))
+    assert (report.state, report.reason) == (UpdateState.REJECTED, reason)
+    assert (report.model_name, report.version) == ("m", 7 if reason != "rollback" else 3)
+    assert (report.sha256 is None) == (reason == "accelerator")
 
 
 def test_replayed_older_version_is_a_rollback(tmp_path: Path):
