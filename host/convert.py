@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import os
 import re
 from pathlib import Path
@@ -127,7 +129,10 @@ def convert(
     # A private converter flag, the only switch TF offers for per-tensor weights.
     converter._experimental_disable_per_channel = not per_channel  # noqa: SLF001
     try:
-        data = bytes(converter.convert())
+        # Keras' export prints "Saved artifact at ..." for every conversion; keep it out of
+        # the CLI's output (the table is what the user reads).
+        with contextlib.redirect_stdout(io.StringIO()):
+            data = bytes(converter.convert())
     except Exception as exc:  # the converter raises many unrelated types
         raise QuantizationError(_converter_message(mode, exc)) from exc
     if mode in {"int8", "qat"}:

@@ -168,6 +168,7 @@ def quantize(
         labels=list(inputs.calibration.labels),
     )
     rep = inputs.calibration.x[:calibration_samples]
+    timed: dict[str, measure.Candidate] = {}
     for mode in resolve_modes(modes):
         source = inputs.model
         if mode == "qat":
@@ -179,17 +180,19 @@ def quantize(
         )
         path = out_dir / f"{inputs.name}_{mode}.tflite"
         write_atomic(path, embed_model_info(data, info))
-        report.results.append(
-            _measure(path, mode, info, data=inputs.evaluation, runs=latency_runs, threads=threads)
-        )
+        report.results.append(_measure(path, mode, info, data=inputs.evaluation))
+        timed[mode] = measure.Candidate(path, inputs.evaluation.x[0], info)
+    # Timed together, interleaved, so load from other processes skews no ratio.
+    latencies = measure.interleaved_latency_ms(timed, runs=latency_runs, threads=threads)
+    for result in report.results:
+        result.latency_ms = latencies[result.mode]
     if run_edgetpu:
         report.edgetpu = _compile(out_dir / f"{inputs.name}_int8.tflite", out_dir, report)
     return report
 
 
-def _measure(
-    path: Path, mode: str, info: ModelInfo, *, data: Prepared, runs: int, threads: int
-) -> ModeResult:
+def _measure(path: Path, mode: str, info: ModelInfo, *, data: Prepared) -> ModeResult:
+    """Size, accuracy and ops of one written model; latency is filled in later."""
     blob = path.read_bytes()
     scores = measure.predict_all(path, data.x, info)
     graph = read_flat_model(blob).main
@@ -199,7 +202,7 @@ def _measure(
         path=path.name,
         size_bytes=len(blob),
         accuracy=measure.top1_accuracy(scores, data.y),
-        latency_ms=measure.latency_ms(path, data.x[0], info, runs=runs, threads=threads),
+        latency_ms=0.0,
         input_dtype=info.input.dtype,
         output_dtype=info.output.dtype,
         ops=[op.name for op in graph.operators],

@@ -21,6 +21,7 @@ def mnist(
     from edgefleet.host.errors import HostError  # noqa: PLC0415
     from edgefleet.host.example import run_mnist_example  # noqa: PLC0415
 
+    print(f"training the seed ConvNet ({epochs} epochs, 8,000 digits), then every mode...")
     try:
         result = run_mnist_example(out, epochs=epochs, qat_epochs=qat_epochs)
         json_path, png_path = report.write(result, out)

@@ -7,8 +7,8 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from typer.testing import CliRunner
 
+from edgefleet.host import measure, report
 from edgefleet.host import quantize as q
-from edgefleet.host import report
 from edgefleet.host.cli import app
 from edgefleet.host.datasets.mnist import load_mnist
 from edgefleet.host.errors import DatasetError, ModelLoadError
@@ -83,6 +83,31 @@ def test_accuracies_are_recomputable_from_the_interpreter(result):
         assert _interpreter_accuracy(out / r.path, ev.x[:300], ev.y[:300]) == r.accuracy
     assert rep.eval_count == 300
     assert min(r.accuracy for r in rep.results) > 0.3  # a trained model, not chance
+
+
+def test_interleaved_latency_uses_each_candidates_settings(result, monkeypatch):
+    out, _ = result
+    built = []
+    real = measure.interpreter
+
+    def spy(path, *, threads, xnnpack):
+        built.append((path.name, threads, xnnpack))
+        return real(path, threads=threads, xnnpack=xnnpack)
+
+    monkeypatch.setattr(measure, "interpreter", spy)
+    cands = {}
+    for mode, overrides in (("float32", {}), ("int8", {"threads": 2, "xnnpack": False})):
+        path = out / f"mnist_convnet_{mode}.tflite"
+        info = read_model_info(path.read_bytes())
+        sample = preprocess(load_mnist("eval").x[0], info.preprocess)
+        cands[mode] = measure.Candidate(path, sample, info, **overrides)
+    timed = measure.interleaved_latency_ms(cands, runs=12, rounds=3, threads=1)
+    assert set(timed) == {"float32", "int8"}
+    assert all(ms > 0 for ms in timed.values())
+    assert built == [
+        ("mnist_convnet_float32.tflite", 1, True),
+        ("mnist_convnet_int8.tflite", 2, False),
+    ]
 
 
 def test_int8_model_is_really_int8(result):
