@@ -126,7 +126,7 @@ def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> Sum
     started = time.monotonic()
     if options.devices < 1:
         raise DemoError("--devices must be at least 1")
-    data = demo_data.pick(options.dataset)
+    data = demo_data.pick(options.dataset, train=options.train)
     with _terminate_as_interrupt(), _workdir(options) as workdir:
         demo = _Demo(options, data, workdir, say, started)
         try:

@@ -70,17 +70,22 @@ def bundled_gpr_model() -> Path | None:
     return others[0] if others else None
 
 
-def pick(name: str | None) -> DemoData:
+def pick(name: str | None, *, train: bool = False) -> DemoData:
     """The data set called ``name``; None means gpr when its model is bundled, else mnist.
 
     Raises:
-        DatasetError: an unknown name.
+        DatasetError: an unknown name, or gpr with neither a bundled model nor ``train``.
     """
     if name is None:
         name = "gpr" if bundled_gpr_model() is not None else "mnist"
     if name == "mnist":
         return _mnist()
     if name == "gpr":
+        if bundled_gpr_model() is None and not train:
+            raise DatasetError(
+                f"no bundled GPR model in {models_dir()}: pass --train to train one here "
+                "(minutes on 2 cores) or use --dataset mnist"
+            )
         return _gpr()
     raise DatasetError(f"unknown demo data set {name!r}: use gpr or mnist")
 
@@ -162,8 +167,7 @@ def _gpr_model(workdir: Path, train: bool, epochs: int | None) -> tuple[Path, st
         train_gpr_convnet(path)
     else:
         train_gpr_convnet(path, epochs=epochs)
-    why = "" if bundled is not None else " (no bundled model found)"
-    return path, f"GPR ConvNet trained here on the bundled train split{why}"
+    return path, "GPR ConvNet trained here on the bundled train split"
 
 
 def _gpr_scans(n: int) -> list[Scan]:
