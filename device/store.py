@@ -193,6 +193,30 @@ class StateStore:
             if path.stem not in keep:
                 path.unlink(missing_ok=True)
 
+    def note_ignored(self, manifest: dict[str, Any]) -> int:
+        """Count a signed manifest that was not news (older than the active model).
+
+        Args:
+            manifest: What to remember about the last one (name, version, why, when).
+
+        Returns:
+            How many were ignored so far (persisted in ``ignored.json``).
+        """
+        count = int(self.ignored()["count"]) + 1
+        data = {"count": count, "last": manifest}
+        atomic_write(self.root / "ignored.json", json.dumps(data, sort_keys=True).encode())
+        return count
+
+    def ignored(self) -> dict[str, Any]:
+        """``{"count": n, "last": {...} | None}``: stale manifests ignored so far."""
+        path = self.root / "ignored.json"
+        try:
+            raw = json.loads(path.read_bytes())
+            return {"count": int(raw["count"]), "last": dict(raw["last"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            # Missing, or unreadable: only a counter, so start again rather than fail.
+            return {"count": 0, "last": None}
+
     def floor(self) -> tuple[int, float]:
         """(highest activated version, signing-time floor) for anti-rollback."""
         path = self.root / "antirollback.json"

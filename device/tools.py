@@ -122,4 +122,6 @@ def local_status(config_path: Path) -> dict[str, Any]:
         "outbox_depth": depth,
         "dropped": dropped,
         "downloads": sorted(p.name for p in (store.root / "downloads").iterdir()),
+        # signed manifests not newer than the active model (replays, stale desired topics)
+        "ignored_manifests": store.ignored(),
     }

@@ -145,12 +145,14 @@ class Updater:
         if envelope_sha in self._seen:
             return []
         self._seen.add(envelope_sha)
-        self.state = UpdateState.VERIFYING
         try:
             # Only fields under a valid signature may be reported back (name, version).
             manifest = open_envelope(data, trusted_keys=self.settings.trusted_keys)
         except ManifestError as exc:
             return [self._rejected(exc)]
+        if self._not_news(manifest):
+            return []
+        self.state = UpdateState.VERIFYING
         try:
             variant = self._verify(data)
         except ManifestError as exc:
@@ -199,6 +201,40 @@ class Updater:
         return [Publish(topic, encode(request))]
 
     # -- steps ------------------------------------------------------------------------
+
+    def _not_news(self, manifest: Manifest) -> bool:
+        """True for a signed manifest no newer than the active model: change nothing.
+
+        The retained report keeps saying what the device does (protocol section 8.1): a
+        group copy of the canary's manifest, or an old one replayed or left retained on a
+        desired topic, must not overwrite ``active`` with ``rejected``/``rollback``.
+        """
+        active = self.store.active()
+        if active is None or manifest.version > active.version:
+            return False
+        shas = {v.sha256 for v in manifest.variants}
+        if manifest.version == active.version and active.sha256 in shas:
+            log.debug("manifest %s v%s is the model serving now", manifest.name, manifest.version)
+            return True
+        log.warning(
+            "ignoring manifest %s v%s: not newer than the active %s v%s (replayed, or a stale "
+            "retained desired topic)",
+            manifest.name,
+            manifest.version,
+            active.name,
+            active.version,
+        )
+        last = {
+            "name": manifest.name,
+            "version": manifest.version,
+            "active_version": active.version,
+            "ts": self.clock(),
+        }
+        try:
+            self.store.note_ignored(last)
+        except OSError as exc:
+            log.warning("cannot count the ignored manifest: %s", exc)
+        return True
 
     def _verify(self, data: bytes) -> ModelVariant:
         """The device's policy checks (signature again, then section 6 in order)."""

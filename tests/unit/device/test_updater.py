@@ -165,14 +165,31 @@ def test_refusals_of_signed_manifests_name_the_version(tmp_path: Path, envelope,
     assert (report.sha256 is None) == (reason == "accelerator")
 
 
-def test_replayed_older_version_is_a_rollback(tmp_path: Path):
+def test_a_manifest_no_newer_than_the_active_model_changes_nothing(tmp_path: Path):
     h = Harness(tmp_path)
     deliver(h, b"a" * 300, 2)
-    (report,) = reports(h.updater.on_desired(manifest(b"b" * 300, 1)))
-    assert (report.state, report.reason, report.active_version) == ("rejected", "rollback", 2)
-    # the same envelope again (Ed25519 is deterministic) is not re-reported
+    active = h.updater.last_report
+    # the canary's model again (same version and file, e.g. the group copy): silently
+    assert h.updater.on_desired(manifest(b"a" * 300, 2, targets=Targets(groups=["g"]))) == []
+    assert h.updater.on_desired(manifest(b"a" * 300, 2, devices=("d1", "d2"))) == []
+    assert h.updater.store.ignored()["count"] == 0
+    # an older one replayed, and a conflicting copy of the active version: counted
     assert h.updater.on_desired(manifest(b"b" * 300, 1)) == []
+    assert h.updater.on_desired(manifest(b"c" * 300, 2)) == []
+    ignored = h.updater.store.ignored()
+    assert ignored["count"] == 2
+    assert (ignored["last"]["version"], ignored["last"]["active_version"]) == (2, 2)
+    # the retained report still says active; nothing was downloaded or checked
+    assert h.updater.last_report == active
+    assert h.updater.state == UpdateState.ACTIVE
     assert h.activated == [2]
+    assert len(h.checked) == 1
+    # after a restart, the retained old manifest is ignored again (not reported)
+    h2 = Harness(tmp_path)
+    (start,) = reports(h2.updater.start())
+    assert h2.updater.on_desired(manifest(b"b" * 300, 1)) == []
+    assert h2.updater.last_report == start
+    assert h2.updater.store.ignored()["count"] == 3
 
 
 def test_health_check_failure_keeps_the_old_model(tmp_path: Path):
