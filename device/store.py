@@ -7,6 +7,8 @@ Layout::
       active.json                  pointer to the serving model (written atomically)
       previous.json                pointer to the model served before (kept for rollback)
       antirollback.json            highest activated version + signing-time floor
+      bad_models.json              models that failed their health check / activation
+      ignored.json                 count of signed manifests not newer than the active one
       downloads/<sha256>/          partial download: manifest, reassembler state, chunks/
       outbox.sqlite                prediction outbox
 
@@ -28,6 +30,9 @@ from typing import Any
 
 from edgefleet.device.errors import StoreError
 from edgefleet.device.faults import fault
+
+BAD_MODELS = "bad_models.json"
+MAX_BAD_MODELS = 100
 
 
 def fsync_dir(path: Path) -> None:
@@ -192,6 +197,26 @@ class StateStore:
         for path in (self.root / "models").glob("*.tflite"):
             if path.stem not in keep:
                 path.unlink(missing_ok=True)
+
+    def remember_bad_model(self, sha256: str, record: dict[str, Any]) -> None:
+        """Persist that model ``sha256`` failed (``record``: version, step, reason, message).
+
+        Kept across restarts so that a model that crashes its health check is not checked
+        again after every reboot; only the newest ``MAX_BAD_MODELS`` are kept.
+        """
+        bad = self.bad_models()
+        bad[sha256] = record
+        newest = sorted(bad.items(), key=lambda kv: int(kv[1]["version"]))[-MAX_BAD_MODELS:]
+        atomic_write(self.root / BAD_MODELS, json.dumps(dict(newest), sort_keys=True).encode())
+
+    def bad_models(self) -> dict[str, dict[str, Any]]:
+        """sha256 -> what ``remember_bad_model`` recorded ({} if none or unreadable)."""
+        try:
+            raw = json.loads((self.root / BAD_MODELS).read_bytes())
+            return {str(k): dict(v) | {"version": int(v["version"])} for k, v in raw.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            # Missing or damaged: at worst a bad model is health-checked once more.
+            return {}
 
     def note_ignored(self, manifest: dict[str, Any]) -> int:
         """Count a signed manifest that was not news (older than the active model).

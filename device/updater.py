@@ -255,6 +255,9 @@ class Updater:
     def _begin(
         self, manifest: Manifest, variant: ModelVariant, data: bytes, envelope_sha: str
     ) -> list[Action]:
+        bad = self.store.bad_models().get(variant.sha256)
+        if bad is not None and manifest.version <= bad["version"]:
+            return [self._known_bad(manifest, variant, bad)]
         actions = self._abandon_job()
         if self.store.has_model(variant.sha256):
             # Already here (e.g. a rollback to the previous model): no download needed.
@@ -345,12 +348,15 @@ class Updater:
             self.health_check(path, manifest)
         except HealthCheckError as exc:
             self.store.prune_models()
+            self._remember_bad(manifest, variant, "health_check", "health_check", exc)
             return [*actions, self._failed(manifest, variant, "health_check", "health_check", exc)]
         self.state = UpdateState.ACTIVATING
         actions.append(self._report(UpdateState.ACTIVATING, manifest, variant))
         try:
             pointer = self._activate(manifest, variant, envelope_sha, path)
         except (DeviceError, OSError) as exc:
+            if isinstance(exc, DeviceError):  # the model itself would not load: remember it
+                self._remember_bad(manifest, variant, "activating", "io_error", exc)
             return [*actions, self._failed(manifest, variant, "activating", "io_error", exc)]
         fault("after_activate_before_report")
         return [*actions, self._report_active(pointer)]
@@ -429,6 +435,39 @@ class Updater:
             step="verifying",
             reason=exc.reason,
             message=message,
+        )
+
+    def _remember_bad(
+        self, manifest: Manifest, variant: ModelVariant, step: str, reason: str, exc: Exception
+    ) -> None:
+        record = {
+            "version": manifest.version,
+            "name": manifest.name,
+            "step": step,
+            "reason": reason,
+            "message": str(exc)[:1000],
+        }
+        try:
+            self.store.remember_bad_model(variant.sha256, record)
+        except OSError as err:
+            log.warning("cannot remember the failed model %s: %s", variant.sha256, err)
+
+    def _known_bad(
+        self, manifest: Manifest, variant: ModelVariant, bad: Mapping[str, Any]
+    ) -> Publish:
+        """Report a model that failed before without downloading or checking it again."""
+        message = (
+            f"this model failed at {bad['step']} before (as v{bad['version']}: "
+            f"{bad['message']}); not tried again - publish it with a higher version to retry"
+        )
+        log.warning("update to %s v%s refused: %s", manifest.name, manifest.version, message)
+        return self._report(
+            UpdateState.FAILED,
+            manifest,
+            variant,
+            step=str(bad["step"]),
+            reason=str(bad["reason"]),
+            message=message[:4000],
         )
 
     def _failed(

@@ -263,3 +263,36 @@ def test_one_shot_predict_prints_one_json_line_per_file(mnist_bundle, tmp_path):
     assert [int(line["label"]) for line in lines[:5]] == reference
     assert lines[5]["label"] == lines[0]["label"]  # the same digit as .npy and as .png
     assert lines[0]["model_name"] == "mnist_tiny"
+
+
+def test_a_crashing_model_is_not_checked_again_after_a_restart(setup, host, mnist_bundle):
+    signer, _inbox, _config, start = setup
+    agent = start()
+    install(host, signer, mnist_bundle, 1)
+    host.wait_report(DEVICE, state="active", version=1)
+    crash = crash_model(mnist_bundle)
+    host.offer(crash.data, chunk_size=CHUNK)
+    _, envelope = signer.manifest(crash, version=2, devices=[DEVICE], chunk_size=CHUNK)
+    host.push(envelope, device=DEVICE)
+    host.wait_report(DEVICE, state="failed", step="health_check", version=2)
+    assert agent.stop() == 0
+
+    # The retained manifest comes back after the restart: refused from memory, no new check.
+    since = len(host.reports)
+    agent = start()
+    again = host.wait(
+        lambda h: next((r for r in h.reports[since:] if r.state == "failed" and r.version == 2), 0)
+    )
+    assert (again.step, again.reason, again.active_version) == ("health_check", "health_check", 1)
+    assert "before" in again.message
+    assert "SIGSEGV" in again.message
+    states = {r.state for r in host.reports[since:] if r.device_id == DEVICE}
+    assert not states & {"downloading", "health_check"}
+
+    # The same file under a newer manifest is a new decision: checked (and refused) again.
+    _, v3 = signer.manifest(crash, version=3, devices=[DEVICE], chunk_size=CHUNK)
+    host.push(v3, device=DEVICE)
+    fresh = host.wait_report(DEVICE, state="failed", step="health_check", version=3)
+    assert "before" not in fresh.message
+    assert any(r.state == "health_check" and r.version == 3 for r in host.reports[since:])
+    assert agent.stop() == 0

@@ -207,6 +207,32 @@ def test_health_check_failure_keeps_the_old_model(tmp_path: Path):
     assert not store.model_path(hashlib.sha256(b"b" * 300).hexdigest()).exists()
 
 
+def test_a_model_that_failed_its_health_check_is_not_checked_again_after_a_restart(
+    tmp_path: Path,
+):
+    h = Harness(tmp_path)
+    deliver(h, b"a" * 300, 1)
+    h.health_error = HealthCheckError(
+        "the model crashed the interpreter (SIGSEGV)", reason="crashed"
+    )
+    deliver(h, b"b" * 300, 2)
+    assert len(h.checked) == 2
+    # a new process: the retained manifest of the crashing model arrives again
+    h2 = Harness(tmp_path)
+    h2.updater.start()
+    actions = h2.updater.on_desired(manifest(b"b" * 300, 2))
+    (report,) = reports(actions)
+    assert (report.state, report.step, report.reason) == ("failed", "health_check", "health_check")
+    assert (report.version, report.active_version) == (2, 1)
+    assert "before" in report.message
+    assert "SIGSEGV" in report.message
+    assert h2.checked == []  # neither downloaded nor checked again
+    assert not any(isinstance(a, Subscribe) for a in actions)
+    # the same model under a newer manifest is a new decision: downloaded and checked
+    deliver(h2, b"b" * 300, 3)
+    assert len(h2.checked) == 1
+
+
 def test_activation_hook_failure_reverts_the_pointer(tmp_path: Path):
     h = Harness(tmp_path)
     deliver(h, b"a" * 300, 1)
