@@ -20,6 +20,9 @@ from edgefleet.shared.tflite_model import read_flat_model
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import numpy as np
+    import numpy.typing as npt
+
     from edgefleet.shared.spec import ModelInfo
 
 QUANTIZED_MODES = ("float16", "dynamic", "int8", "16x8", "qat")
@@ -170,16 +173,7 @@ def quantize(
     rep = inputs.calibration.x[:calibration_samples]
     timed: dict[str, measure.Candidate] = {}
     for mode in resolve_modes(modes):
-        source = inputs.model
-        if mode == "qat":
-            train = inputs.train or inputs.calibration
-            source = convert.qat_fine_tune(inputs.model, train.x, train.y, epochs=qat_epochs)
-        data = convert.convert(source, mode, representative=rep)
-        info = describe(
-            data, name=inputs.name, mode=mode, labels=report.labels, preprocess=inputs.spec
-        )
-        path = out_dir / f"{inputs.name}_{mode}.tflite"
-        write_atomic(path, embed_model_info(data, info))
+        path, info = _write_mode(inputs, mode, rep=rep, out_dir=out_dir, qat_epochs=qat_epochs)
         report.results.append(_measure(path, mode, info, data=inputs.evaluation))
         timed[mode] = measure.Candidate(path, inputs.evaluation.x[0], info)
     # Timed together, interleaved, so load from other processes skews no ratio.
@@ -189,6 +183,22 @@ def quantize(
     if run_edgetpu:
         report.edgetpu = _compile(out_dir / f"{inputs.name}_int8.tflite", out_dir, report)
     return report
+
+
+def _write_mode(
+    inputs: Inputs, mode: str, *, rep: npt.NDArray[np.float32], out_dir: Path, qat_epochs: int
+) -> tuple[Path, ModelInfo]:
+    """Convert (QAT: fine-tune first), embed ModelInfo, write ``<name>_<mode>.tflite``."""
+    source = inputs.model
+    if mode == "qat":
+        train = inputs.train or inputs.calibration
+        source = convert.qat_fine_tune(inputs.model, train.x, train.y, epochs=qat_epochs)
+    data = convert.convert(source, mode, representative=rep)
+    labels = inputs.calibration.labels
+    info = describe(data, name=inputs.name, mode=mode, labels=labels, preprocess=inputs.spec)
+    path = out_dir / f"{inputs.name}_{mode}.tflite"
+    write_atomic(path, embed_model_info(data, info))
+    return path, info
 
 
 def _measure(path: Path, mode: str, info: ModelInfo, *, data: Prepared) -> ModeResult:
