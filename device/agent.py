@@ -1,8 +1,10 @@
 """The field agent: wires the updater, inference sources and outbox to a paho MQTT 5 client.
 
 Threads: a network thread runs ``client.loop()`` and reconnects with jittered, capped
-backoff; everything else (updates, inference, outbox, heartbeat) runs on the main thread,
-fed by a queue, so the interpreter and the state machine are never shared between threads.
+backoff; a short-lived worker waits for each health-check child, so inference goes on
+meanwhile; everything else (updates, inference, outbox, heartbeat, the switch to a checked
+model) runs on the main thread, fed by a queue, so the interpreter and the state machine
+are never shared between threads.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ log = logging.getLogger(__name__)
 MAX_IMAGE_MESSAGE = 24 * 2**20
 ACK_BATCH = 256
 FOLDER_BATCH = 64
+HEALTH_DONE = "_health_done"  # internal event: a health-check worker has finished
 
 
 def backoff_delay(attempt: int, cap: float) -> float:
@@ -121,6 +124,7 @@ class Agent:
             store=self.store,
             health_check=self._health_check,
             on_activate=self._load_classifier,
+            spawn=self._spawn,
         )
         self.events: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.stopping = threading.Event()
@@ -149,6 +153,17 @@ class Agent:
             edgetpu=self.config.runtime.edgetpu if edgetpu else "",
             timeout_s=self.config.update.health_timeout_s,
         )
+
+    def _spawn(self, job: Callable[[], None]) -> None:
+        """Run a health check on a worker; the main loop finishes the update when it ends."""
+
+        def run() -> None:
+            try:
+                job()
+            finally:
+                self.events.put((HEALTH_DONE, b""))
+
+        threading.Thread(target=run, name="health-check", daemon=True).start()
 
     def _load_classifier(self, path: Path, manifest: Manifest) -> None:
         edgetpu = self._variant_accelerator(path, manifest) == "edgetpu"
@@ -294,6 +309,9 @@ class Agent:
     def _dispatch(self, topic: str, payload: bytes) -> None:
         if topic == "_connected":
             self._on_connected()
+            return
+        if topic == HEALTH_DONE:
+            self._apply(self.updater.poll_health())  # activation happens here, on this thread
             return
         try:
             parsed = self.topics.parse(topic)

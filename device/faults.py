@@ -8,6 +8,7 @@ restart resumes or rolls forward without using a half-written file. The exit is
 from __future__ import annotations
 
 import os
+import time
 from typing import Final
 
 ENV: Final = "EDGEFLEET_FAULT"
@@ -22,6 +23,9 @@ POINTS: Final = frozenset(
         "health_child",
     }
 )
+# Points that stall instead of dying: ``EDGEFLEET_FAULT=slow_health_check:8`` makes the
+# health-check child sleep 8 s (default 5) before it loads the model.
+DELAY_POINTS: Final = frozenset({"slow_health_check"})
 
 
 def fault(point: str) -> None:
@@ -43,3 +47,10 @@ def fault(point: str) -> None:
 
 
 _hits: dict[str, int] = {}
+
+
+def delay(point: str) -> None:
+    """Sleep if ``EDGEFLEET_FAULT=<point>[:seconds]`` names this delay point (tests only)."""
+    name, _, seconds = os.environ.get(ENV, "").partition(":")
+    if name == point and point in DELAY_POINTS:
+        time.sleep(float(seconds or 5))

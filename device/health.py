@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.device.errors import DeviceError, HealthCheckError
-from edgefleet.device.faults import fault
+from edgefleet.device.faults import delay, fault
 from edgefleet.device.runtime import discover_backend, load_edgetpu_delegate, open_model
 from edgefleet.shared.spec import TensorSpec
 
@@ -47,6 +47,7 @@ def neutral_sample(spec: TensorSpec) -> np.ndarray:
 
 
 def _check(args: dict[str, Any]) -> dict[str, Any]:
+    delay("slow_health_check")
     backend = discover_backend(args["backend"])
     delegate = load_edgetpu_delegate(backend, args["edgetpu"]) if args["edgetpu"] else None
     model = open_model(

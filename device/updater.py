@@ -20,6 +20,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,14 @@ class Unsubscribe:
 Action = Publish | Subscribe | Unsubscribe
 HealthCheck = Callable[[Path, Manifest], Any]
 Activate = Callable[[Path, Manifest], None]
+# Runs a job, here or elsewhere: the agent hands health checks to a worker thread so that
+# inference goes on meanwhile; ``poll_health`` picks up the outcome on the main thread.
+Spawn = Callable[[Callable[[], None]], None]
+
+
+def run_inline(job: Callable[[], None]) -> None:
+    """The default ``Spawn``: run the job now (the outcome is ready for ``poll_health``)."""
+    job()
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,17 @@ class _Job:
 
 
 @dataclass
+class _Check:
+    """A health check under way; only ``outcome`` is touched by the worker."""
+
+    manifest: Manifest
+    variant: ModelVariant
+    envelope_sha: str
+    path: Path
+    outcome: Future[Any] = field(default_factory=Future)
+
+
+@dataclass
 class Updater:
     """The update state machine for one device (see the module docstring)."""
 
@@ -113,9 +133,11 @@ class Updater:
     health_check: HealthCheck
     on_activate: Activate
     clock: Callable[[], float] = time.time
+    spawn: Spawn = run_inline
     state: UpdateState = UpdateState.IDLE
     last_report: Reported | None = None
     _job: _Job | None = None
+    _check: _Check | None = None
     _seen: set[str] = field(default_factory=set)
 
     # -- events -----------------------------------------------------------------------
@@ -186,11 +208,11 @@ class Updater:
         return []
 
     def tick(self) -> list[Action]:
-        """Periodic: ask again for missing chunks after a quiet period."""
+        """Periodic: a finished health check; ask again for missing chunks after a pause."""
         job = self._job
         now = self.clock()
         if job is None or now - job.last_activity < self.settings.chunk_timeout_s:
-            return []
+            return self.poll_health()
         job.last_activity = now
         job.requests += 1
         missing = job.reassembler.missing()[:MAX_REQUEST_INDEXES]
@@ -301,6 +323,9 @@ class Updater:
         )
 
     def _abandon_job(self) -> list[Action]:
+        # A check under way is for a model this newer manifest replaces: its outcome is
+        # dropped (the child still ends by itself, bounded by the health-check timeout).
+        self._check = None
         job, self._job = self._job, None
         if job is None:
             return []
@@ -341,15 +366,42 @@ class Updater:
     def _install(
         self, manifest: Manifest, variant: ModelVariant, envelope_sha: str
     ) -> list[Action]:
-        path = self.store.model_path(variant.sha256)
-        self.state = UpdateState.HEALTH_CHECK
+        check = _Check(manifest, variant, envelope_sha, self.store.model_path(variant.sha256))
+        self._check = check
         actions = [self._report(UpdateState.HEALTH_CHECK, manifest, variant)]
+        self.spawn(lambda: self._run_check(check))
+        return actions + self.poll_health()
+
+    def _run_check(self, check: _Check) -> None:
+        # On the worker: run the (blocking) check; nothing else is touched here.
         try:
-            self.health_check(path, manifest)
-        except HealthCheckError as exc:
+            check.outcome.set_result(self.health_check(check.path, check.manifest))
+        except Exception as exc:  # noqa: BLE001 - every error is the check's verdict
+            check.outcome.set_exception(exc)
+
+    def poll_health(self) -> list[Action]:
+        """If the health check under way has finished: activate the model, or report why not.
+
+        Called on the driver's thread when the worker says it is done (and on every tick).
+        """
+        check = self._check
+        if check is None or not check.outcome.done():
+            return []
+        self._check = None
+        manifest, variant = check.manifest, check.variant
+        exc = check.outcome.exception()
+        if exc is not None:
+            if not isinstance(exc, HealthCheckError):
+                exc = HealthCheckError(f"the health check itself failed: {exc}", reason="crashed")
             self.store.prune_models()
             self._remember_bad(manifest, variant, "health_check", "health_check", exc)
-            return [*actions, self._failed(manifest, variant, "health_check", "health_check", exc)]
+            return [self._failed(manifest, variant, "health_check", "health_check", exc)]
+        return self._switch(manifest, variant, check.envelope_sha, check.path)
+
+    def _switch(
+        self, manifest: Manifest, variant: ModelVariant, envelope_sha: str, path: Path
+    ) -> list[Action]:
+        actions: list[Action] = []
         self.state = UpdateState.ACTIVATING
         actions.append(self._report(UpdateState.ACTIVATING, manifest, variant))
         try:

@@ -303,3 +303,45 @@ def test_start_reports_active_and_ignores_the_same_envelope(tmp_path: Path):
     assert (start.state, start.version) == ("active", 1)
     assert h2.updater.on_desired(envelope) == []
     assert json.loads((tmp_path / "active.json").read_text())["version"] == 1
+
+
+def test_the_health_check_runs_elsewhere_and_the_switch_waits_for_its_outcome(tmp_path: Path):
+    h = Harness(tmp_path)
+    deliver(h, b"a" * 300, 1)
+    jobs: list = []
+    h.updater.spawn = jobs.append  # a worker that has not run yet
+    actions = deliver(h, b"b" * 300, 2)
+    assert reports(actions)[-1].state == UpdateState.HEALTH_CHECK
+    assert h.updater.store.active().version == 1  # v1 serves while v2 is checked
+    assert h.updater.poll_health() == []
+    assert h.updater.tick() == []
+    assert h.activated == [1]
+    (job,) = jobs
+    job()  # the worker finishes
+    assert [r.state for r in reports(h.updater.poll_health())] == ["activating", "active"]
+    assert h.activated == [1, 2]
+    assert h.updater.store.active().version == 2
+    assert h.updater.poll_health() == []  # the outcome is used once
+
+
+def test_a_newer_manifest_during_a_health_check_drops_the_old_outcome(tmp_path: Path):
+    h = Harness(tmp_path)
+    jobs: list = []
+    h.updater.spawn = jobs.append
+    deliver(h, b"a" * 300, 1)
+    deliver(h, b"b" * 300, 2)  # arrives while v1 is still being checked
+    first, second = jobs
+    first()
+    assert h.updater.poll_health() == []  # v1's outcome no longer matters
+    second()
+    assert reports(h.updater.poll_health())[-1].state == UpdateState.ACTIVE
+    assert h.activated == [2]
+
+
+def test_a_health_check_that_breaks_is_a_failed_check(tmp_path: Path):
+    h = Harness(tmp_path)
+    h.health_error = OSError("cannot start the child")
+    last = reports(deliver(h, b"a" * 300, 1))[-1]
+    assert (last.state, last.step, last.reason) == ("failed", "health_check", "health_check")
+    assert "cannot start the child" in last.message
+    assert h.updater.store.active() is None
