@@ -82,9 +82,7 @@ def train_gpr_convnet(
 
 def _save_without_optimizer(model: Any, out_path: Path) -> None:  # noqa: ANN401
     # Adam's moments would triple the file; a deployable model needs only the weights.
-    import keras  # noqa: PLC0415
-
-    bare = keras.models.clone_model(model)
+    bare = type(model).from_config(model.get_config())  # rebuilt, never compiled
     bare.set_weights(model.get_weights())
     bare.save(out_path)
 
@@ -123,6 +121,7 @@ def evaluate(
     from edgefleet.host.modelinfo import describe, embed_model_info  # noqa: PLC0415
     from edgefleet.host.quantize import write_atomic  # noqa: PLC0415
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     model = convert.load_model(model_path)
     x_cal, _ = prepared("train", directory=directory, limit=calibration_samples)
     x, y = prepared("heldout", directory=directory)
