@@ -12,7 +12,7 @@ import typer
 
 MODES_HELP = (
     "Quantization modes besides float32 (repeatable): float16, dynamic, int8, 16x8, qat or "
-    "all. Default: float16, dynamic, int8 for mnist; also 16x8 for gpr."
+    "all. Default: all for gpr; float16, dynamic, int8 for mnist (which trains first)."
 )
 
 
