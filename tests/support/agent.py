@@ -127,31 +127,73 @@ def _embed_info(tflite: bytes) -> bytes:
     return embed_model_info(tflite, info)
 
 
-def crash_model(bundle: ModelBundle) -> ModelBundle:
-    """A crafted model that makes LiteRT segfault: the first CONV_2D loses its filter.
+# Inputs whose removal (tensor index -1, "optional") a kernel dereferences anyway, in order
+# of preference. Which one really crashes depends on the graph and the heap layout (it is
+# undefined behaviour): the CONV_2D filter crashed ai-edge-litert 2.3 in some runs and failed
+# cleanly in others ("Tensor at index 1 was optional but was expected"), while RESHAPE's shape
+# input and STRIDED_SLICE's begin input crashed every time on the tiny ConvNet (measured).
+_CRASH_CANDIDATES = (("CONV_2D", 1), ("RESHAPE", 1), ("STRIDED_SLICE", 1))
 
-    Its input index becomes -1 (optional), which the kernel dereferences anyway: SIGSEGV
-    in ``allocate_tensors`` (measured with ai-edge-litert 2.3). The bytes are a valid
-    flatbuffer with the original tensor specs, so only a health check that runs the
-    interpreter can find out - and it must do so in a child process.
+
+def _dies_by_signal(path: Path, bundle: ModelBundle) -> bool:
+    """True if the agent's health-check child dies by a signal on ``path``, twice in a row.
+
+    The probe is that very child: the crash is undefined behaviour, so whether it happens
+    depends on the process (what it imported, its heap), not only on the model.
+    """
+    args = {
+        "model": str(path),
+        "backend": "ai_edge_litert",
+        "num_threads": 1,
+        "edgetpu": "",
+        "input": bundle.input.model_dump(mode="json"),
+        "output": bundle.output.model_dump(mode="json"),
+    }
+    cmd = [sys.executable, "-m", "edgefleet.device.health", json.dumps(args)]
+    for _ in range(2):
+        proc = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+        if proc.returncode >= 0:
+            return False
+    return True
+
+
+def crash_model(bundle: ModelBundle) -> ModelBundle:
+    """A crafted model that makes LiteRT die by a signal (SIGSEGV), verified here.
+
+    One operator loses an input (its index becomes -1, "optional"), which the kernel
+    dereferences anyway. The bytes are a valid flatbuffer with the original tensor specs,
+    so only a health check that runs the interpreter can find out - and it must do so in a
+    child process. Each candidate of ``_CRASH_CANDIDATES`` is tried with the health-check
+    child itself; the first that really crashes it (twice) is returned.
     """
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
-    model = schema.ModelT.InitFromPackedBuf(bytearray(bundle.data), 0)
-    graph = model.subgraphs[0]
-    conv = next(
-        op
-        for op in graph.operators
-        if model.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.CONV_2D
-    )
-    conv.inputs[1] = -1
-    builder = flatbuffers.Builder(len(bundle.data) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    data = bytes(builder.Output())
+    ops = schema.BuiltinOperator
     path = bundle.path.with_name("crashing.tflite")
-    path.write_bytes(data)
-    return ModelBundle(path, data, bundle.input, bundle.output)
+    for op_name, position in _CRASH_CANDIDATES:
+        model = schema.ModelT.InitFromPackedBuf(bytearray(bundle.data), 0)
+        code = getattr(ops, op_name)
+        target = next(
+            (
+                op
+                for op in model.subgraphs[0].operators
+                if model.operatorCodes[op.opcodeIndex].builtinCode == code
+                and len(op.inputs) > position
+            ),
+            None,
+        )
+        if target is None:
+            continue
+        target.inputs[position] = -1
+        builder = flatbuffers.Builder(len(bundle.data) + 4096)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        data = bytes(builder.Output())
+        path.write_bytes(data)
+        if _dies_by_signal(path, bundle):
+            return ModelBundle(path, data, bundle.input, bundle.output)
+    msg = f"no crafted variant of {bundle.path} crashes LiteRT here; tried {_CRASH_CANDIDATES}"
+    raise RuntimeError(msg)
 
 
 # -- signing and publishing -------------------------------------------------------------
