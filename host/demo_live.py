@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from pathlib import Path
 
-    from edgefleet.host.demo import Summary
     from edgefleet.host.demo_data import Scan
+    from edgefleet.host.demo_summary import Summary
     from edgefleet.host.publish import Fleet
     from edgefleet.shared.messages import PredictionRecord
 
