@@ -22,7 +22,7 @@ mosquitto:
 	fi
 
 demo: $(STAMP) mosquitto
-	$(BIN)/edgefleet example mnist --out out/example-mnist
+	$(BIN)/edgefleet demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
