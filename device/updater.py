@@ -280,6 +280,12 @@ class Updater:
         bad = self.store.bad_models().get(variant.sha256)
         if bad is not None and manifest.version <= bad["version"]:
             return [self._known_bad(manifest, variant, bad)]
+        check = self._check
+        if check and (check.variant.sha256, check.manifest.version) == (
+            variant.sha256,
+            manifest.version,
+        ):
+            return []  # that model is being checked already (e.g. its group copy arrived)
         actions = self._abandon_job()
         if self.store.has_model(variant.sha256):
             # Already here (e.g. a rollback to the previous model): no download needed.

@@ -345,3 +345,15 @@ def test_a_health_check_that_breaks_is_a_failed_check(tmp_path: Path):
     assert (last.state, last.step, last.reason) == ("failed", "health_check", "health_check")
     assert "cannot start the child" in last.message
     assert h.updater.store.active() is None
+
+
+def test_a_copy_of_the_manifest_under_check_does_not_restart_the_check(tmp_path: Path):
+    h = Harness(tmp_path)
+    jobs: list = []
+    h.updater.spawn = jobs.append
+    deliver(h, b"a" * 300, 1)
+    group_copy = manifest(b"a" * 300, 1, targets=Targets(groups=["g"]))
+    assert h.updater.on_desired(group_copy) == []
+    (job,) = jobs
+    job()
+    assert reports(h.updater.poll_health())[-1].state == UpdateState.ACTIVE
