@@ -7,9 +7,9 @@ import tarfile
 import time
 from pathlib import Path
 
-from edgefleet.host import pki
 from edgefleet.host.brokerconf import BUNDLE_TEMPLATES, render_agent_config, template_text
 from edgefleet.host.fleetconfig import DeviceRecord, FleetConfig
+from edgefleet.host.fsutil import write_atomic
 
 PRIVATE = 0o600
 
@@ -47,7 +47,7 @@ def write_bundle(
         mode = 0o755 if name.endswith(".sh") else 0o644
         files[Path(name).name] = (template_text(name).encode(), mode)
     path = config.resolve(f"bundles/{record.device_id}.tar.gz")
-    pki.write_atomic(path, _tarball(f"edgefleet-{record.device_id}", files), mode=PRIVATE)
+    write_atomic(path, _tarball(f"edgefleet-{record.device_id}", files), mode=PRIVATE)
     return path
 
 

@@ -46,6 +46,7 @@ from edgefleet.host.fleetconfig import (
     parse_broker_url,
     validate_prefix,
 )
+from edgefleet.host.fsutil import write_atomic
 from edgefleet.shared.errors import TopicError
 from edgefleet.shared.topics import validate_id
 
@@ -108,7 +109,7 @@ def init_fleet(
         conf = render_mosquitto_conf(
             config, bind_address=bind_address, broker_user=broker_user, paths_under=fleet_dir
         )
-        pki.write_atomic(staging / config.broker_conf, conf.encode())
+        write_atomic(staging / config.broker_conf, conf.encode())
         if fleet_dir.exists():
             fleet_dir.rmdir()  # empty, checked above
         staging.replace(fleet_dir)
@@ -144,8 +145,8 @@ def _create_fleet_files(
     crl_days: int,
 ) -> FleetConfig:
     ca = pki.create_ca(name=name, days=ca_days)
-    pki.write_atomic(root / "ca/ca.key", pki.key_pem(ca.key), mode=PRIVATE)
-    pki.write_atomic(root / "ca/ca.crt", pki.cert_pem(ca.cert))
+    write_atomic(root / "ca/ca.key", pki.key_pem(ca.key), mode=PRIVATE)
+    write_atomic(root / "ca/ca.crt", pki.cert_pem(ca.cert))
     _issue_to_files(ca, root / "broker/server", "broker", server=True, sans=sans, days=cert_days)
     _issue_to_files(ca, root / "host/host", host_identity, days=cert_days)
     key_id = _new_signing_key(root / "signing")
@@ -163,7 +164,7 @@ def _create_fleet_files(
     _write_crl(config, Registry())
     _write_acl(config, Registry())
     (root / "broker/data").mkdir(parents=True, exist_ok=True)
-    pki.write_atomic(root / FLEET_FILE, fleet_toml(config).encode())
+    write_atomic(root / FLEET_FILE, fleet_toml(config).encode())
     return config
 
 
@@ -185,8 +186,8 @@ def _issue_to_files(
         sans=sans,
         days=days,
     )
-    pki.write_atomic(stem.with_suffix(".key"), pki.key_pem(key), mode=PRIVATE)
-    pki.write_atomic(stem.with_suffix(".crt"), pki.cert_pem(cert))
+    write_atomic(stem.with_suffix(".key"), pki.key_pem(key), mode=PRIVATE)
+    write_atomic(stem.with_suffix(".crt"), pki.cert_pem(cert))
     return int(cert.serial_number)
 
 
@@ -206,8 +207,8 @@ def signing_key_id(public_key: ed25519.Ed25519PublicKey) -> str:
 def _new_signing_key(signing_dir: Path) -> str:
     key = ed25519.Ed25519PrivateKey.generate()
     key_id = signing_key_id(key.public_key())
-    pki.write_atomic(signing_dir / f"{key_id}.key", pki.key_pem(key), mode=PRIVATE)
-    pki.write_atomic(signing_dir / f"{key_id}.pub", pki.signing_public_pem(key))
+    write_atomic(signing_dir / f"{key_id}.key", pki.key_pem(key), mode=PRIVATE)
+    write_atomic(signing_dir / f"{key_id}.pub", pki.signing_public_pem(key))
     return key_id
 
 
@@ -340,7 +341,7 @@ def provision_device(
             serial=cert.serial_number,
             provisioned_at=int(time.time()),
         )
-        pki.write_atomic(config.resolve(f"devices/{device_id}.crt"), pki.cert_pem(cert))
+        write_atomic(config.resolve(f"devices/{device_id}.crt"), pki.cert_pem(cert))
         bundle = write_bundle(
             config,
             record,
@@ -404,7 +405,7 @@ def _write_crl(config: FleetConfig, registry: Registry) -> Path:
     revoked = {r.serial: _utc(r.revoked_at) for r in registry.revoked}
     crl = pki.build_crl(ca, revoked=revoked, days=config.crl_days)
     path = config.resolve(config.crl_file)
-    pki.write_atomic(path, crl.public_bytes(serialization.Encoding.PEM))
+    write_atomic(path, crl.public_bytes(serialization.Encoding.PEM))
     return path
 
 
@@ -414,16 +415,16 @@ def _utc(ts: int) -> pki.dt.datetime:
 
 def _write_acl(config: FleetConfig, registry: Registry) -> None:
     text = render_acl(config, registry.active())
-    pki.write_atomic(config.resolve(config.acl_file), text.encode())
+    write_atomic(config.resolve(config.acl_file), text.encode())
 
 
 def _save_registry(config: FleetConfig, registry: Registry) -> None:
     data = registry.model_dump_json(indent=2).encode()
-    pki.write_atomic(config.resolve(REGISTRY_FILE), data)
+    write_atomic(config.resolve(REGISTRY_FILE), data)
 
 
 def _save_config(config: FleetConfig, root: Path) -> None:
-    pki.write_atomic(root / FLEET_FILE, fleet_toml(config).encode())
+    write_atomic(root / FLEET_FILE, fleet_toml(config).encode())
 
 
 @contextmanager

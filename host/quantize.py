@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from edgefleet.host import convert, edgetpu, measure
 from edgefleet.host.datasets.registry import Prepared, prepare
 from edgefleet.host.errors import DatasetError, EdgeTPUError, QuantizationError
+from edgefleet.host.fsutil import write_atomic
 from edgefleet.host.modelinfo import describe, embed_model_info
 from edgefleet.shared.spec import PreprocessSpec
 from edgefleet.shared.tflite_model import read_flat_model
@@ -78,20 +78,6 @@ def resolve_modes(modes: Sequence[str]) -> list[str]:
 def machine() -> str:
     """A short description of this machine for the report."""
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

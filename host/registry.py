@@ -14,14 +14,13 @@ ran before, chunk retention can tell which models are still desired, and
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.host.errors import FleetError
+from edgefleet.host.fsutil import write_atomic
 from edgefleet.shared.manifest import Manifest
 
 DEFAULT_STATE_DIR = Path.home() / ".local" / "share" / "edgefleet"
@@ -78,21 +77,6 @@ class PushRecord:
     members: tuple[str, ...]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temp file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Registry:
     """The host-side registry in one state directory (see the module docstring).
 
@@ -132,7 +116,7 @@ class Registry:
         """Store a variant's bytes (once; the name is their hash)."""
         path = self.model_path(sha256)
         if not path.exists():
-            atomic_write(path, data)
+            write_atomic(path, data)
 
     def model_bytes(self, sha256: str) -> bytes | None:
         """A stored variant's bytes, or None if this host never pushed it."""

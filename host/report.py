@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from edgefleet.host.quantize import write_atomic
+from edgefleet.host.fsutil import write_atomic
 
 if TYPE_CHECKING:
     from pathlib import Path
