@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from edgefleet import __version__
 from edgefleet.device.errors import DeviceError, ModelLoadError
 from edgefleet.device.faults import fault
-from edgefleet.device.health import run_health_check
+from edgefleet.device.health import run_health_check, stop_running_checks
 from edgefleet.device.inference import Classifier, LatencyStats
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.runtime import (
@@ -514,6 +514,10 @@ class Agent:
             now = time.monotonic()
 
     def _shutdown(self, net: threading.Thread) -> None:
+        # A check under way is abandoned (its outcome is never used): the same manifest is
+        # checked again after the restart.
+        if stop_running_checks():
+            log.info("stopped a health check under way")
         if self.connected.is_set():
             offline = Status(device_id=self.config.device_id, online=False, ts=time.time())
             info = self.client.publish(

@@ -8,11 +8,13 @@ to :class:`HealthCheckError` with a reason code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,10 @@ from edgefleet.device.errors import DeviceError, HealthCheckError
 from edgefleet.device.faults import delay, fault
 from edgefleet.device.runtime import discover_backend, load_edgetpu_delegate, open_model
 from edgefleet.shared.spec import TensorSpec
+
+# Children of checks under way (one per worker thread), so that shutdown can stop them.
+_running: set[subprocess.Popen[bytes]] = set()
+_lock = threading.Lock()
 
 
 def spec_mismatch(what: str, expected: TensorSpec, actual: TensorSpec) -> str | None:
@@ -123,12 +129,37 @@ def run_health_check(
         "output": output_spec.model_dump(mode="json"),
     }
     cmd = [sys.executable, "-m", "edgefleet.device.health", json.dumps(args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with _lock:
+        _running.add(proc)
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+        out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
         msg = f"the health check did not finish in {timeout_s:g} s (killed)"
         raise HealthCheckError(msg, reason="timeout") from exc
-    return _interpret(proc)
+    finally:
+        with _lock:
+            _running.discard(proc)
+    return _interpret(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
+
+
+def stop_running_checks() -> int:
+    """Kill the health-check children still running (agent shutdown); return how many.
+
+    The checks wait on worker threads; without this, an agent stopped during a check
+    would leave its child behind (a hanging model: for ever).
+    """
+    with _lock:
+        procs = list(_running)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)  # gone before the agent exits, not a moment later
+    return len(procs)
 
 
 def _interpret(proc: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:

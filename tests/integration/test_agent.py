@@ -319,3 +319,36 @@ def test_predictions_keep_flowing_while_a_slow_health_check_runs(setup, host, mn
     more = mnist_eval_pngs(inbox, 2, start=310)
     assert {r.model_version for r in predictions_for(host, set(more)).values()} == {2}
     assert agent.stop() == 0
+
+
+def _health_children(state_dir: Path) -> list[int]:
+    """Pids of health-check children that work on a model of ``state_dir``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"edgefleet.device.health" in cmdline and str(state_dir).encode() in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_stopping_during_a_health_check_leaves_no_child_and_no_verdict(setup, host, mnist_bundle):
+    signer, _inbox, config, start = setup
+    state_dir = config.parent / "state"
+    agent = start()
+    install(host, signer, mnist_bundle, 1)
+    host.wait_report(DEVICE, state="active", version=1)
+    assert agent.stop() == 0
+    agent = start(fault="slow_health_check:120")  # a check that would outlive the agent
+    install(host, signer, mnist_bundle, 2)
+    host.wait_report(DEVICE, state="health_check", version=2)
+    assert _health_children(state_dir)
+    assert agent.stop() == 0
+    assert _health_children(state_dir) == []  # killed with the agent, not orphaned
+    assert not (state_dir / "bad_models.json").exists()  # an interrupted check is no verdict
+    # After the restart the same manifest is checked again, and this time it passes.
+    agent = start()
+    host.wait_report(DEVICE, state="active", version=2)
+    assert agent.stop() == 0
