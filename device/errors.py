@@ -44,17 +44,27 @@ class ModelLoadError(DeviceError):
     """A model file could not be loaded, allocated or invoked in this process."""
 
 
+# Health-check outcomes that say the model is bad; a timeout or a kill under load does not.
+VERDICT_REASONS = frozenset({"crashed", "load", "spec_mismatch", "invoke"})
+
+
 class HealthCheckError(DeviceError):
     """A staged model failed its health check.
 
     Attributes:
-        reason: machine code: ``crashed``, ``timeout``, ``load``, ``spec_mismatch``,
-            ``invoke`` or ``protocol`` (the child said something unreadable).
+        reason: machine code: ``crashed`` (SIGSEGV/SIGABRT/SIGBUS/SIGILL/SIGFPE), ``load``,
+            ``spec_mismatch``, ``invoke`` (verdicts on the model); ``timeout``, ``killed``
+            (SIGKILL, e.g. the OOM killer) or ``exited`` (no verdict: the box, not the model).
     """
 
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    @property
+    def verdict(self) -> bool:
+        """True if the model itself failed (remember it); False for a transient failure."""
+        return self.reason in VERDICT_REASONS
 
 
 class StoreError(DeviceError):

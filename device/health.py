@@ -29,6 +29,12 @@ from edgefleet.shared.spec import TensorSpec
 _running: set[subprocess.Popen[bytes]] = set()
 _lock = threading.Lock()
 
+# Signals by which a model kills the interpreter: a verdict on the model.
+CRASH_CODES = frozenset(
+    -s for s in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
+)
+KILLED_EXIT = 128 + signal.SIGKILL  # how a wrapper (or the fault point) reports a SIGKILL
+
 
 def spec_mismatch(what: str, expected: TensorSpec, actual: TensorSpec) -> str | None:
     """Describe how the model's tensor differs from the manifest's, or None if it matches."""
@@ -164,16 +170,21 @@ def stop_running_checks() -> int:
 
 def _interpret(proc: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
     tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
-    if proc.returncode < 0:
+    if proc.returncode in CRASH_CODES:
         msg = f"the model crashed the interpreter ({_signal_name(proc.returncode)})"
         raise HealthCheckError(msg, reason="crashed")
+    if proc.returncode < 0 or proc.returncode == KILLED_EXIT:
+        # SIGKILL is what the OOM killer sends: the box was short of memory, no verdict.
+        name = _signal_name(-signal.SIGKILL if proc.returncode == KILLED_EXIT else proc.returncode)
+        msg = f"the health-check child was killed ({name}; out of memory?)"
+        raise HealthCheckError(msg, reason="killed")
     lines = proc.stdout.decode(errors="replace").strip().splitlines()
     try:
         result: dict[str, Any] = json.loads(lines[-1])
     except (IndexError, ValueError):
         detail = " | ".join(tail) or "no output"
         msg = f"the health check exited with status {proc.returncode}: {detail}"
-        raise HealthCheckError(msg, reason="crashed") from None
+        raise HealthCheckError(msg, reason="exited") from None
     if not result.get("ok"):
         raise HealthCheckError(str(result.get("message")), reason=str(result.get("reason")))
     return result

@@ -398,11 +398,26 @@ class Updater:
         exc = check.outcome.exception()
         if exc is not None:
             if not isinstance(exc, HealthCheckError):
-                exc = HealthCheckError(f"the health check itself failed: {exc}", reason="crashed")
+                exc = HealthCheckError(f"the health check itself failed: {exc}", reason="error")
+            if not exc.verdict:
+                return [self._no_verdict(check, exc)]
             self.store.prune_models()
             self._remember_bad(manifest, variant, "health_check", "health_check", exc)
             return [self._failed(manifest, variant, "health_check", "health_check", exc)]
         return self._switch(manifest, variant, check.envelope_sha, check.path)
+
+    def _no_verdict(self, check: _Check, exc: HealthCheckError) -> Publish:
+        """A timeout or a kill (e.g. OOM under load) says nothing about the model: retry.
+
+        Not remembered as bad; the staged file is kept, so the next delivery of the same
+        envelope (reconnect) or the restart checks it again without a download.
+        """
+        self._seen.discard(check.envelope_sha)
+        reason = "timeout" if exc.reason == "timeout" else "health_check"
+        exc = HealthCheckError(
+            f"{exc}; no verdict, checked again on the next delivery", reason=reason
+        )
+        return self._failed(check.manifest, check.variant, "health_check", reason, exc)
 
     def _switch(
         self, manifest: Manifest, variant: ModelVariant, envelope_sha: str, path: Path

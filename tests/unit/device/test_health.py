@@ -1,10 +1,13 @@
 """The child-process health check on real models (a real LiteRT in a real child)."""
 
+import signal
+import subprocess
+
 import pytest
 from support.agent import ModelBundle, crash_model, shared_mnist_model
 
 from edgefleet.device.errors import HealthCheckError
-from edgefleet.device.health import run_health_check
+from edgefleet.device.health import _interpret, run_health_check
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +54,26 @@ def test_a_hung_check_is_killed(bundle):
     with pytest.raises(HealthCheckError, match="did not finish") as info:
         check(bundle, timeout_s=0.05)
     assert info.value.reason == "timeout"
+
+
+def _exit(returncode: int, out: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.CompletedProcess(["child"], returncode, out, b"")
+
+
+@pytest.mark.parametrize("sig", ["SIGSEGV", "SIGABRT", "SIGBUS", "SIGILL", "SIGFPE"])
+def test_a_crash_signal_is_a_verdict(sig):
+    with pytest.raises(HealthCheckError, match=sig) as info:
+        _interpret(_exit(-signal.Signals[sig].value))
+    assert (info.value.reason, info.value.verdict) == ("crashed", True)
+
+
+@pytest.mark.parametrize("returncode", [-signal.SIGKILL, 137, -signal.SIGTERM])
+def test_a_killed_child_is_no_verdict(returncode):
+    # SIGKILL is the OOM killer's (137 = 128 + 9 as a wrapper reports it): not the model's doing
+    with pytest.raises(HealthCheckError, match="killed") as info:
+        _interpret(_exit(returncode))
+    assert (info.value.reason, info.value.verdict) == ("killed", False)
+
+
+def test_timeout_is_no_verdict():
+    assert not HealthCheckError("slow", reason="timeout").verdict

@@ -357,3 +357,44 @@ def test_a_copy_of_the_manifest_under_check_does_not_restart_the_check(tmp_path:
     (job,) = jobs
     job()
     assert reports(h.updater.poll_health())[-1].state == UpdateState.ACTIVE
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (HealthCheckError("did not finish in 60 s (killed)", reason="timeout"), "timeout"),
+        (HealthCheckError("killed by SIGKILL", reason="killed"), "health_check"),
+        (OSError("cannot start the child: out of memory"), "health_check"),
+    ],
+)
+def test_a_check_without_verdict_is_not_remembered_and_is_retried(tmp_path: Path, error, reason):
+    # A timeout or a SIGKILL (OOM killer) on a loaded box says nothing about the model.
+    h = Harness(tmp_path)
+    h.health_error = error
+    data = b"a" * 300
+    last = reports(deliver(h, data, 1))[-1]
+    assert (last.state, last.step, last.reason) == ("failed", "health_check", reason)
+    assert "again" in last.message
+    assert h.updater.store.bad_models() == {}
+    h.health_error = None
+    # the same envelope delivered again (reconnect) is checked again, without a download
+    actions = h.updater.on_desired(manifest(data, 1))
+    assert not any(isinstance(a, Subscribe) for a in actions)
+    assert reports(actions)[-1].state == UpdateState.ACTIVE
+    assert len(h.checked) == 2
+    # and after a restart too (a fresh harness on the same state dir)
+    h2 = Harness(tmp_path / "other")
+    h2.health_error = error
+    deliver(h2, data, 1)
+    h3 = Harness(tmp_path / "other")
+    h3.updater.start()
+    assert reports(h3.updater.on_desired(manifest(data, 1)))[-1].state == UpdateState.ACTIVE
+
+
+@pytest.mark.parametrize("reason", ["crashed", "load", "spec_mismatch", "invoke"])
+def test_a_real_verdict_is_remembered(tmp_path: Path, reason):
+    h = Harness(tmp_path)
+    h.health_error = HealthCheckError("bad model", reason=reason)
+    deliver(h, b"a" * 300, 1)
+    (record,) = h.updater.store.bad_models().values()
+    assert record["version"] == 1
