@@ -212,10 +212,14 @@ class Agent:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config.mqtt
+        v5 = cfg.protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.config.device_id,
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            # 3.1.1 has no session expiry: a persistent session keeps QoS 1 messages
+            # (acks, chunks) queued while the device is offline.
+            clean_session=None if v5 else False,
         )
         client.max_queued_messages_set(0)
         offline = Status(device_id=self.config.device_id, online=False)
@@ -253,6 +257,19 @@ class Agent:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN401
         self.events.put((msg.topic, bytes(msg.payload)))
 
+    def _connect(self) -> None:
+        cfg = self.config.mqtt
+        if cfg.protocol == "5":
+            self.client.connect(
+                cfg.host,
+                cfg.port,
+                cfg.keepalive_s,
+                clean_start=False,
+                properties=self._connect_properties(),
+            )
+        else:  # clean_session=False was given to the Client
+            self.client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+
     def _network_loop(self) -> None:
         cfg = self.config.mqtt
         attempt, first, sock_open = 0, True, False
@@ -260,13 +277,7 @@ class Agent:
             if not sock_open:
                 try:
                     if first:
-                        self.client.connect(
-                            cfg.host,
-                            cfg.port,
-                            cfg.keepalive_s,
-                            clean_start=False,
-                            properties=self._connect_properties(),
-                        )
+                        self._connect()
                     else:
                         self.client.reconnect()
                     first, sock_open = False, True

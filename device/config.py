@@ -31,6 +31,11 @@ class MqttConfig(_Section):
         description="Broker URL: mqtt://host:port (plain) or mqtts://host:port (TLS).",
     )
     prefix: str = Field(default="edgefleet", description="Topic prefix shared with the host.")
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description='MQTT version: "5", or "3.1.1" for a broker without MQTT 5 (the session '
+        "is then kept with clean_session=false; session_expiry_s does not apply).",
+    )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, seconds.")
     session_expiry_s: int = Field(
         default=7 * 24 * 3600,

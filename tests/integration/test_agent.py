@@ -22,6 +22,7 @@ from support.agent import (
     shared_mnist_model,
     write_agent_config,
 )
+from support.broker import MosquittoBroker
 
 from edgefleet.device.tools import local_status
 from edgefleet.host.datasets.mnist import load_mnist
@@ -352,3 +353,33 @@ def test_stopping_during_a_health_check_leaves_no_child_and_no_verdict(setup, ho
     agent = start()
     host.wait_report(DEVICE, state="active", version=2)
     assert agent.stop() == 0
+
+
+def test_an_agent_speaking_mqtt_311_completes_an_update(tmp_path: Path, prefix, mnist_bundle):
+    # connection_messages: mosquitto logs "(p2, c0, ...)": p2 is its code for MQTT 3.1.1
+    # (p5 for MQTT 5), c0 a persistent session
+    broker = MosquittoBroker(
+        tmp_path / "mosquitto", extra_conf="log_type notice\nconnection_messages true\n"
+    ).start()
+    host = FakeHost(broker.url, prefix)
+    signer = Signer(tmp_path / "keys")
+    config = write_agent_config(
+        tmp_path / "device",
+        device_id=DEVICE,
+        broker_url=broker.url,
+        prefix=prefix,
+        keys=[signer.public_path],
+        watch_dir=tmp_path / "inbox",
+        protocol="3.1.1",
+    )
+    agent = AgentProcess(config)
+    try:
+        install(host, signer, mnist_bundle, 1)
+        host.wait_report(DEVICE, state="active", version=1)
+        truth = mnist_eval_pngs(tmp_path / "inbox", 3)
+        predictions_for(host, set(truth))
+        assert f"as {DEVICE} (p2, c0" in broker.log_path.read_text()
+    finally:
+        agent.kill()
+        host.close()
+        broker.stop()

@@ -384,6 +384,7 @@ def write_agent_config(
     groups: list[str] | None = None,
     watch_dir: Path | None = None,
     extra: str = "",
+    protocol: str | None = None,
 ) -> Path:
     """Write an agent.toml for tests (short timeouts, fast heartbeat)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -396,6 +397,7 @@ def write_agent_config(
         f'url = "{broker_url}"',
         f'prefix = "{prefix}"',
         "reconnect_max_s = 1.0",
+        *([f'protocol = "{protocol}"'] if protocol else []),
         "[trust]",
         f"signing_keys = {json.dumps([str(k) for k in keys])}",
         "[update]",

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.device.config import load_config, parse_config
+from edgefleet.device.config import AgentConfig, MqttConfig, load_config, parse_config
 from edgefleet.device.errors import ConfigError
 
 FULL = """
@@ -83,3 +83,15 @@ def test_plain_url_defaults_to_1883(tmp_path: Path):
     config = parse_config('device_id = "d"\nstate_dir = "/s"', base=tmp_path)
     assert (config.mqtt.port, config.mqtt.tls) == (1883, False)
     assert config.log_level == "warning"
+
+
+def test_mqtt_protocol_round_trips_and_defaults_to_5(tmp_path: Path):
+    base = 'device_id = "d"\nstate_dir = "/s"\n'
+    assert parse_config(base, base=tmp_path).mqtt.protocol == "5"
+    config = parse_config(base + '[mqtt]\nprotocol = "3.1.1"', base=tmp_path)
+    assert config.mqtt.protocol == "3.1.1"
+    again = AgentConfig.model_validate(config.model_dump(mode="json"))
+    assert again.mqtt.protocol == "3.1.1"
+    assert MqttConfig.model_fields["protocol"].description
+    with pytest.raises(ConfigError, match=r"mqtt\.protocol"):
+        parse_config(base + '[mqtt]\nprotocol = "3"', base=tmp_path)
