@@ -1,10 +1,11 @@
 """The field agent: wires the updater, inference sources and outbox to a paho MQTT 5 client.
 
 Threads: a network thread runs ``client.loop()`` and reconnects with jittered, capped
-backoff; a short-lived worker waits for each health-check child, so inference goes on
-meanwhile; everything else (updates, inference, outbox, heartbeat, the switch to a checked
-model) runs on the main thread, fed by a queue, so the interpreter and the state machine
-are never shared between threads.
+backoff, and does all socket I/O (publish() elsewhere only queues, see ``make_client``);
+a short-lived worker waits for each health-check child, so inference goes on meanwhile;
+everything else (updates, inference, outbox, heartbeat, the switch to a checked model)
+runs on the main thread, fed by a queue, so the interpreter and the state machine are
+never shared between threads.
 """
 
 from __future__ import annotations
@@ -77,6 +78,51 @@ HEALTH_DONE = "_health_done"  # internal event: a health-check worker has finish
 def backoff_delay(attempt: int, cap: float) -> float:
     """Jittered, capped reconnect delay: uniform(0, 1.5 ** min(10, attempt)), at most cap."""
     return min(cap, random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311 - jitter
+
+
+def _keep_writes_on_the_loop_thread(_c: Any, _u: Any, _sock: Any) -> None:  # noqa: ANN401
+    """Paho's write hook: a no-op whose presence keeps publish() off the socket.
+
+    paho 2.2 ``_packet_queue`` (behind publish/subscribe/unsubscribe/disconnect) appends the
+    packet to ``_out_packet``, wakes ``select`` through its socket pair and then, when no
+    ``loop_start`` thread and no ``on_socket_register_write`` hook exist, calls
+    ``loop_write()`` itself: on the *calling* thread, concurrently with our network thread
+    in ``loop()`` - two threads on one SSL socket. With this hook set it only calls the
+    hook; the woken ``loop()`` writes the queued packet on the network thread.
+    """
+
+
+def make_client(config: AgentConfig) -> mqtt.Client:
+    """The agent's paho client: protocol, last will, credentials, TLS; not connected.
+
+    All socket I/O happens in ``client.loop()`` on one thread (see
+    :func:`_keep_writes_on_the_loop_thread`); publish() from other threads only queues.
+    """
+    cfg = config.mqtt
+    v5 = cfg.protocol == "5"
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=config.device_id,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        # 3.1.1 has no session expiry: a persistent session keeps QoS 1 messages
+        # (acks, chunks) queued while the device is offline.
+        clean_session=None if v5 else False,
+    )
+    client.max_queued_messages_set(0)
+    offline = Status(device_id=config.device_id, online=False)
+    topics = Topics(cfg.prefix)
+    client.will_set(topics.status(config.device_id), encode(offline), 1, retain=True)
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, cfg.password)
+    if cfg.tls:
+        client.tls_set(
+            ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+            certfile=str(cfg.cert_file) if cfg.cert_file else None,
+            keyfile=str(cfg.key_file) if cfg.key_file else None,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    client.on_socket_register_write = _keep_writes_on_the_loop_thread
+    return client
 
 
 @dataclass
@@ -211,28 +257,7 @@ class Agent:
     # -- MQTT ---------------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        cfg = self.config.mqtt
-        v5 = cfg.protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.config.device_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            # 3.1.1 has no session expiry: a persistent session keeps QoS 1 messages
-            # (acks, chunks) queued while the device is offline.
-            clean_session=None if v5 else False,
-        )
-        client.max_queued_messages_set(0)
-        offline = Status(device_id=self.config.device_id, online=False)
-        client.will_set(self.topics.status(self.config.device_id), encode(offline), 1, retain=True)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls:
-            client.tls_set(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file) if cfg.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+        client = make_client(self.config)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -538,6 +563,10 @@ class Agent:
             while not info.is_published() and time.monotonic() < deadline:
                 time.sleep(0.02)
             self.client.disconnect()
+            # The DISCONNECT is written by the network thread: let it go before stopping it
+            # (else the broker sees a lost connection).
+            while self.connected.is_set() and time.monotonic() < deadline + 1.0:
+                time.sleep(0.02)
         self.stopping.set()
         net.join(timeout=5)
         self.outbox.close()
