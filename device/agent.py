@@ -177,6 +177,7 @@ class Agent:
         self.connected = threading.Event()
         self.flight = _Flight(sent={})
         self._acks: list[tuple[str, int]] = []
+        self._images: list[Callable[[int], bytes]] = []  # classified, not yet committed
         self.client = self._make_client()
         self._load_active()
 
@@ -392,7 +393,26 @@ class Agent:
         except (DecodeError, InputError) as exc:
             log.warning("ignoring an unreadable image message: %s", exc)
             return
-        self.classify(array, source=f"mqtt:{image.name}")
+        try:
+            build = self._predict(array, source=f"mqtt:{image.name}")
+        except DeviceError as exc:
+            log.warning("cannot classify image message %s: %s", image.name, exc)
+            return
+        # Committed in one transaction per drained batch (see _idle), like the folder's;
+        # still committed before anything is published.
+        self._images.append(build)
+        if len(self._images) >= FOLDER_BATCH:
+            self._flush_images()
+
+    def _flush_images(self) -> None:
+        if self._images:
+            builds, self._images = self._images, []
+            self._commit(builds)
+
+    def _idle(self) -> None:
+        """The event queue ran dry: commit what was batched (acks, image-topic records)."""
+        self._flush_images()
+        self._flush_acks()
 
     # -- inference and outbox -----------------------------------------------------------
 
@@ -536,7 +556,7 @@ class Agent:
             except queue.Empty:
                 pass
             if self.events.empty():
-                self._flush_acks()
+                self._idle()
             now = time.monotonic()
             if now >= next_poll:
                 next_poll = now + poll_s
@@ -550,6 +570,7 @@ class Agent:
             now = time.monotonic()
 
     def _shutdown(self, net: threading.Thread) -> None:
+        self._flush_images()  # their MQTT messages are acknowledged already
         # A check under way is abandoned (its outcome is never used): the same manifest is
         # checked again after the restart.
         if stop_running_checks():
