@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgefleet import __version__
+from edgefleet.device.bounded import EventQueue
 from edgefleet.device.errors import DeviceError, ModelLoadError
 from edgefleet.device.faults import fault
 from edgefleet.device.health import run_health_check, stop_running_checks
@@ -172,7 +173,7 @@ class Agent:
             on_activate=self._load_classifier,
             spawn=self._spawn,
         )
-        self.events: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.events = EventQueue()
         self.stopping = threading.Event()
         self.connected = threading.Event()
         self.flight = _Flight(sent={})
@@ -208,7 +209,7 @@ class Agent:
             try:
                 job()
             finally:
-                self.events.put((HEALTH_DONE, b""))
+                self.events.put(HEALTH_DONE)
 
         threading.Thread(target=run, name="health-check", daemon=True).start()
 
@@ -274,14 +275,19 @@ class Agent:
             log.warning("broker refused the connection: %s", reason)
             return
         self.connected.set()
-        self.events.put(("_connected", b""))
+        self.events.put("_connected")
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:  # noqa: ANN401
         self.connected.clear()
         log.info("disconnected from the broker: %s", reason)
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN401
-        self.events.put((msg.topic, bytes(msg.payload)))
+        # On the network thread: never block it; a full queue drops and counts by kind.
+        try:
+            kind = self.topics.parse(msg.topic).kind
+        except TopicError:
+            kind = "other"
+        self.events.offer(msg.topic, bytes(msg.payload), kind=kind)
 
     def _connect(self) -> None:
         cfg = self.config.mqtt

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.device.bounded import RecentSet
 from edgefleet.device.errors import DeviceError, HealthCheckError
 from edgefleet.device.faults import fault
 from edgefleet.device.store import FileChunkStore, Pointer, StateStore, atomic_write
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_INDEXES = 4096
+SEEN_ENVELOPES = 256
 STATE_FILE = "reassembler.state"
 MANIFEST_FILE = "manifest.signed"
 
@@ -138,7 +140,8 @@ class Updater:
     last_report: Reported | None = None
     _job: _Job | None = None
     _check: _Check | None = None
-    _seen: set[str] = field(default_factory=set)
+    # Envelopes handled in this run; an LRU, so a flood of distinct ones cannot grow it.
+    _seen: RecentSet = field(default_factory=lambda: RecentSet(SEEN_ENVELOPES))
 
     # -- events -----------------------------------------------------------------------
 

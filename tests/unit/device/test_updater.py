@@ -398,3 +398,11 @@ def test_a_real_verdict_is_remembered(tmp_path: Path, reason):
     deliver(h, b"a" * 300, 1)
     (record,) = h.updater.store.bad_models().values()
     assert record["version"] == 1
+
+
+def test_the_seen_envelope_hashes_are_bounded(tmp_path: Path):
+    # Each distinct envelope (even garbage) is remembered; a flood must not grow memory.
+    h = Harness(tmp_path)
+    for i in range(1000):
+        h.updater.on_desired(b"not a manifest %d" % i)
+    assert len(h.updater._seen) <= 256
