@@ -525,6 +525,7 @@ class Agent:
             latency_p95_ms=round(p95, 3) if p95 is not None else None,
             outbox_depth=self.outbox.depth(),
             dropped=self.outbox.dropped(),
+            ignored_manifests=int(self.store.ignored()["count"]),
             uptime_s=round(time.monotonic() - self.started, 1),
             rss_bytes=rss_bytes(),
             cpu_temp_c=cpu_temp_c(),

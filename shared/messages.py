@@ -104,6 +104,10 @@ class Status(Message):
         default=None,
         description="Prediction records dropped by the outbox bound policy (ever, persisted).",
     )
+    ignored_manifests: Count | None = Field(
+        default=None,
+        description="Signed manifests ignored as older than the active model (ever, persisted).",
+    )
     uptime_s: NonNeg | None = Field(default=None, description="Seconds since agent start.")
     rss_bytes: Count | None = Field(default=None, description="Resident memory.")
     cpu_temp_c: float | None = Field(default=None, description="SoC temperature.")
