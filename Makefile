@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[host,device,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[host,gpr,device,dev]'
 	touch $(STAMP)
 
 mosquitto:

@@ -1,4 +1,5 @@
 import gc
+from importlib.util import find_spec
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +18,12 @@ from edgefleet.device.runtime import (
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
+# These tests also run in the device-only environments (LiteRT, or tflite-runtime on
+# numpy 1): they use whichever interpreter package is installed and the one that is not.
+INSTALLED = "ai_edge_litert" if find_spec("ai_edge_litert") else "tflite_runtime"
+ABSENT = "tflite_runtime" if INSTALLED == "ai_edge_litert" else "ai_edge_litert"
+
+
 @pytest.fixture(autouse=True)
 def _collect_failed_delegates():
     yield
@@ -25,13 +32,13 @@ def _collect_failed_delegates():
 
 def test_auto_picks_litert_first_and_reports_its_version():
     backend = discover_backend("auto")
-    assert backend.name == "ai_edge_litert"
+    assert backend.name == INSTALLED
     assert backend.version[0].isdigit()
 
 
 def test_a_missing_backend_says_how_to_install():
-    with pytest.raises(RuntimeUnavailableError, match=r"tflite_runtime: .*edgefleet\[device\]"):
-        discover_backend("tflite_runtime")
+    with pytest.raises(RuntimeUnavailableError, match=rf"{ABSENT}: .*edgefleet\[device\]"):
+        discover_backend(ABSENT)
 
 
 def test_unknown_backend_name():
@@ -40,14 +47,14 @@ def test_unknown_backend_name():
 
 
 def test_real_edgetpu_library_is_absent_here_and_maps_to_delegate_error():
-    backend = discover_backend("ai_edge_litert")
+    backend = discover_backend(INSTALLED)
     with pytest.raises(DelegateError, match=r"libedgetpu\.so\.1.*libedgetpu1-std") as info:
         load_edgetpu_delegate(backend, "usb")
     assert info.value.device == "usb"
 
 
 def test_edgetpu_configured_but_absent_falls_back_to_cpu_and_says_why():
-    choice = choose_accelerator(discover_backend("ai_edge_litert"), "usb")
+    choice = choose_accelerator(discover_backend(INSTALLED), "usb")
     assert choice.accelerators == ("cpu",)
     assert choice.delegate is None
     assert "edgetpu unavailable, using cpu" in choice.note
