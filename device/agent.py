@@ -154,7 +154,11 @@ class Agent:
         self.stats = LatencyStats()
         self.classifier: Classifier | None = None
         self.watcher = (
-            FolderWatcher(config.inference.watch_dir, after=config.inference.after)
+            FolderWatcher(
+                config.inference.watch_dir,
+                after=config.inference.after,
+                settle_s=config.inference.poll_s,
+            )
             if config.inference.watch_dir
             else None
         )

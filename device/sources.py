@@ -1,8 +1,9 @@
 """Inference sources: a watched folder (polled, no inotify) and helpers for one-shot files.
 
-A file is taken only once it is stable - same size and mtime on two consecutive polls -
-so a scan still being copied in is never read half-written; files renamed into place
-(write ``.name.tmp``, then rename) are stable at once and are simply taken one poll later.
+A file is taken only once it is stable - same size and mtime on two consecutive polls, or
+not modified for ``settle_s`` (the poll interval) by its mtime - so a scan still being
+copied in is never read half-written, while a file renamed into place (write
+``.name.tmp``, then rename) or already waiting at start-up is taken at the first poll.
 Hidden files and unknown extensions are ignored.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
@@ -33,10 +36,15 @@ class FolderWatcher:
     Attributes:
         directory: The watched folder (created if missing).
         after: ``move`` classified files to ``processed/`` or ``delete`` them.
+        settle_s: A file whose mtime is at least this old is complete (the poll interval:
+            a writer still copying would have touched it since the last poll).
+        clock: Wall-clock time (compared with mtimes).
     """
 
     directory: Path
     after: Literal["move", "delete"] = "move"
+    settle_s: float = 0.2
+    clock: Callable[[], float] = time.time
     _seen: dict[Path, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,7 +61,12 @@ class FolderWatcher:
                     current[path] = (st.st_size, st.st_mtime_ns)
             except OSError:
                 continue  # vanished between listing and stat
-        ready = [p for p, sig in current.items() if self._seen.get(p) == sig and sig[0] > 0]
+        settled_ns = int((self.clock() - self.settle_s) * 1e9)
+        ready = [
+            p
+            for p, sig in current.items()
+            if sig[0] > 0 and (self._seen.get(p) == sig or sig[1] <= settled_ns)
+        ]
         self._seen = current
         return sorted(ready, key=lambda p: (current[p][1], p.name))
 

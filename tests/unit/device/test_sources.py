@@ -1,10 +1,12 @@
+import os
+import time
 from pathlib import Path
 
 from edgefleet.device.sources import FolderWatcher
 
 
 def test_file_is_taken_only_once_stable(tmp_path: Path):
-    watcher = FolderWatcher(tmp_path / "in")
+    watcher = FolderWatcher(tmp_path / "in", settle_s=3600)  # mtimes here are all "now"
     f = tmp_path / "in" / "scan.png"
     f.write_bytes(b"abc")
     assert watcher.poll() == []  # first sighting
@@ -42,3 +44,14 @@ def test_delete_mode(tmp_path: Path):
     f.write_bytes(b"1")
     watcher.done(f)
     assert not f.exists()
+
+
+def test_a_file_untouched_for_the_settle_time_is_taken_at_first_sight(tmp_path: Path):
+    # Cold start: a scan already waiting (or renamed into place) need not wait a poll.
+    watcher = FolderWatcher(tmp_path / "in", settle_s=60)
+    old, fresh = tmp_path / "in" / "old.png", tmp_path / "in" / "fresh.png"
+    old.write_bytes(b"abc")
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    fresh.write_bytes(b"abc")  # just written: maybe still being copied
+    assert watcher.poll() == [old]
