@@ -98,7 +98,11 @@ def _workdir(options: DemoOptions) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM/SIGHUP raise KeyboardInterrupt like Ctrl-C, so every cleanup runs."""
+    """SIGINT/SIGTERM/SIGHUP raise KeyboardInterrupt, so every cleanup runs.
+
+    SIGINT is set explicitly too: a process started from a non-interactive shell's
+    background job inherits SIGINT ignored, and Ctrl-C must still stop the demo.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -106,7 +110,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
     def interrupt(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, interrupt) for s in caught}
     try:
         yield
     finally:
