@@ -143,7 +143,7 @@ def _mnist_scans(n: int) -> list[Scan]:
 
 def _gpr() -> DemoData:
     from edgefleet.host.datasets.gpr import CLASSES  # noqa: PLC0415
-    from edgefleet.host.gpr_model import gpr_spec  # noqa: PLC0415 - the GPR engineer's module
+    from edgefleet.host.gpr_model import gpr_spec  # noqa: PLC0415 - TensorFlow-heavy, only for GPR
 
     return DemoData(
         name="gpr",

@@ -14,7 +14,6 @@ calibrated with. Conventions:
 
 from __future__ import annotations
 
-import importlib
 import io
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
+from edgefleet.shared import gpr
 from edgefleet.shared.errors import InputError
+from edgefleet.shared.spec import GprOptions
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -130,12 +131,6 @@ def _as_hwc(array: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
 
 
 def _gpr_to_unit(array: npt.NDArray[np.generic], spec: PreprocessSpec) -> FloatArray:
-    from edgefleet.shared.spec import GprOptions  # noqa: PLC0415 - spec is type-only above
-
-    try:  # imported by name: only GPR models need it, and it is another engineer's module
-        gpr = importlib.import_module("edgefleet.shared.gpr")
-    except ImportError as exc:
-        raise InputError(f"GPR conditioning is unavailable: {exc}") from exc
     bscan = np.asarray(gpr.condition(array, spec.gpr or GprOptions()), dtype=np.float32)
     bscan = _as_hwc(bscan)[:, :, :1].astype(np.float32)
     peak = float(np.abs(bscan).max())
