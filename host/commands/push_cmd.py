@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 
 import typer
 
@@ -12,7 +12,9 @@ from edgefleet.host.commands.fleet_options import Broker, FleetDir, KeyFile, Pre
 from edgefleet.shared.errors import EdgefleetError
 
 if TYPE_CHECKING:
-    from edgefleet.host.publish import RolloutResult
+    from collections.abc import Callable
+
+    from edgefleet.host.publish import Fleet, RolloutResult
     from edgefleet.host.rollout import Progress
 
 app = typer.Typer()
@@ -85,6 +87,41 @@ def print_result(result: RolloutResult) -> None:
             typer.echo(f"  {p.device_id}: {p.describe()}")
 
 
+def _roll_out(
+    action: Callable[[Fleet], RolloutResult],
+    *,
+    wait: float | None,
+    broker: str | None,
+    fleet: Path | None,
+    prefix: str | None,
+    state_dir: Path | None,
+    key: Path | None,
+) -> NoReturn:
+    """Open the fleet with its signing key, run a push or rollback, print it and exit."""
+    from edgefleet.host.fleet import close_fleet, open_fleet  # noqa: PLC0415
+
+    try:
+        fl = open_fleet(
+            broker=broker,
+            fleet_dir=fleet,
+            prefix=prefix,
+            state_dir=state_dir,
+            key_file=key,
+            need_key=True,
+        )
+    except EdgefleetError as exc:
+        raise fail(exc) from exc
+    fl.on_progress = ProgressPrinter() if wait is not None else None
+    try:
+        result = action(fl)
+    except EdgefleetError as exc:
+        raise fail(exc) from exc
+    finally:
+        close_fleet(fl)
+    print_result(result)
+    raise typer.Exit(code=result.exit_code)
+
+
 @app.command()
 def push(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     model: Annotated[Path, typer.Argument(help=".tflite written by `edgefleet quantize`.")],
@@ -105,7 +142,6 @@ def push(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     key: KeyFile = None,
 ) -> None:
     """Sign a model and roll it out to devices or a group over MQTT."""
-    from edgefleet.host.fleet import close_fleet, open_fleet  # noqa: PLC0415
     from edgefleet.host.publish import PushPlan, load_model  # noqa: PLC0415
     from edgefleet.host.publish import push as do_push  # noqa: PLC0415
 
@@ -120,25 +156,17 @@ def push(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
         )
         plan.check()
         files = load_model(model)
-        fl = open_fleet(
-            broker=broker,
-            fleet_dir=fleet,
-            prefix=prefix,
-            state_dir=state_dir,
-            key_file=key,
-            need_key=True,
-        )
     except EdgefleetError as exc:
         raise fail(exc) from exc
-    fl.on_progress = ProgressPrinter() if wait is not None else None
-    try:
-        result = do_push(fl, files, plan)
-    except EdgefleetError as exc:
-        raise fail(exc) from exc
-    finally:
-        close_fleet(fl)
-    print_result(result)
-    raise typer.Exit(code=result.exit_code)
+    _roll_out(
+        lambda fl: do_push(fl, files, plan),
+        wait=wait,
+        broker=broker,
+        fleet=fleet,
+        prefix=prefix,
+        state_dir=state_dir,
+        key=key,
+    )
 
 
 @app.command()
@@ -153,32 +181,23 @@ def rollback(  # noqa: PLR0917 - a typer command: its parameters are the CLI opt
     key: KeyFile = None,
 ) -> None:
     """Return a device or group to its previous model, signed as a new, higher version."""
-    from edgefleet.host.fleet import close_fleet, open_fleet  # noqa: PLC0415
     from edgefleet.host.publish import PushPlan  # noqa: PLC0415
     from edgefleet.host.publish import rollback as do_rollback  # noqa: PLC0415
 
     try:
         plan = PushPlan(devices=tuple(device or ())[:1], group=group, wait=wait)
         plan.check()
-        fl = open_fleet(
-            broker=broker,
-            fleet_dir=fleet,
-            prefix=prefix,
-            state_dir=state_dir,
-            key_file=key,
-            need_key=True,
-        )
     except EdgefleetError as exc:
         raise fail(exc) from exc
-    fl.on_progress = ProgressPrinter() if wait is not None else None
-    try:
-        result = do_rollback(fl, plan)
-    except EdgefleetError as exc:
-        raise fail(exc) from exc
-    finally:
-        close_fleet(fl)
-    print_result(result)
-    raise typer.Exit(code=result.exit_code)
+    _roll_out(
+        lambda fl: do_rollback(fl, plan),
+        wait=wait,
+        broker=broker,
+        fleet=fleet,
+        prefix=prefix,
+        state_dir=state_dir,
+        key=key,
+    )
 
 
 @rollout_app.command("status")
