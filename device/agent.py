@@ -32,7 +32,7 @@ from edgefleet.device.errors import DeviceError, ModelLoadError
 from edgefleet.device.faults import fault
 from edgefleet.device.health import run_health_check, stop_running_checks
 from edgefleet.device.inference import Classifier, LatencyStats
-from edgefleet.device.outbox import Outbox
+from edgefleet.device.outbox import Outbox, Pending
 from edgefleet.device.runtime import (
     Backend,
     accelerator_note,
@@ -53,6 +53,7 @@ from edgefleet.shared.messages import (
     PredictionRecord,
     Status,
     TopK,
+    batch_payload,
     decode,
     encode,
 )
@@ -72,6 +73,7 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGE_MESSAGE = 24 * 2**20
 ACK_BATCH = 256
+BATCH_BYTES = 256 * 1024  # a PredictionBatch stays well under MAX_MESSAGE_BYTES (1 MiB)
 FOLDER_BATCH = 64
 HEALTH_DONE = "_health_done"  # internal event: a health-check worker has finished
 
@@ -466,23 +468,39 @@ class Agent:
         return build
 
     def _drain(self) -> None:
+        """Publish what the outbox holds beyond what is in flight, and re-send stale records."""
         if not self.connected.is_set():
             return
         cfg = self.config.outbox
         now = time.monotonic()
-        topic = self.topics.predictions(self.config.device_id)
-        stale = [s for s, t in self.flight.sent.items() if now - t > cfg.resend_after_s]
-        for record in self.outbox.pending(after_seq=0, limit=cfg.max_in_flight):
-            if record.seq in stale:
-                self.client.publish(topic, record.payload, 1)
-                self.flight.sent[record.seq] = now
-        room = cfg.max_in_flight - len(self.flight.sent)
+        sent = self.flight.sent
+        stale = {s for s, t in sent.items() if now - t > cfg.resend_after_s}
+        if stale:
+            records = self.outbox.pending(after_seq=0, limit=cfg.max_in_flight)
+            self._publish_records([r for r in records if r.seq in stale], now)
+        room = cfg.max_in_flight - len(sent)
         if room <= 0:
             return
-        for record in self.outbox.pending(after_seq=self.flight.cursor, limit=room):
-            self.client.publish(topic, record.payload, 1)
+        fresh = self.outbox.pending(after_seq=self.flight.cursor, limit=room)
+        if fresh:
+            self._publish_records(fresh, now)
+            self.flight.cursor = fresh[-1].seq
+
+    def _publish_records(self, records: list[Pending], now: float) -> None:
+        """Publish records in order, up to ``batch_records`` (and BATCH_BYTES) per message."""
+        topic = self.topics.predictions(self.config.device_id)
+        cap = self.config.outbox.batch_records
+        batch: list[bytes] = []
+        size = 0
+        for record in records:
+            if batch and (len(batch) >= cap or size + len(record.payload) > BATCH_BYTES):
+                self.client.publish(topic, batch_payload(batch), 1)
+                batch, size = [], 0
+            batch.append(record.payload)
+            size += len(record.payload) + 1
             self.flight.sent[record.seq] = now
-            self.flight.cursor = record.seq
+        if batch:
+            self.client.publish(topic, batch_payload(batch), 1)
 
     def _poll_folder(self) -> None:
         if self.watcher is None or self.classifier is None:

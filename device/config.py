@@ -130,6 +130,15 @@ class OutboxConfig(_Section):
     resend_after_s: float = Field(
         default=30.0, gt=0, description="Publish an unacknowledged record again after this."
     )
+    batch_records: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description=(
+            "Records per predictions message at most (a PredictionBatch); 1 sends single "
+            "records only, for hosts older than PredictionBatch."
+        ),
+    )
 
 
 class UpdateConfig(_Section):

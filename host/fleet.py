@@ -27,6 +27,7 @@ from edgefleet.shared.messages import (
     Reported,
     Status,
     decode,
+    decode_predictions,
     encode,
 )
 from edgefleet.shared.topics import CHUNK_REQUEST, PREDICTIONS
@@ -236,42 +237,42 @@ class Ingestor:
                 self.stats.failed_batches += 1
                 stop.wait(1.0)
                 continue
-                if on_batch is not None:
-                    on_batch(self.stats)
+            if on_batch is not None:
+                on_batch(self.stats)
         return self.stats
 
     def _collect(self, *, timeout: float) -> list[PredictionRecord]:
         batch: list[PredictionRecord] = []
         msg = self.conn.next_message(timeout)
         while msg is not None:
-            record = self._take(msg)
-            if record is not None:
-                batch.append(record)
+            batch.extend(self._take(msg))
             if len(batch) >= self.batch_max:
                 break
             msg = self.conn.next_message(self.batch_wait_s)
         return batch
 
-    def _take(self, msg: Message) -> PredictionRecord | None:
+    def _take(self, msg: Message) -> list[PredictionRecord]:
+        """The records of one message: a single record or a batch, all or nothing."""
         try:
             parsed = self.fleet.topics.parse(msg.topic)
             if parsed.kind == CHUNK_REQUEST:
                 self.stats.chunk_requests += 1
                 self.fleet.answer_chunk_request(decode(ChunkRequest, msg.payload))
-                return None
+                return []
             if parsed.kind != PREDICTIONS:
-                return None
-            record = decode(PredictionRecord, msg.payload)
+                return []
+            records = decode_predictions(msg.payload)
         except (DecodeError, TopicError) as exc:
             self.stats.malformed += 1
             log.warning("ignoring malformed message on %s: %s", msg.topic, exc)
-            return None
-        if record.device_id != parsed.device_id:
+            return []
+        strangers = {r.device_id for r in records} - {parsed.device_id}
+        if strangers:
             self.stats.malformed += 1
-            log.warning("record on %s claims device %s; ignored", msg.topic, record.device_id)
-            return None
-        self.stats.received += 1
-        return record
+            log.warning("records on %s claim device %s; ignored", msg.topic, min(strangers))
+            return []
+        self.stats.received += len(records)
+        return records
 
     def commit_and_ack(self, batch: list[PredictionRecord]) -> None:
         """Store a batch (one commit), then ack every record in it, duplicates included."""

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from enum import Enum
 from typing import Annotated, Final, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -27,6 +31,7 @@ SCHEMA_VERSION: Final = 1
 MAX_MESSAGE_BYTES: Final = 1_048_576
 MAX_INDEXES: Final = 4096
 MAX_SEQS: Final = 10_000
+MAX_BATCH_RECORDS: Final = 1000
 MAX_IMAGE_B64: Final = 16 * 2**20
 
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
@@ -175,6 +180,18 @@ class PredictionRecord(Message):
     ts: float = Field(description="Unix time of the inference.")
 
 
+class PredictionBatch(Message):
+    """Several prediction records in one message, oldest first (device -> host).
+
+    Each record is a complete ``PredictionRecord`` (with its own ``v``) and is stored and
+    acknowledged exactly as if it had come alone; the host acks what it committed.
+    """
+
+    records: list[PredictionRecord] = Field(
+        min_length=1, max_length=MAX_BATCH_RECORDS, description="The records, oldest first."
+    )
+
+
 class Ack(Message):
     """Host -> device: these records are committed and may be deleted from the outbox."""
 
@@ -251,6 +268,58 @@ def decode(model: type[M], data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -
         raise DecodeError(f"{model.__name__}: {_summary(exc)}") from exc
     except (ValueError, TypeError, RecursionError, ArithmeticError) as exc:
         raise DecodeError(f"{model.__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def _predictions_kind(value: object) -> str:
+    # A JSON object with "records" is a batch; anything else must be a single record.
+    return "batch" if isinstance(value, dict) and "records" in value else "record"
+
+
+_PREDICTIONS: Final = TypeAdapter[PredictionRecord | PredictionBatch](
+    Annotated[
+        Annotated[PredictionRecord, Tag("record")] | Annotated[PredictionBatch, Tag("batch")],
+        Discriminator(_predictions_kind),
+    ]
+)
+
+
+def decode_prediction_message(data: bytes) -> PredictionRecord | PredictionBatch:
+    """Parse a ``predictions`` payload: one ``PredictionRecord`` or a ``PredictionBatch``.
+
+    Raises:
+        DecodeError: Neither (size, encoding, JSON, schema, version); a batch with one bad
+            record is refused whole.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"predictions: expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise DecodeError(f"predictions: payload of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        return _PREDICTIONS.validate_json(bytes(data))
+    except ValidationError as exc:
+        raise DecodeError(f"predictions: {_summary(exc)}") from exc
+    except (ValueError, TypeError, RecursionError, ArithmeticError) as exc:
+        raise DecodeError(f"predictions: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_predictions(data: bytes) -> list[PredictionRecord]:
+    """The records of a ``predictions`` payload (see :func:`decode_prediction_message`).
+
+    Raises:
+        DecodeError: Not a valid record or batch.
+    """
+    parsed = decode_prediction_message(data)
+    return list(parsed.records) if isinstance(parsed, PredictionBatch) else [parsed]
+
+
+def batch_payload(records: Sequence[bytes]) -> bytes:
+    """A ``PredictionBatch`` from already encoded ``PredictionRecord`` payloads (no re-encoding).
+
+    One record is sent as itself (the single-record form every host reads).
+    """
+    if len(records) == 1:
+        return bytes(records[0])
+    return b'{"v":1,"records":[' + b",".join(records) + b"]}"
 
 
 def _summary(exc: ValidationError) -> str:

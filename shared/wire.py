@@ -25,10 +25,10 @@ from edgefleet.shared.messages import (
     Ack,
     ChunkRequest,
     ImageMessage,
-    PredictionRecord,
     Reported,
     Status,
     decode,
+    decode_prediction_message,
 )
 
 # A message model (including the manifest's SignedEnvelope) or a decoded chunk.
@@ -38,7 +38,6 @@ _MESSAGE_KINDS: Final[dict[str, type[BaseModel]]] = {
     topics.STATUS: Status,
     topics.REPORTED: Reported,
     topics.CHUNK_REQUEST: ChunkRequest,
-    topics.PREDICTIONS: PredictionRecord,
     topics.PREDICTIONS_ACK: Ack,
     topics.IMAGES: ImageMessage,
 }
@@ -66,6 +65,8 @@ def decoder_for(
         return decode_envelope
     if kind == topics.CHUNK:
         return partial(_decode_chunk, max_bytes=max_chunk_bytes)
+    if kind == topics.PREDICTIONS:  # a PredictionRecord or a PredictionBatch
+        return decode_prediction_message
     model = _MESSAGE_KINDS.get(kind)
     if model is None:
         raise DecodeError(f"no payload type for topic kind {kind!r}")

@@ -23,7 +23,14 @@ from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet import Ingestor, close_fleet, open_fleet
 from edgefleet.host.mqttconn import BrokerSettings, connect
 from edgefleet.host.store import SqliteStore, export
-from edgefleet.shared.messages import Ack, PredictionRecord, TopK, decode, encode
+from edgefleet.shared.messages import (
+    Ack,
+    PredictionRecord,
+    TopK,
+    batch_payload,
+    decode,
+    encode,
+)
 from edgefleet.shared.topics import Topics
 
 pytestmark = pytest.mark.integration
@@ -182,6 +189,47 @@ def test_a_resent_record_is_stored_once_and_acked_again(broker, prefix, tmp_path
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert [int(r["seq"]) for r in rows] == [0, 1, 2, 3, 4]
     assert rows[0]["topk"] == "0:0.9000"
+
+
+def test_batches_and_single_records_are_stored_once_and_a_bad_batch_is_refused_whole(
+    broker, prefix, tmp_path
+):
+    fleet = open_fleet(broker=broker.url, fleet_dir=None, prefix=prefix, state_dir=tmp_path / "s")
+    store = SqliteStore(tmp_path / "p.sqlite")
+    ingestor = Ingestor(fleet.conn, fleet, store)
+    ingestor.subscribe(shared=False)
+    device = DeviceClient(broker.url, prefix)
+    topic = Topics(prefix).predictions("batch-dev")
+    stop = threading.Event()
+    runner = threading.Thread(target=ingestor.run, kwargs={"stop": stop})
+    runner.start()
+    try:
+        first = [_record("batch-dev", "b1", s) for s in range(1, 51)]
+        second = [_record("batch-dev", "b2", s) for s in range(51, 61)]
+        # two boots in one batch (an outbox holding an earlier run's records), a resent
+        # overlapping batch, an old-style single record, and two batches refused whole
+        device.client.publish(topic, batch_payload([encode(r) for r in first + second]), qos=1)
+        device.client.publish(topic, batch_payload([encode(r) for r in first[40:]]), qos=1)
+        device.client.publish(topic, encode(_record("batch-dev", "b2", 61)), qos=1)
+        stranger = [encode(_record("batch-dev", "b3", 1)), encode(_record("other", "b3", 2))]
+        device.client.publish(topic, batch_payload(stranger), qos=1)
+        broken = [encode(_record("batch-dev", "b4", 1)), b'{"v":1,"seq":2}']
+        device.client.publish(topic, batch_payload(broken), qos=1)
+        device.wait_acked(61)
+        deadline = time.monotonic() + 30
+        while ingestor.stats.malformed < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        runner.join()
+        device.close()
+        close_fleet(fleet)
+    expected = {(r.device_id, r.boot_id, r.seq) for r in [*first, *second]}
+    expected.add(("batch-dev", "b2", 61))
+    assert _stored(tmp_path / "p.sqlite") == expected
+    assert device.acked == expected
+    assert ingestor.stats.duplicates == 10
+    assert ingestor.stats.malformed == 2
 
 
 def test_an_unreachable_broker_is_a_clear_error(tmp_path):

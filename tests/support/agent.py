@@ -43,7 +43,15 @@ from edgefleet.shared.manifest import (
     public_key_pem,
     sign_manifest,
 )
-from edgefleet.shared.messages import Ack, ChunkRequest, PredictionRecord, Reported, Status, encode
+from edgefleet.shared.messages import (
+    Ack,
+    ChunkRequest,
+    PredictionRecord,
+    Reported,
+    Status,
+    decode_predictions,
+    encode,
+)
 from edgefleet.shared.spec import PreprocessSpec, TensorSpec
 from edgefleet.shared.topics import Topics
 
@@ -299,17 +307,22 @@ class FakeHost:
             elif kind == "reported":
                 self.reports.append(Reported.model_validate_json(payload))
             elif kind == "predictions":
-                self._on_prediction(PredictionRecord.model_validate_json(payload))
+                self._on_predictions(decode_predictions(payload))
             elif kind == "chunk_request":
                 self._on_chunk_request(ChunkRequest.model_validate_json(payload))
             self.lock.notify_all()
 
-    def _on_prediction(self, record: PredictionRecord) -> None:
-        self.deliveries += 1
-        self.records.setdefault((record.device_id, record.boot_id, record.seq), record)
+    def _on_predictions(self, records: list[PredictionRecord]) -> None:
+        # One record or a PredictionBatch: stored, then one Ack per (device, boot) in it.
+        seqs: dict[tuple[str, str], list[int]] = {}
+        for record in records:
+            self.deliveries += 1
+            self.records.setdefault((record.device_id, record.boot_id, record.seq), record)
+            seqs.setdefault((record.device_id, record.boot_id), []).append(record.seq)
         if self.ack:
-            ack = Ack(device_id=record.device_id, boot_id=record.boot_id, seqs=[record.seq])
-            self.client.publish(self.topics.predictions_ack(record.device_id), encode(ack), 1)
+            for (device, boot), numbers in seqs.items():
+                ack = Ack(device_id=device, boot_id=boot, seqs=numbers)
+                self.client.publish(self.topics.predictions_ack(device), encode(ack), 1)
 
     def _on_chunk_request(self, request: ChunkRequest) -> None:
         self.chunk_requests.append(request)

@@ -1,4 +1,4 @@
-"""The agent's image-topic path commits one outbox transaction per drained batch."""
+"""The agent batches: one outbox transaction per drained batch, records sent in batches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import numpy as np
 
 from edgefleet.device.agent import Agent
 from edgefleet.device.config import parse_config
-from edgefleet.shared.messages import ImageMessage, encode
+from edgefleet.shared.messages import (
+    Ack,
+    ImageMessage,
+    PredictionRecord,
+    decode,
+    decode_predictions,
+    encode,
+)
 
 
 def _image(name: str) -> bytes:
@@ -42,5 +49,62 @@ def test_image_messages_are_committed_once_per_drained_batch(tmp_path: Path):
             f"mqtt:s{i}:{r.seq}".encode()
             for i, r in enumerate(agent.outbox.pending(after_seq=0, limit=100))
         ]
+    finally:
+        agent.outbox.close()
+
+
+def _record_builder(source: str):
+    def build(seq: int) -> bytes:
+        return encode(
+            PredictionRecord(
+                device_id="b1", boot_id="boot", seq=seq, source=source, label="7", score=0.5,
+                latency_ms=0.1, model_name="m", model_version=1, ts=1.0,
+            )
+        )  # fmt: skip
+
+    return build
+
+
+def _publishing_agent(tmp_path: Path, outbox: str) -> tuple[Agent, list[tuple[str, bytes]]]:
+    toml = f'device_id = "b1"\nstate_dir = "state"\n[outbox]\n{outbox}\n'
+    agent = Agent(parse_config(toml, base=tmp_path))
+    sent: list[tuple[str, bytes]] = []
+    agent.client.publish = lambda topic, payload, *_a, **_k: sent.append((topic, payload))  # type: ignore[method-assign,assignment]
+    agent.connected.set()
+    agent.boot_id = "boot"  # the outbox keys records by the agent's boot id
+    return agent, sent
+
+
+def test_records_go_out_in_batches_and_leave_the_outbox_only_when_acked(tmp_path: Path):
+    agent, sent = _publishing_agent(tmp_path, "batch_records = 4\nmax_in_flight = 10")
+    try:
+        agent._commit([_record_builder(f"f{i}") for i in range(13)])
+        topic = agent.topics.predictions("b1")
+        assert {t for t, _ in sent} == {topic}
+        batches = [decode_predictions(p) for _, p in sent]
+        assert [len(b) for b in batches] == [4, 4, 2]  # max_in_flight counts records
+        assert [r.seq for b in batches for r in b] == list(range(1, 11))
+        sent.clear()
+        ack = Ack(device_id="b1", boot_id="boot", seqs=[1, 2, 3, 4, 5])
+        agent._dispatch(agent.topics.predictions_ack("b1"), encode(ack))
+        assert agent.outbox.depth() == 13  # acks are applied when the queue runs dry
+        agent._idle()
+        assert agent.outbox.depth() == 8
+        assert [[r.seq for r in decode_predictions(p)] for _, p in sent] == [[11, 12, 13]]
+    finally:
+        agent.outbox.close()
+
+
+def test_stale_records_are_sent_again_in_batches_and_a_lone_record_goes_plain(tmp_path: Path):
+    agent, sent = _publishing_agent(tmp_path, "batch_records = 2\nresend_after_s = 0.001")
+    try:
+        agent._commit([_record_builder("a")])
+        assert decode(PredictionRecord, sent[0][1]).seq == 1  # one record: the plain form
+        agent._commit([_record_builder("b"), _record_builder("c")])
+        for seq in agent.flight.sent:
+            agent.flight.sent[seq] -= 1.0  # every record is overdue for an ack
+        sent.clear()
+        agent._drain()
+        assert [[r.seq for r in decode_predictions(p)] for _, p in sent] == [[1, 2], [3]]
     finally:
         agent.outbox.close()

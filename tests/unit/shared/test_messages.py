@@ -8,15 +8,20 @@ import pytest
 
 from edgefleet.shared.errors import DecodeError
 from edgefleet.shared.messages import (
+    MAX_BATCH_RECORDS,
     Ack,
     ChunkRequest,
     ImageMessage,
+    PredictionBatch,
     PredictionRecord,
     Reported,
     Status,
     TopK,
     UpdateState,
+    batch_payload,
     decode,
+    decode_prediction_message,
+    decode_predictions,
     encode,
 )
 
@@ -147,3 +152,50 @@ def test_update_state_values_are_the_documented_codes():
         "idle", "downloading", "verifying", "health_check",
         "activating", "active", "rejected", "failed",
     ]  # fmt: skip
+
+
+def _rec(seq: int, device: str = "pi-01") -> PredictionRecord:
+    return PredictionRecord(
+        device_id=device, boot_id="b1", seq=seq, source=f"s{seq}.png", label="7",
+        score=0.5, latency_ms=0.3, model_name="m", model_version=1, ts=1.7e9,
+    )  # fmt: skip
+
+
+def test_batch_payload_is_the_encoded_prediction_batch():
+    records = [_rec(1), _rec(2), _rec(3)]
+    raw = batch_payload([encode(r) for r in records])
+    assert raw == encode(PredictionBatch(records=records))
+    assert decode_predictions(raw) == records
+    assert isinstance(decode_prediction_message(raw), PredictionBatch)
+
+
+def test_one_record_is_sent_and_read_as_a_plain_record():
+    raw = batch_payload([encode(_rec(5))])
+    assert raw == encode(_rec(5))
+    assert decode(PredictionRecord, raw) == _rec(5)  # what an older host reads
+    assert decode_predictions(raw) == [_rec(5)]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"v":1,"records":[]}',
+        b'{"v":2,"records":[' + encode(_rec(1)) + b"]}",
+        b'{"v":1,"records":[' + encode(_rec(1)) + b',{"v":1,"seq":2}]}',
+        b'{"v":1,"records":[' + encode(_rec(1)) + b'],"extra":1}',
+        b'{"v":1,"records":' + encode(_rec(1)) + b"}",
+        b'{"v":1,"records":[' + b",".join([encode(_rec(1))] * (MAX_BATCH_RECORDS + 1)) + b"]}",
+        b"[" + encode(_rec(1)) + b"]",
+        b"\xff",
+        b"[" * 100_000,
+        b"",
+    ],
+)
+def test_bad_prediction_payloads_are_refused_whole(payload):
+    with pytest.raises(DecodeError):
+        decode_predictions(payload)
+
+
+def test_prediction_payload_size_cap_applies_before_parsing():
+    with pytest.raises(DecodeError, match="exceeds"):
+        decode_predictions(b" " * (1_048_576 + 1))

@@ -24,6 +24,7 @@ from edgefleet.shared.messages import (
     Ack,
     ChunkRequest,
     ImageMessage,
+    PredictionBatch,
     PredictionRecord,
     Reported,
     Status,
@@ -90,7 +91,15 @@ def test_chunk_header_vectors():
     assert headers == vector("chunks").split()
 
 
-MESSAGE_TYPES = [Status, Reported, PredictionRecord, Ack, ChunkRequest, ImageMessage]
+MESSAGE_TYPES = [
+    Status,
+    Reported,
+    PredictionRecord,
+    PredictionBatch,
+    Ack,
+    ChunkRequest,
+    ImageMessage,
+]
 
 
 def test_every_json_example_is_a_valid_message():
