@@ -1,22 +1,41 @@
 """Health-check a staged model in a child process, so a crafted model cannot take the agent down.
 
-The child (``python -m edgefleet.device.health``) loads the model, allocates its tensors,
-compares its input and output with the manifest and invokes it once on a neutral sample;
-it prints one JSON line. The parent maps a crash (signal), a timeout or a failed check
-to :class:`HealthCheckError` with a reason code.
+Each check runs in its own short-lived process that loads the model, allocates its
+tensors, compares its input and output with the manifest and invokes it once on a neutral
+sample; it prints one JSON line. The parent maps a crash (signal), a timeout or a failed
+check to :class:`HealthCheckError` with a reason code.
+
+That process is forked from a warm worker (``python -m edgefleet.device.health --serve``),
+one per agent process and interpreter backend, started at the first check: it has imported
+the interpreter package once, so a check costs a fork and the model load (tens of
+milliseconds) instead of a fresh interpreter start and imports (about 0.5 s of CPU). The
+worker itself never loads a model: a model that kills its process (SIGSEGV in LiteRT) only
+kills that check's child. The worker ends when the agent process ends (its stdin closes),
+after ``WORKER_IDLE_S`` without a check, or on ``stop_running_checks``; a child dies with
+its worker. ``python -m edgefleet.device.health '<json>'`` still runs one check in a fresh
+process (the fallback where ``os.fork`` does not exist, and a probe for tests).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import itertools
 import json
 import math
+import os
+import selectors
 import signal
 import subprocess
 import sys
 import threading
+import time
+import traceback
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Final
 
 import numpy as np
 
@@ -25,9 +44,11 @@ from edgefleet.device.faults import delay, fault
 from edgefleet.device.runtime import discover_backend, load_edgetpu_delegate, open_model
 from edgefleet.shared.spec import TensorSpec
 
-# Children of checks under way (one per worker thread), so that shutdown can stop them.
+# Fresh children of checks under way (the fallback path), so that shutdown can stop them.
 _running: set[subprocess.Popen[bytes]] = set()
 _lock = threading.Lock()
+WORKER_IDLE_S: Final = 60.0  # a warm worker with no check for this long ends
+MAX_OUTPUT: Final = 1 << 20  # bytes of a child's stdout/stderr kept by the worker
 
 # Signals by which a model kills the interpreter: a verdict on the model.
 CRASH_CODES = frozenset(
@@ -82,14 +103,282 @@ def _check(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_main(argv: list[str]) -> int:
-    """Entry point of the child: one JSON argument in, one JSON line out."""
-    args = json.loads(argv[0])
+    """Entry point of a fresh child: one JSON argument in, one JSON line out."""
+    return _check_and_print(json.loads(argv[0]))
+
+
+def _check_and_print(args: dict[str, Any]) -> int:
     try:
         result = _check(args)
     except DeviceError as exc:
         result = {"ok": False, "reason": "load", "message": str(exc)}
     print(json.dumps(result), flush=True)
     return 0
+
+
+# -- the warm worker (runs in its own process) ---------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent (the worker) dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _fork_check(args: dict[str, Any]) -> tuple[int, int, int]:
+    """Fork one check's child; return (pid, stdout read fd, stderr read fd)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: one check, then exit without running the worker's cleanup
+        code = 1
+        try:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            for fd in (null, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            _die_with_parent()
+            if os.getppid() != parent:  # the worker died before prctl took effect
+                os._exit(code)
+            code = _check_and_print(args)
+        except BaseException:  # noqa: BLE001 - reported on stderr, like an uncaught error
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(BaseException):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+    os.close(out_w)
+    os.close(err_w)
+    return pid, out_r, err_r
+
+
+@dataclass
+class _Kid:
+    """A check's child as the worker sees it."""
+
+    request: int
+    pid: int
+    output: dict[int, bytearray] = field(default_factory=dict)  # fd -> bytes read
+    names: dict[int, str] = field(default_factory=dict)  # fd -> "stdout" / "stderr"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def serve_main(argv: list[str]) -> int:
+    """The warm worker: JSON lines in on stdin, JSON lines out on stdout.
+
+    In: ``{"id": n, "args": {...}}`` (fork a check) or ``{"kill": n}`` (SIGKILL that
+    check's child). Out, when a child has ended: ``{"id": n, "returncode": rc,
+    "stdout": "...", "stderr": "..."}`` (``rc`` negative for a signal, as subprocess says).
+    ``argv``: backend name to import now, then a label for ``ps`` (the agent's directory).
+    It returns when its stdin closes (the agent is gone), killing any child left.
+    """
+    backend = argv[0] if argv else "auto"
+    with contextlib.suppress(DeviceError):
+        discover_backend(backend)  # the import every check would pay; a failure shows per check
+    return _Server().run()
+
+
+class _Server:
+    """The worker's loop: requests on fd 0, children's pipes, replies on fd 1."""
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(0, selectors.EVENT_READ, None)
+        self.kids: dict[int, _Kid] = {}  # request id -> child
+        self.ended: list[_Kid] = []  # output closed, not reaped yet
+        self.buf = b""
+
+    def run(self) -> int:
+        while True:
+            for key, _ in self.sel.select(timeout=0.05 if self.ended else None):
+                if key.data is not None:
+                    self._read_child(key.fd, key.data)
+                elif not self._read_requests():
+                    for kid in self.kids.values():  # nobody wants these results
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(kid.pid, signal.SIGKILL)
+                    return 0
+            self._reap()
+
+    def _read_requests(self) -> bool:
+        data = os.read(0, 1 << 16)
+        if not data:
+            return False
+        *lines, self.buf = (self.buf + data).split(b"\n")
+        for line in lines:
+            msg = json.loads(line)
+            if "kill" in msg:
+                kid = self.kids.get(int(msg["kill"]))
+                if kid is not None:  # not reaped yet: the pid is still the child's
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(kid.pid, signal.SIGKILL)
+                continue
+            pid, out_r, err_r = _fork_check(msg["args"])
+            kid = _Kid(int(msg["id"]), pid)
+            for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
+                kid.output[fd] = bytearray()
+                kid.names[fd] = name
+                self.sel.register(fd, selectors.EVENT_READ, kid)
+            self.kids[kid.request] = kid
+        return True
+
+    def _read_child(self, fd: int, kid: _Kid) -> None:
+        chunk = os.read(fd, 1 << 16)
+        if chunk:
+            kept = kid.output[fd]
+            kept += chunk
+            del kept[:-MAX_OUTPUT]
+            return
+        self.sel.unregister(fd)
+        os.close(fd)
+        if not any(f in self.sel.get_map() for f in kid.output):
+            self.ended.append(kid)
+
+    def _reap(self) -> None:
+        for kid in list(self.ended):
+            pid, status = os.waitpid(kid.pid, os.WNOHANG)
+            if pid == 0:
+                continue  # closed its output but still running: look again shortly
+            self.ended.remove(kid)
+            self.kids.pop(kid.request, None)
+            reply: dict[str, Any] = {
+                "id": kid.request,
+                "returncode": os.waitstatus_to_exitcode(status),
+            }
+            for fd, name in kid.names.items():
+                reply[name] = kid.output[fd].decode(errors="replace")
+            _write_all(1, json.dumps(reply).encode() + b"\n")
+
+
+# -- the agent's side -------------------------------------------------------------------
+
+
+class _WorkerGoneError(Exception):
+    """The warm worker ended before it answered."""
+
+
+class _Worker:
+    """The agent process's handle on one warm worker process."""
+
+    def __init__(self, backend: str, label: str) -> None:
+        self.cmd = [sys.executable, "-m", "edgefleet.device.health", "--serve", backend, label]
+        # One BLAS thread: the worker stays single-threaded, so forking it is safe.
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # its own process group: killpg stops it and its children
+        )
+        self.pending: dict[int, Future[dict[str, Any]]] = {}
+        self.last_used = time.monotonic()
+        self._write_lock = threading.Lock()
+        threading.Thread(target=self._read, name="health-worker", daemon=True).start()
+
+    def submit(self, request: int, args: dict[str, Any]) -> Future[dict[str, Any]]:
+        """Send one check; OSError if the worker is gone (no check started then)."""
+        outcome: Future[dict[str, Any]] = Future()
+        with _lock:
+            self.pending[request] = outcome
+            self.last_used = time.monotonic()
+        try:
+            self._send({"id": request, "args": args})
+        except OSError:
+            with _lock:
+                self.pending.pop(request, None)
+            raise
+        return outcome
+
+    def cancel(self, request: int) -> None:
+        """Kill a check's child (timeout); its late answer is dropped."""
+        with _lock:
+            self.pending.pop(request, None)
+        with contextlib.suppress(OSError, ValueError):
+            self._send({"kill": request})
+        self._retire_when_idle()
+
+    def done(self) -> None:
+        """A check's answer was used."""
+        self._retire_when_idle()
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None  # noqa: S101 - created with stdin=PIPE
+        with self._write_lock:
+            stdin.write(json.dumps(msg).encode() + b"\n")
+            stdin.flush()
+
+    def _read(self) -> None:
+        stdout: IO[bytes] | None = self.proc.stdout
+        assert stdout is not None  # noqa: S101 - created with stdout=PIPE
+        with contextlib.suppress(OSError, ValueError):
+            for line in stdout:
+                reply = json.loads(line)
+                with _lock:
+                    outcome = self.pending.pop(int(reply["id"]), None)
+                if outcome is not None:
+                    outcome.set_result(reply)
+        returncode = self.proc.wait()
+        with _lock:
+            if _workers.get(self.key) is self:
+                del _workers[self.key]
+            pending, self.pending = self.pending, {}
+        for outcome in pending.values():
+            outcome.set_exception(_WorkerGoneError(returncode))
+
+    @property
+    def key(self) -> str:
+        """Which backend this worker serves."""
+        return self.cmd[4]
+
+    def _retire_when_idle(self) -> None:
+        timer = threading.Timer(WORKER_IDLE_S, self._retire_if_idle)
+        timer.daemon = True
+        timer.start()
+
+    def _retire_if_idle(self) -> None:
+        with _lock:
+            if self.pending or time.monotonic() - self.last_used < WORKER_IDLE_S:
+                return
+            if _workers.get(self.key) is self:
+                del _workers[self.key]
+        self.close()
+
+    def close(self) -> None:
+        """Let the worker end (it exits when its stdin closes)."""
+        with contextlib.suppress(OSError, ValueError), self._write_lock:
+            assert self.proc.stdin is not None  # noqa: S101
+            self.proc.stdin.close()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every check's child (one process group), and reap it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+
+_workers: dict[str, _Worker] = {}  # backend name -> this process's warm worker
+_requests = itertools.count(1)
+
+
+def _worker(backend: str, label: str) -> _Worker:
+    with _lock:
+        worker = _workers.get(backend)
+        if worker is None or worker.proc.poll() is not None:
+            worker = _workers[backend] = _Worker(backend, label)
+        return worker
 
 
 def _signal_name(returncode: int) -> str:
@@ -109,7 +398,7 @@ def run_health_check(
     edgetpu: str = "",
     timeout_s: float = 60.0,
 ) -> dict[str, Any]:
-    """Check a staged model in a child process.
+    """Check a staged model in a child process (forked from the warm worker).
 
     Args:
         model_path: The staged .tflite.
@@ -134,6 +423,42 @@ def run_health_check(
         "input": input_spec.model_dump(mode="json"),
         "output": output_spec.model_dump(mode="json"),
     }
+    if not hasattr(os, "fork"):
+        return _run_fresh_child(args, timeout_s)
+    request = next(_requests)
+    for _attempt in range(2):  # a worker that just ended (idle) took no request: start one
+        worker = _worker(backend, str(model_path.parent))
+        try:
+            outcome = worker.submit(request, args)
+            break
+        except OSError:
+            worker.kill()
+    else:
+        msg = "the health-check worker could not be started"
+        raise HealthCheckError(msg, reason="exited")
+    try:
+        reply = outcome.result(timeout=timeout_s)
+    except FutureTimeout as exc:
+        worker.cancel(request)
+        msg = f"the health check did not finish in {timeout_s:g} s (killed)"
+        raise HealthCheckError(msg, reason="timeout") from exc
+    except _WorkerGoneError as exc:
+        # Killed with the agent's shutdown, or by the OOM killer: no verdict on the model.
+        rc = exc.args[0]
+        name = _signal_name(rc) if rc < 0 else f"status {rc}"
+        msg = f"the health-check worker was killed ({name}) during the check"
+        raise HealthCheckError(msg, reason="killed") from None
+    worker.done()
+    result = subprocess.CompletedProcess(
+        worker.cmd,
+        int(reply["returncode"]),
+        str(reply.get("stdout", "")).encode(),
+        str(reply.get("stderr", "")).encode(),
+    )
+    return _interpret(result)
+
+
+def _run_fresh_child(args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "edgefleet.device.health", json.dumps(args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     with _lock:
@@ -152,20 +477,25 @@ def run_health_check(
 
 
 def stop_running_checks() -> int:
-    """Kill the health-check children still running (agent shutdown); return how many.
+    """Stop the warm workers and every check under way (agent shutdown); return how many checks.
 
     The checks wait on worker threads; without this, an agent stopped during a check
     would leave its child behind (a hanging model: for ever).
     """
     with _lock:
         procs = list(_running)
+        workers = list(_workers.values())
+        _workers.clear()
+        checks = len(procs) + sum(len(w.pending) for w in workers)
+    for worker in workers:
+        worker.kill()
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
     for proc in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)  # gone before the agent exits, not a moment later
-    return len(procs)
+    return checks
 
 
 def _interpret(proc: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
@@ -191,4 +521,6 @@ def _interpret(proc: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        sys.exit(serve_main(sys.argv[2:]))
     sys.exit(child_main(sys.argv[1:]))

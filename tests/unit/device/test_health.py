@@ -1,13 +1,18 @@
 """The child-process health check on real models (a real LiteRT in a real child)."""
 
+import os
 import signal
 import subprocess
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from support.agent import ModelBundle, crash_model, shared_mnist_model
 
+from edgefleet.device import health
 from edgefleet.device.errors import HealthCheckError
-from edgefleet.device.health import _interpret, run_health_check
+from edgefleet.device.health import _interpret, run_health_check, stop_running_checks
 
 pytestmark = pytest.mark.slow
 
@@ -50,9 +55,22 @@ def test_specs_that_differ_from_the_manifest_are_refused(bundle):
         check(bundle, output_spec=requant)
 
 
-def test_a_hung_check_is_killed(bundle):
+def _hanging_model(tmp_path: Path) -> Path:
+    """A model file whose reading never ends: a FIFO nobody writes to."""
+    path = tmp_path / "hangs.tflite"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_hung_check_is_killed(bundle, tmp_path):
     with pytest.raises(HealthCheckError, match="did not finish") as info:
-        check(bundle, timeout_s=0.05)
+        run_health_check(
+            _hanging_model(tmp_path),
+            input_spec=bundle.input,
+            output_spec=bundle.output,
+            backend="auto",
+            timeout_s=0.5,
+        )
     assert info.value.reason == "timeout"
 
 
@@ -77,3 +95,116 @@ def test_a_killed_child_is_no_verdict(returncode):
 
 def test_timeout_is_no_verdict():
     assert not HealthCheckError("slow", reason="timeout").verdict
+
+
+# -- the warm worker the checks are forked from -------------------------------------------
+
+
+def _worker_pid() -> int:
+    (worker,) = health._workers.values()
+    return worker.proc.pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.fixture
+def fresh_worker():
+    stop_running_checks()  # the next check starts a worker with this test's environment
+    yield
+    stop_running_checks()
+
+
+def test_checks_are_forked_from_one_warm_worker_that_survives_a_crash(bundle, fresh_worker):
+    check(bundle)
+    pid = _worker_pid()
+    with pytest.raises(HealthCheckError, match="SIGSEGV"):
+        check(crash_model(bundle))
+    assert check(bundle)["ok"]
+    assert _worker_pid() == pid  # the crash killed the check's child only
+    assert _alive(pid)
+
+
+def test_a_timed_out_check_is_killed_and_the_worker_serves_the_next(bundle, fresh_worker, tmp_path):
+    check(bundle)
+    pid = _worker_pid()
+    hanging = _hanging_model(tmp_path)
+    with pytest.raises(HealthCheckError, match="did not finish") as info:
+        run_health_check(
+            hanging, input_spec=bundle.input, output_spec=bundle.output, backend="auto", timeout_s=1
+        )
+    assert info.value.reason == "timeout"
+    assert check(bundle)["ok"]
+    assert _worker_pid() == pid
+    # the hung child was killed (the worker's process group holds only the worker again)
+    deadline = time.monotonic() + 30
+    while _group(pid) != [pid] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _group(pid) == [pid]
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes in process group ``pgid``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return sorted(pids)
+
+
+def test_stopping_kills_a_check_under_way_and_the_worker(bundle, fresh_worker, monkeypatch):
+    monkeypatch.setenv("EDGEFLEET_FAULT", "slow_health_check:60")
+    errors: list[HealthCheckError] = []
+
+    def slow() -> None:
+        try:
+            check(bundle)
+        except HealthCheckError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    while not health._workers or not next(iter(health._workers.values())).pending:
+        time.sleep(0.05)
+    pid = _worker_pid()
+    assert stop_running_checks() == 1
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    (error,) = errors
+    assert (error.reason, error.verdict) == ("killed", False)  # no verdict on the model
+    assert not _alive(pid)
+    assert not health._workers
+
+
+def test_the_worker_ends_when_the_agent_process_does(bundle, fresh_worker):
+    check(bundle)
+    (worker,) = health._workers.values()
+    worker.close()  # what the kernel does to its stdin when the agent dies
+    assert worker.proc.wait(timeout=30) == 0
+
+
+def test_a_fresh_child_is_still_a_complete_check(bundle):
+    # ``python -m edgefleet.device.health '<json>'``: the fallback without os.fork
+    assert health._run_fresh_child(_args(bundle), 60)["ok"]
+    with pytest.raises(HealthCheckError, match="SIGSEGV"):
+        health._run_fresh_child(_args(crash_model(bundle)), 60)
+
+
+def _args(bundle: ModelBundle) -> dict:
+    return {
+        "model": str(bundle.path),
+        "backend": "auto",
+        "num_threads": 1,
+        "edgetpu": "",
+        "input": bundle.input.model_dump(mode="json"),
+        "output": bundle.output.model_dump(mode="json"),
+    }
