@@ -7,8 +7,9 @@ States (``edgefleet.shared.messages.UpdateState``)::
     any step fails: the previous model keeps serving; state rejected (manifest refused:
     reason = ManifestError code) or failed (step + reason), reported retained.
 
-The machine does its own file I/O through :class:`StateStore` (chunks persisted as they
-arrive, so a restart resumes) and runs the injected health check and activation hook;
+The machine does its own file I/O through :class:`StateStore` (chunks and the reassembler
+state saved as they arrive, so a restart resumes) and runs the injected health check and
+activation hook;
 everything that touches the network comes back as :class:`Publish` / :class:`Subscribe`
 / :class:`Unsubscribe` actions for the driver in ``agent.py``.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +53,11 @@ MAX_REQUEST_INDEXES = 4096
 SEEN_ENVELOPES = 256
 STATE_FILE = "reassembler.state"
 MANIFEST_FILE = "manifest.signed"
+# The reassembler state is saved after every new chunk (renamed into place: exact if the
+# process dies) and fsynced at most this often; chunks are never fsynced. After a power cut
+# the resumed download checks each chunk the state lists against its sha256 and fetches
+# again what did not reach the disk. The finished file is fsynced when it is staged.
+CHECKPOINT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,7 @@ class _Job:
     last_activity: float
     reported_progress: float = 0.0
     requests: int = 0
+    synced_at: float = 0.0  # when the state was last saved with an fsync
 
 
 @dataclass
@@ -193,7 +201,7 @@ class Updater:
         try:
             new = job.reassembler.add(raw)
             if new:
-                atomic_write(job.directory / STATE_FILE, job.reassembler.state())
+                self._save_state(job)
         except ChunkError as exc:
             log.info("ignoring a chunk that does not belong: %s", exc)
             new = False
@@ -315,12 +323,21 @@ class Updater:
         actions.append(self._report(UpdateState.DOWNLOADING, manifest, variant))
         return actions
 
+    def _save_state(self, job: _Job) -> None:
+        now = self.clock()
+        durable = not job.reassembler.complete and now - job.synced_at >= CHECKPOINT_S
+        atomic_write(job.directory / STATE_FILE, job.reassembler.state(), durable=durable)
+        if durable:
+            job.synced_at = now
+
     def _reassembler(self, variant: ModelVariant, directory: Path) -> Reassembler:
         chunk_store = FileChunkStore(directory / "chunks")
         saved = directory / STATE_FILE
         if saved.exists():
             try:
-                return Reassembler.restore(saved.read_bytes(), chunk_store)
+                return Reassembler.restore(
+                    _stored_chunks(saved.read_bytes(), chunk_store), chunk_store
+                )
             except (DecodeError, ChunkError) as exc:
                 log.warning("partial download state unusable, starting over: %s", exc)
                 chunk_store.clear()
@@ -553,3 +570,27 @@ class Updater:
         return self._report(
             UpdateState.FAILED, manifest, variant, step=step, reason=reason, message=str(exc)[:4000]
         )
+
+
+def _stored_chunks(state: bytes, chunks: FileChunkStore) -> bytes:
+    """The saved reassembler state without the chunks that are not on disk as it says.
+
+    Chunks are not fsynced: after a power cut a chunk the state lists may be missing,
+    empty or stale. Those are dropped here (and fetched again), never used. A state that
+    is not even shaped right is returned as it is, for ``Reassembler.restore`` to refuse.
+    """
+    try:
+        raw = json.loads(state)
+        entries = raw["received"]
+        kept = [e for e in entries if chunks.matches(int(e[0]), bytes.fromhex(e[1]))]
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+        return state
+    if len(kept) == len(entries):
+        return state
+    log.warning(
+        "%d of %d saved chunks are missing or damaged on disk (power cut?): fetching them again",
+        len(entries) - len(kept),
+        len(entries),
+    )
+    raw["received"] = kept
+    return json.dumps(raw).encode()

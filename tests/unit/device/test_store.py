@@ -70,3 +70,17 @@ def test_file_chunk_store_round_trip(tmp_path: Path):
     chunks.clear()
     with pytest.raises(FileNotFoundError):
         chunks.get(3)
+
+
+def test_a_chunk_is_renamed_into_place_whole_without_an_fsync(tmp_path: Path, monkeypatch):
+    synced: list[int] = []
+    monkeypatch.setattr(store_mod.os, "fsync", synced.append)
+    chunks = FileChunkStore(tmp_path / "c")
+    chunks.put(0, b"zero")
+    assert synced == []
+    assert chunks.matches(0, hashlib.sha256(b"zero").digest())
+    assert not chunks.matches(0, hashlib.sha256(b"other").digest())
+    assert not chunks.matches(1, hashlib.sha256(b"zero").digest())  # not stored
+    assert list((tmp_path / "c").glob(".*.tmp")) == []
+    atomic_write(tmp_path / "durable", b"x")
+    assert len(synced) == 2  # the file and its directory

@@ -10,9 +10,17 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import edgefleet.device.store as store_mod
 from edgefleet.device.errors import HealthCheckError, ModelLoadError
 from edgefleet.device.store import StateStore
-from edgefleet.device.updater import Publish, Subscribe, Unsubscribe, Updater, UpdaterSettings
+from edgefleet.device.updater import (
+    CHECKPOINT_S,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+    Updater,
+    UpdaterSettings,
+)
 from edgefleet.shared.chunks import chunk_count, encode_chunk, split_model
 from edgefleet.shared.manifest import Manifest, ModelVariant, Targets, key_id_for, sign_manifest
 from edgefleet.shared.messages import ChunkRequest, Reported, UpdateState
@@ -279,6 +287,69 @@ def test_restart_resumes_and_requests_only_missing_chunks(tmp_path: Path):
     for raw in chunks[4:]:
         actions += h2.updater.on_chunk(raw)
     assert reports(actions)[-1].state == UpdateState.ACTIVE
+
+
+def test_a_resumed_download_fetches_again_the_chunks_a_power_cut_lost(tmp_path: Path):
+    # Chunks are not fsynced: after a power cut the saved state may list chunks whose
+    # files are missing, empty or stale. They must be fetched again, never used.
+    h = Harness(tmp_path)
+    data = bytes(range(250)) * 4  # 10 chunks
+    sha = hashlib.sha256(data).hexdigest()
+    chunks = split_model(data, chunk_size=CHUNK)
+    envelope = manifest(data, 1)
+    h.updater.on_desired(envelope)
+    for raw in chunks[:6]:
+        h.updater.on_chunk(raw)
+    stored = tmp_path / "downloads" / sha / "chunks"
+    (stored / "00000001.chunk").unlink()  # never reached the disk
+    (stored / "00000003.chunk").write_bytes(b"")  # the name, not the content
+    (stored / "00000004.chunk").write_bytes(bytes(CHUNK))  # other bytes
+    h2 = Harness(tmp_path)
+    h2.now = h.now
+    h2.updater.on_desired(envelope)
+    h2.now += 6
+    (request,) = h2.updater.tick()
+    assert ChunkRequest.model_validate_json(request.payload).indexes == [1, 3, 4, 6, 7, 8, 9]
+    actions = []
+    for raw in [chunks[i] for i in (1, 3, 4, 6, 7, 8, 9)]:
+        actions += h2.updater.on_chunk(raw)
+    assert reports(actions)[-1].state == UpdateState.ACTIVE
+    assert h2.updater.store.model_path(sha).read_bytes() == data
+
+
+def test_the_download_state_is_fsynced_once_per_checkpoint_not_per_chunk(
+    tmp_path: Path, monkeypatch
+):
+    synced: list[str] = []
+    real_fsync = store_mod.os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(str(Path(f"/proc/self/fd/{fd}").readlink()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_mod.os, "fsync", fsync)
+    h = Harness(tmp_path)
+    data = bytes(range(250)) * 4  # 10 chunks
+    chunks = split_model(data, chunk_size=CHUNK)
+    h.updater.on_desired(manifest(data, 1))
+    synced.clear()
+    for raw in chunks[:5]:  # within one checkpoint interval
+        h.updater.on_chunk(raw)
+    state_syncs = [p for p in synced if "reassembler.state" in p]
+    assert len(state_syncs) == 1  # the first save; the next ones are only renamed
+    assert not [p for p in synced if ".chunk" in p]
+    h.now += CHECKPOINT_S
+    h.updater.on_chunk(chunks[5])
+    assert len([p for p in synced if "reassembler.state" in p]) == 2
+    # every save is complete on disk, fsynced or not (what a killed process leaves)
+    saved = json.loads(
+        (tmp_path / "downloads" / chunks_sha(data) / "reassembler.state").read_bytes()
+    )
+    assert [i for i, _ in saved["received"]] == list(range(6))
+
+
+def chunks_sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_known_model_file_is_reused_without_download(tmp_path: Path):
