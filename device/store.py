@@ -78,6 +78,29 @@ def atomic_write(path: Path, data: bytes, *, fault_point: str = "", durable: boo
         fsync_dir(path.parent)
 
 
+def grow_in_place(path: Path, data: bytes) -> None:
+    """Overwrite the start of ``path`` (no longer than ``data``) with ``data``, no fsync.
+
+    For a file whose every version is longer than the last (the reassembler state gains
+    one entry per chunk): one ``pwrite``, no new inode, no rename. What a reader can catch
+    mid-write, or a power cut can leave, is a prefix of the new content over the old one:
+    a file that does not parse, or one a checker must not trust blindly (see ``Updater``).
+
+    Raises:
+        ValueError: ``data`` is shorter than the file (stale bytes would remain).
+    """
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if os.fstat(fd).st_size > len(data):
+            raise ValueError(f"{path} is longer than its new content")
+        view = memoryview(data)
+        offset = 0
+        while offset < len(data):
+            offset += os.pwrite(fd, view[offset:], offset)
+    finally:
+        os.close(fd)
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's content."""
     h = hashlib.sha256()
@@ -88,11 +111,12 @@ def sha256_file(path: Path) -> str:
 
 
 class FileChunkStore:
-    """A ``ChunkStore`` that keeps each chunk in its own atomically renamed file.
+    """A ``ChunkStore`` that keeps each chunk in its own file.
 
-    Chunks are not fsynced (``atomic_write(durable=False)``): the reassembler state holds
-    each chunk's sha256, and ``Updater`` checks every stored chunk against it when a
-    download resumes, so a chunk lost or damaged by a power cut is fetched again.
+    Chunks are written in place, without an fsync: the reassembler state, saved after
+    the chunk, holds each chunk's sha256, and ``Updater`` checks every stored chunk against
+    it when a download resumes, so a chunk cut short (the process killed mid-write) or lost
+    or damaged by a power cut is fetched again, never used.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -103,8 +127,8 @@ class FileChunkStore:
         return self.directory / f"{index:08d}.chunk"
 
     def put(self, index: int, data: bytes) -> None:
-        """Store chunk ``index`` (whole or not at all, even if the process dies; no fsync)."""
-        atomic_write(self._path(index), data, durable=False)
+        """Store chunk ``index`` (no fsync, no rename: a torn chunk fails its hash check)."""
+        self._path(index).write_bytes(data)
 
     def get(self, index: int) -> bytes:
         """Read chunk ``index`` back."""

@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 from edgefleet.device.bounded import RecentSet
 from edgefleet.device.errors import DeviceError, HealthCheckError
 from edgefleet.device.faults import fault
-from edgefleet.device.store import FileChunkStore, Pointer, StateStore, atomic_write
+from edgefleet.device.store import (
+    FileChunkStore,
+    Pointer,
+    StateStore,
+    atomic_write,
+    grow_in_place,
+)
 from edgefleet.shared.chunks import Reassembler
 from edgefleet.shared.errors import ChunkError, DecodeError, IntegrityError, ManifestError
 from edgefleet.shared.manifest import (
@@ -53,10 +59,12 @@ MAX_REQUEST_INDEXES = 4096
 SEEN_ENVELOPES = 256
 STATE_FILE = "reassembler.state"
 MANIFEST_FILE = "manifest.signed"
-# The reassembler state is saved after every new chunk (renamed into place: exact if the
-# process dies) and fsynced at most this often; chunks are never fsynced. After a power cut
-# the resumed download checks each chunk the state lists against its sha256 and fetches
-# again what did not reach the disk. The finished file is fsynced when it is staged.
+# The reassembler state is saved after every new chunk (exact if the process dies) and
+# fsynced at most this often: a checkpoint is a whole new file (temp, fsync, rename), the
+# saves in between grow it in place (one pwrite: the state only gets longer). Chunks are
+# never fsynced. After a power cut the resumed download checks each chunk the state lists
+# against its sha256 and fetches again what did not reach the disk; a state that does not
+# parse starts the download over. The finished file is fsynced when it is staged.
 CHECKPOINT_S = 1.0
 
 
@@ -121,6 +129,7 @@ class _Job:
     reported_progress: float = 0.0
     requests: int = 0
     synced_at: float = 0.0  # when the state was last saved with an fsync
+    saved_size: int = 0  # bytes of the saved state (0: write a new file)
 
 
 @dataclass
@@ -325,10 +334,16 @@ class Updater:
 
     def _save_state(self, job: _Job) -> None:
         now = self.clock()
-        durable = not job.reassembler.complete and now - job.synced_at >= CHECKPOINT_S
-        atomic_write(job.directory / STATE_FILE, job.reassembler.state(), durable=durable)
-        if durable:
-            job.synced_at = now
+        state = job.reassembler.state()
+        path = job.directory / STATE_FILE
+        # A complete download is staged (fsynced) next: no checkpoint for it.
+        checkpoint = not job.reassembler.complete and now - job.synced_at >= CHECKPOINT_S
+        if checkpoint or not 0 < job.saved_size <= len(state):
+            atomic_write(path, state, durable=checkpoint)
+            job.synced_at = now if checkpoint else job.synced_at
+        else:
+            grow_in_place(path, state)
+        job.saved_size = len(state)
 
     def _reassembler(self, variant: ModelVariant, directory: Path) -> Reassembler:
         chunk_store = FileChunkStore(directory / "chunks")

@@ -84,3 +84,15 @@ def test_a_chunk_is_renamed_into_place_whole_without_an_fsync(tmp_path: Path, mo
     assert list((tmp_path / "c").glob(".*.tmp")) == []
     atomic_write(tmp_path / "durable", b"x")
     assert len(synced) == 2  # the file and its directory
+
+
+def test_grow_in_place_keeps_the_inode_and_refuses_to_shrink(tmp_path: Path):
+    path = tmp_path / "state"
+    path.write_bytes(b'{"received":[1]}')
+    inode = path.stat().st_ino
+    store_mod.grow_in_place(path, b'{"received":[1,2]}')
+    assert path.read_bytes() == b'{"received":[1,2]}'
+    assert path.stat().st_ino == inode
+    with pytest.raises(ValueError, match="longer"):
+        store_mod.grow_in_place(path, b"{}")
+    assert path.read_bytes() == b'{"received":[1,2]}'
