@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 MAX_IMAGE_MESSAGE = 24 * 2**20
 ACK_BATCH = 256
 BATCH_BYTES = 256 * 1024  # a PredictionBatch stays well under MAX_MESSAGE_BYTES (1 MiB)
-FOLDER_BATCH = 64
+FOLDER_BATCH = 256  # records per outbox transaction (one fsync) at most
 HEALTH_DONE = "_health_done"  # internal event: a health-check worker has finished
 
 

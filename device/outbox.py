@@ -82,12 +82,26 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                seqs = [self._insert(boot_id, build) for build in builds]
+                seqs = self._insert_all(boot_id, builds)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
             return seqs
+
+    def _insert_all(
+        self, boot_id: str, builds: Sequence[Callable[[int], bytes]]
+    ) -> list[int | None]:
+        first = self._meta("next_seq")
+        if self._count() + len(builds) > self.max_records:  # the bound applies: one by one
+            return [self._insert(boot_id, build) for build in builds]
+        seqs = list(range(first, first + len(builds)))
+        self._db.executemany(
+            "INSERT INTO records (seq, boot_id, payload) VALUES (?, ?, ?)",
+            [(seq, boot_id, build(seq)) for seq, build in zip(seqs, builds, strict=True)],
+        )
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (first + len(builds),))
+        return list[int | None](seqs)
 
     def _insert(self, boot_id: str, build: Callable[[int], bytes]) -> int | None:
         seq = self._meta("next_seq")

@@ -81,9 +81,18 @@ class FolderWatcher:
             elif self.after == "delete":
                 path.unlink(missing_ok=True)
             else:
-                shutil.move(path, _unique(self.directory / PROCESSED / path.name))
+                _move(path, _unique(self.directory / PROCESSED / path.name))
         except OSError as exc:
             log.warning("cannot move %s out of the watched folder: %s", path, exc)
+
+
+def _move(path: Path, target: Path) -> None:
+    # A rename within the folder (the usual case) without shutil.move's checks; a
+    # processed/ on another file system (a mount) still works through the copy.
+    try:
+        path.rename(target)
+    except OSError:
+        shutil.move(path, target)
 
 
 def _unique(target: Path) -> Path:

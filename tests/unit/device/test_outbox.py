@@ -71,3 +71,33 @@ def test_the_wire_descriptions_say_what_the_outbox_does(tmp_path: Path):
     assert "across runs" in seq_text
     assert "restarts" not in seq_text
     assert "outbox bound policy" in (Status.model_fields["dropped"].description or "")
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+@pytest.mark.parametrize(("before", "batch"), [(0, 5), (2, 2), (2, 3), (4, 3)])
+def test_a_batch_commit_is_the_same_as_one_record_at_a_time(tmp_path: Path, policy, before, batch):
+    one = Outbox(tmp_path / "one.sqlite", max_records=5, when_full=policy)
+    many = Outbox(tmp_path / "many.sqlite", max_records=5, when_full=policy)
+    for box in (one, many):
+        for _ in range(before):
+            box.append("b", _build)
+    seqs_one = [one.append("b", _build) for _ in range(batch)]
+    seqs_many = many.append_many("b", [_build] * batch)
+    assert seqs_many == seqs_one
+    assert [(p.seq, p.payload) for p in many.pending()] == [
+        (p.seq, p.payload) for p in one.pending()
+    ]
+    assert (many.dropped(), many.depth()) == (one.dropped(), one.depth())
+    assert many.append("b", _build) == one.append("b", _build)  # the counter moved alike
+
+
+def test_a_failed_batch_build_leaves_nothing_behind(tmp_path: Path):
+    box = Outbox(tmp_path / "o.sqlite", max_records=100, when_full="drop_oldest")
+
+    def broken(seq: int) -> bytes:
+        raise ValueError(seq)
+
+    with pytest.raises(ValueError, match="3"):
+        box.append_many("b", [_build, _build, broken])
+    assert box.depth() == 0
+    assert box.append("b", _build) == 1
