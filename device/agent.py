@@ -509,7 +509,19 @@ class Agent:
         for start in range(0, len(ready), FOLDER_BATCH):
             if self.stopping.is_set():
                 return  # the rest stay in the folder for the next run
+            if start:
+                self._pump()  # acks free room in flight: the next records go out meanwhile
             self._classify_files(ready[start : start + FOLDER_BATCH])
+
+    def _pump(self) -> None:
+        """Handle the events already waiting (without blocking), then what they batched."""
+        while True:
+            try:
+                topic, payload = self.events.get(timeout=0)
+            except queue.Empty:
+                break
+            self._dispatch(topic, payload)
+        self._idle()
 
     def _classify_files(self, paths: list[Path]) -> None:
         # One outbox transaction per batch; files leave the folder only once committed.

@@ -125,7 +125,7 @@ class OutboxConfig(_Section):
         default="drop_oldest", description="Which record to drop when full (always counted)."
     )
     max_in_flight: int = Field(
-        default=100, ge=1, description="Records published but not yet acknowledged by the host."
+        default=1000, ge=1, description="Records published but not yet acknowledged by the host."
     )
     resend_after_s: float = Field(
         default=30.0, gt=0, description="Publish an unacknowledged record again after this."

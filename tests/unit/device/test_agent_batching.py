@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
 
-from edgefleet.device.agent import Agent
+from edgefleet.device.agent import FOLDER_BATCH, Agent
 from edgefleet.device.config import parse_config
 from edgefleet.shared.messages import (
     Ack,
@@ -106,5 +107,37 @@ def test_stale_records_are_sent_again_in_batches_and_a_lone_record_goes_plain(tm
         sent.clear()
         agent._drain()
         assert [[r.seq for r in decode_predictions(p)] for _, p in sent] == [[1, 2], [3]]
+    finally:
+        agent.outbox.close()
+
+
+def test_acks_are_handled_between_folder_batches(tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    agent, _sent = _publishing_agent(
+        tmp_path, f'batch_records = 50\n[inference]\nwatch_dir = "{inbox}"\npoll_s = 0.001'
+    )
+    agent.classifier = object()  # type: ignore[assignment] - _predict is stubbed below
+    agent._predict = lambda _a, *, source: _record_builder(source)  # type: ignore[method-assign]
+    try:
+        agent._commit([_record_builder(f"early{i}") for i in range(3)])
+        ack = Ack(device_id="b1", boot_id="boot", seqs=[1, 2, 3])
+        agent.events.offer(agent.topics.predictions_ack("b1"), encode(ack), kind="ack")
+        buf = io.BytesIO()
+        np.save(buf, np.zeros((28, 28), dtype=np.uint8))
+        for i in range(FOLDER_BATCH + 5):
+            (inbox / f"f{i:04d}.npy").write_bytes(buf.getvalue())
+        depths: list[int] = []
+        classify_files = agent._classify_files
+
+        def recording(paths):
+            depths.append(agent.outbox.depth())
+            classify_files(paths)
+
+        agent._classify_files = recording  # type: ignore[method-assign]
+        time.sleep(0.01)  # older than poll_s: taken at the first poll
+        agent._poll_folder()
+        # the ack that waited in the queue was applied before the second batch, not after all
+        assert depths == [3, FOLDER_BATCH]
+        assert agent.outbox.depth() == FOLDER_BATCH + 5
     finally:
         agent.outbox.close()
