@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -77,17 +78,19 @@ def mobilenet_v2(out: Path) -> ModelBundle:
 def bare(bundle: ModelBundle, pngs: list[bytes]) -> dict[str, float]:
     """Images per second through a bare interpreter: with decode, and invoke only."""
     m = open_model(bundle.path, backend=discover_backend("auto"), num_threads=1)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     tensors = []
     for png in pngs:
         x = to_input_tensor(preprocess(decode_input(png, "png"), bundle.preprocess), m.input_spec)
         tensors.append(x)
         m.run(x)
     with_decode = len(pngs) / (time.perf_counter() - start)
+    bare_cpu_ms = (time.process_time() - cpu) * 1000 / len(pngs)
     start = time.perf_counter()
     for x in tensors:
         m.run(x)
     return {
+        "bare_cpu_ms": bare_cpu_ms,
         "bare_with_decode": with_decode,
         "bare_invoke": len(pngs) / (time.perf_counter() - start),
     }
@@ -117,11 +120,13 @@ def agent_topic(work: Path, bundle: ModelBundle, n: int) -> dict[str, float]:
         time.sleep(1.0)
         payloads = [image_payload(f"img-{i}", i % 100) for i in range(n)]
         topic = host.topics.images(DEVICE)
+        cpu = _cpu_s(agent.proc.pid)
         start = time.perf_counter()
         for p in payloads:
             host.client.publish(topic, p, 1)
         host.wait(lambda h: len(h.records) >= n, timeout=1200)
         result = {"agent_topic": n / (time.perf_counter() - start)}
+        result["agent_cpu_ms"] = (_cpu_s(agent.proc.pid) - cpu) * 1000 / n
         result["rss_mib"] = rss_kib(agent.proc.pid) / 1024
         result["hwm_mib"] = _hwm_kib(agent.proc.pid) / 1024
         agent.stop()
@@ -135,6 +140,12 @@ def agent_topic(work: Path, bundle: ModelBundle, n: int) -> dict[str, float]:
         agent.stop()
         host.close()
         broker.stop()
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _hwm_kib(pid: int) -> int:
@@ -164,6 +175,8 @@ def main() -> None:
             row |= agent_topic(root / name, bundle, args.n)
             row["ratio_vs_invoke"] = row["agent_topic"] / row["bare_invoke"]
             row["ratio_vs_with_decode"] = row["agent_topic"] / row["bare_with_decode"]
+            # CPU per image, bare / agent process (all threads): what load on the box hides
+            row["cpu_ratio"] = row["bare_cpu_ms"] / row["agent_cpu_ms"]
             rows[name] = row
             print(name, json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
     result = {"machine": platform.machine(), "n": args.n, "rows": rows}
