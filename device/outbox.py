@@ -54,6 +54,9 @@ class Outbox:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            # 256 KiB of page cache (SQLite's default is 2 MiB): records are appended, read
+            # about once and deleted, and the agent's whole footprint is meant to stay small.
+            self._db.execute("PRAGMA cache_size=-256")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the outbox {path}: {exc}") from exc
