@@ -11,6 +11,7 @@ import base64
 import binascii
 from collections.abc import Sequence
 from enum import Enum
+from functools import cache
 from typing import Annotated, Final, Literal, TypeVar
 
 from pydantic import (
@@ -275,12 +276,15 @@ def _predictions_kind(value: object) -> str:
     return "batch" if isinstance(value, dict) and "records" in value else "record"
 
 
-_PREDICTIONS: Final = TypeAdapter[PredictionRecord | PredictionBatch](
-    Annotated[
-        Annotated[PredictionRecord, Tag("record")] | Annotated[PredictionBatch, Tag("batch")],
-        Discriminator(_predictions_kind),
-    ]
-)
+@cache
+def _predictions_adapter() -> TypeAdapter[PredictionRecord | PredictionBatch]:
+    # Built on first use: the agent only sends predictions and never pays for it.
+    return TypeAdapter[PredictionRecord | PredictionBatch](
+        Annotated[
+            Annotated[PredictionRecord, Tag("record")] | Annotated[PredictionBatch, Tag("batch")],
+            Discriminator(_predictions_kind),
+        ]
+    )
 
 
 def decode_prediction_message(data: bytes) -> PredictionRecord | PredictionBatch:
@@ -295,7 +299,7 @@ def decode_prediction_message(data: bytes) -> PredictionRecord | PredictionBatch
     if len(data) > MAX_MESSAGE_BYTES:
         raise DecodeError(f"predictions: payload of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        return _PREDICTIONS.validate_json(bytes(data))
+        return _predictions_adapter().validate_json(bytes(data))
     except ValidationError as exc:
         raise DecodeError(f"predictions: {_summary(exc)}") from exc
     except (ValueError, TypeError, RecursionError, ArithmeticError) as exc:
