@@ -165,6 +165,7 @@ class _Kid:
     pid: int
     output: dict[int, bytearray] = field(default_factory=dict)  # fd -> bytes read
     names: dict[int, str] = field(default_factory=dict)  # fd -> "stdout" / "stderr"
+    open: set[int] = field(default_factory=set)  # fds not at end of file yet
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -189,11 +190,12 @@ def serve_main(argv: list[str]) -> int:
 
 
 class _Server:
-    """The worker's loop: requests on fd 0, children's pipes, replies on fd 1."""
+    """The worker's loop: requests on ``requests`` (fd 0), children's pipes, replies on fd 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, requests: int = 0) -> None:
+        self.requests = requests
         self.sel = selectors.DefaultSelector()
-        self.sel.register(0, selectors.EVENT_READ, None)
+        self.sel.register(requests, selectors.EVENT_READ, None)
         self.kids: dict[int, _Kid] = {}  # request id -> child
         self.ended: list[_Kid] = []  # output closed, not reaped yet
         self.buf = b""
@@ -211,7 +213,7 @@ class _Server:
             self._reap()
 
     def _read_requests(self) -> bool:
-        data = os.read(0, 1 << 16)
+        data = os.read(self.requests, 1 << 16)
         if not data:
             return False
         *lines, self.buf = (self.buf + data).split(b"\n")
@@ -228,6 +230,7 @@ class _Server:
             for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
                 kid.output[fd] = bytearray()
                 kid.names[fd] = name
+                kid.open.add(fd)
                 self.sel.register(fd, selectors.EVENT_READ, kid)
             self.kids[kid.request] = kid
         return True
@@ -240,8 +243,9 @@ class _Server:
             del kept[:-MAX_OUTPUT]
             return
         self.sel.unregister(fd)
-        os.close(fd)
-        if not any(f in self.sel.get_map() for f in kid.output):
+        os.close(fd)  # its number may serve another child's pipe from now on
+        kid.open.discard(fd)
+        if not kid.open:
             self.ended.append(kid)
 
     def _reap(self) -> None:
@@ -322,13 +326,15 @@ class _Worker:
     def _read(self) -> None:
         stdout: IO[bytes] | None = self.proc.stdout
         assert stdout is not None  # noqa: S101 - created with stdout=PIPE
-        with contextlib.suppress(OSError, ValueError):
+        try:
             for line in stdout:
                 reply = json.loads(line)
                 with _lock:
                     outcome = self.pending.pop(int(reply["id"]), None)
                 if outcome is not None:
                     outcome.set_result(reply)
+        except (OSError, ValueError, KeyError, TypeError):
+            self.kill()  # a worker that says nonsense is not trusted with more checks
         returncode = self.proc.wait()
         with _lock:
             if _workers.get(self.key) is self:

@@ -1,6 +1,7 @@
 """The child-process health check on real models (a real LiteRT in a real child)."""
 
 import os
+import selectors
 import signal
 import subprocess
 import threading
@@ -128,6 +129,62 @@ def test_checks_are_forked_from_one_warm_worker_that_survives_a_crash(bundle, fr
     assert check(bundle)["ok"]
     assert _worker_pid() == pid  # the crash killed the check's child only
     assert _alive(pid)
+
+
+def test_concurrent_checks_on_one_worker_all_get_their_own_verdict(bundle, fresh_worker):
+    # Children end in any order and their pipes' fd numbers are reused by the next ones.
+    crash = crash_model(bundle)
+    models = [bundle, crash] * 15
+    verdicts: dict[int, str] = {}
+
+    def one(i: int) -> None:
+        try:
+            check(models[i], timeout_s=120)
+            verdicts[i] = "ok"
+        except HealthCheckError as exc:
+            verdicts[i] = exc.reason
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(models))]
+    for t in threads:  # staggered: new children start while others end
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join()
+    assert verdicts == {i: ("ok", "crashed")[i % 2] for i in range(len(models))}
+    assert len({w.proc.pid for w in health._workers.values()}) == 1
+
+
+def test_a_child_is_done_when_both_its_pipes_end_even_if_their_fds_are_reused():
+    # The worker closes a child's stdout at its end of file; the next child's pipe may get
+    # that fd number before the first child's stderr ends. The first child must still be
+    # seen as done (it once waited for ever: a health check that never answered).
+    requests_r, requests_w = os.pipe()
+    server = health._Server(requests_r)
+    first = health._Kid(1, pid=-1)
+    ends = {}
+    for name in ("stdout", "stderr"):
+        r, w = os.pipe()
+        first.output[r], first.names[r] = bytearray(), name
+        first.open.add(r)
+        server.sel.register(r, selectors.EVENT_READ, first)
+        ends[name] = (r, w)
+    os.close(ends["stdout"][1])
+    server._read_child(ends["stdout"][0], first)
+    reused_r, reused_w = os.pipe()  # the lowest free number: the one just closed
+    assert reused_r == ends["stdout"][0]
+    second = health._Kid(2, pid=-1)
+    second.output[reused_r], second.names[reused_r] = bytearray(), "stdout"
+    second.open.add(reused_r)
+    server.sel.register(reused_r, selectors.EVENT_READ, second)
+    os.write(ends["stderr"][1], b"warning")
+    os.close(ends["stderr"][1])
+    server._read_child(ends["stderr"][0], first)
+    assert server.ended == []  # not at end of file yet: data first
+    server._read_child(ends["stderr"][0], first)
+    assert server.ended == [first]
+    assert first.output[ends["stderr"][0]] == b"warning"
+    for fd in (reused_r, reused_w, requests_r, requests_w):
+        os.close(fd)
 
 
 def test_a_timed_out_check_is_killed_and_the_worker_serves_the_next(bundle, fresh_worker, tmp_path):
