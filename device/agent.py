@@ -30,7 +30,7 @@ from edgefleet import __version__
 from edgefleet.device.bounded import EventQueue
 from edgefleet.device.errors import DeviceError, ModelLoadError
 from edgefleet.device.faults import fault
-from edgefleet.device.health import run_health_check, stop_running_checks
+from edgefleet.device.health import run_health_check, stop_running_checks, warm_up
 from edgefleet.device.inference import Classifier, LatencyStats
 from edgefleet.device.outbox import Outbox, Pending
 from edgefleet.device.runtime import (
@@ -178,6 +178,7 @@ class Agent:
             health_check=self._health_check,
             on_activate=self._load_classifier,
             spawn=self._spawn,
+            prepare_check=lambda: warm_up(self.backend.name, self.store.root / "models"),
         )
         self.events = EventQueue()
         self.stopping = threading.Event()

@@ -313,7 +313,7 @@ class _Worker:
         self._retire_when_idle()
 
     def done(self) -> None:
-        """A check's answer was used."""
+        """A check's answer was used (or a warm-up): the worker ends if idle for long."""
         self._retire_when_idle()
 
     def _send(self, msg: dict[str, Any]) -> None:
@@ -385,6 +385,17 @@ def _worker(backend: str, label: str) -> _Worker:
         if worker is None or worker.proc.poll() is not None:
             worker = _workers[backend] = _Worker(backend, label)
         return worker
+
+
+def warm_up(backend: str, models_dir: Path) -> None:
+    """Start this process's worker for ``backend`` now (a download began), if not running.
+
+    Its start (an interpreter and the backend's import) then overlaps the download
+    instead of delaying the check. Best effort: a failure shows at the check.
+    """
+    if hasattr(os, "fork"):
+        with contextlib.suppress(OSError):
+            _worker(backend, str(models_dir)).done()  # retires when idle if no check follows
 
 
 def _signal_name(returncode: int) -> str:

@@ -155,6 +155,8 @@ class Updater:
     on_activate: Activate
     clock: Callable[[], float] = time.time
     spawn: Spawn = run_inline
+    # Called when a download begins: a health check will follow (the agent warms its worker).
+    prepare_check: Callable[[], None] = lambda: None
     state: UpdateState = UpdateState.IDLE
     last_report: Reported | None = None
     _job: _Job | None = None
@@ -330,6 +332,7 @@ class Updater:
         self.state = UpdateState.DOWNLOADING
         if job.reassembler.complete:
             return actions + self._finish_download(job)
+        self.prepare_check()
         # Subscribe first: once the host sees "downloading", chunks it sends will arrive.
         actions.append(Subscribe(self.settings.topics.chunks_filter(variant.sha256)))
         actions.append(self._report(UpdateState.DOWNLOADING, manifest, variant))

@@ -187,6 +187,15 @@ def test_a_child_is_done_when_both_its_pipes_end_even_if_their_fds_are_reused():
         os.close(fd)
 
 
+def test_warm_up_starts_the_worker_the_next_check_uses(bundle, fresh_worker):
+    health.warm_up("auto", bundle.path.parent)
+    pid = _worker_pid()
+    health.warm_up("auto", bundle.path.parent)  # already running: the same one
+    assert _worker_pid() == pid
+    assert check(bundle)["ok"]
+    assert _worker_pid() == pid
+
+
 def test_a_timed_out_check_is_killed_and_the_worker_serves_the_next(bundle, fresh_worker, tmp_path):
     check(bundle)
     pid = _worker_pid()

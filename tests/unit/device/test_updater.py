@@ -351,6 +351,16 @@ def chunks_sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def test_the_check_is_prepared_when_a_download_begins(tmp_path: Path):
+    h = Harness(tmp_path)
+    prepared: list[int] = []
+    h.updater.prepare_check = lambda: prepared.append(len(h.checked))
+    data = b"p" * 300
+    deliver(h, data, 1)
+    assert prepared == [0]  # once, before the check
+    assert len(h.checked) == 1
+
+
 def test_known_model_file_is_reused_without_download(tmp_path: Path):
     h = Harness(tmp_path)
     a, b = b"a" * 300, b"b" * 300
