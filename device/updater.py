@@ -31,7 +31,7 @@ from edgefleet.device.bounded import RecentSet
 from edgefleet.device.errors import DeviceError, HealthCheckError
 from edgefleet.device.faults import fault
 from edgefleet.device.store import (
-    FileChunkStore,
+    PartFileChunkStore,
     Pointer,
     StateStore,
     atomic_write,
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_INDEXES = 4096
 SEEN_ENVELOPES = 256
 STATE_FILE = "reassembler.state"
+PART_FILE = "model.part"  # the chunks at their places; renamed into models/ when verified
 MANIFEST_FILE = "manifest.signed"
 # The reassembler state is saved after every new chunk (exact if the process dies) and
 # fsynced every this many seconds of a download (100 agents downloading at once on one
@@ -352,16 +353,23 @@ class Updater:
         job.saved_size = len(state)
 
     def _reassembler(self, variant: ModelVariant, directory: Path) -> Reassembler:
-        chunk_store = FileChunkStore(directory / "chunks")
+        chunk_store = PartFileChunkStore(
+            directory / PART_FILE, size=variant.size, chunk_size=variant.chunk_size
+        )
         saved = directory / STATE_FILE
         if saved.exists():
             try:
-                return Reassembler.restore(
+                restored = Reassembler.restore(
                     _stored_chunks(saved.read_bytes(), chunk_store), chunk_store
                 )
             except (DecodeError, ChunkError) as exc:
                 log.warning("partial download state unusable, starting over: %s", exc)
-                chunk_store.clear()
+            else:
+                wanted = (variant.sha256, variant.size, variant.chunk_size)
+                if (restored.sha256, restored.size, restored.chunk_size) == wanted:
+                    return restored
+                log.warning("partial download state is for another file, starting over")
+            chunk_store.clear()
         return Reassembler(
             sha256=variant.sha256,
             size=variant.size,
@@ -382,7 +390,7 @@ class Updater:
         actions = self._abandon_job()
         self.state = UpdateState.VERIFYING
         try:
-            data = job.reassembler.assemble()
+            job.reassembler.verify()  # every chunk, then the whole file, against the manifest
         except IntegrityError as exc:
             # Chunks were damaged: start over, and let the next delivery of the same
             # manifest (e.g. after a reconnect) try again.
@@ -393,7 +401,7 @@ class Updater:
                 self._failed(job.manifest, job.variant, "verifying", "integrity", exc),
             ]
         try:
-            self.store.stage_model(job.variant.sha256, data)
+            self.store.stage_part(job.variant.sha256, job.directory / PART_FILE, job.variant.size)
         except OSError as exc:
             return [*actions, *self._storage_failed(job, exc)]
         fault("after_stage")
@@ -593,7 +601,7 @@ class Updater:
         )
 
 
-def _stored_chunks(state: bytes, chunks: FileChunkStore) -> bytes:
+def _stored_chunks(state: bytes, chunks: PartFileChunkStore) -> bytes:
     """The saved reassembler state without the chunks that are not on disk as it says.
 
     Chunks are not fsynced: after a power cut a chunk the state lists may be missing,

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 import edgefleet.device.store as store_mod
-from edgefleet.device.store import FileChunkStore, Pointer, StateStore, atomic_write
+from edgefleet.device.store import PartFileChunkStore, Pointer, StateStore, atomic_write
 
 
 def _pointer(sha: str, version: int) -> Pointer:
@@ -63,27 +63,47 @@ def test_interrupted_write_leaves_the_old_file_and_temp_is_cleaned(tmp_path: Pat
     assert list(tmp_path.glob(".*.tmp")) == []
 
 
-def test_file_chunk_store_round_trip(tmp_path: Path):
-    chunks = FileChunkStore(tmp_path / "c")
-    chunks.put(3, b"three")
-    assert FileChunkStore(tmp_path / "c").get(3) == b"three"
+def test_part_file_chunk_store_round_trip(tmp_path: Path):
+    part = tmp_path / "d" / "model.part"
+    chunks = PartFileChunkStore(part, size=10, chunk_size=4)  # chunks of 4, 4 and 2 bytes
+    chunks.put(2, b"89")
+    chunks.put(0, b"0123")
+    reopened = PartFileChunkStore(part, size=10, chunk_size=4)
+    assert (reopened.get(0), reopened.get(2)) == (b"0123", b"89")
+    assert reopened.get(1) == bytes(4)  # never written: a hole, which fails its hash
+    with pytest.raises(ValueError, match="its place"):
+        chunks.put(1, b"toolong")
     chunks.clear()
-    with pytest.raises(FileNotFoundError):
-        chunks.get(3)
+    assert chunks.get(0) == b""
+    part.unlink()
+    with pytest.raises(KeyError):
+        chunks.get(0)
 
 
-def test_a_chunk_is_renamed_into_place_whole_without_an_fsync(tmp_path: Path, monkeypatch):
+def test_a_chunk_is_written_in_place_without_an_fsync(tmp_path: Path, monkeypatch):
     synced: list[int] = []
     monkeypatch.setattr(store_mod.os, "fsync", synced.append)
-    chunks = FileChunkStore(tmp_path / "c")
-    chunks.put(0, b"zero")
+    chunks = PartFileChunkStore(tmp_path / "model.part", size=8, chunk_size=4)
+    chunks.put(1, b"4567")
     assert synced == []
-    assert chunks.matches(0, hashlib.sha256(b"zero").digest())
-    assert not chunks.matches(0, hashlib.sha256(b"other").digest())
-    assert not chunks.matches(1, hashlib.sha256(b"zero").digest())  # not stored
-    assert list((tmp_path / "c").glob(".*.tmp")) == []
+    assert chunks.matches(1, hashlib.sha256(b"4567").digest())
+    assert not chunks.matches(1, hashlib.sha256(b"other").digest())
+    assert not chunks.matches(0, hashlib.sha256(b"0123").digest())  # not stored
     atomic_write(tmp_path / "durable", b"x")
     assert len(synced) == 2  # the file and its directory
+
+
+def test_stage_part_moves_the_verified_file_into_models(tmp_path: Path):
+    store = StateStore(tmp_path / "state")
+    data = b"model bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    part = store.download_dir(sha) / "model.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data + b"stale tail")
+    path = store.stage_part(sha, part, len(data))
+    assert path.read_bytes() == data  # cut to the size
+    assert store.has_model(sha)
+    assert not part.exists()
 
 
 def test_grow_in_place_keeps_the_inode_and_refuses_to_shrink(tmp_path: Path):

@@ -300,18 +300,21 @@ def test_a_resumed_download_fetches_again_the_chunks_a_power_cut_lost(tmp_path: 
     h.updater.on_desired(envelope)
     for raw in chunks[:6]:
         h.updater.on_chunk(raw)
-    stored = tmp_path / "downloads" / sha / "chunks"
-    (stored / "00000001.chunk").unlink()  # never reached the disk
-    (stored / "00000003.chunk").write_bytes(b"")  # the name, not the content
-    (stored / "00000004.chunk").write_bytes(bytes(CHUNK))  # other bytes
+    part = tmp_path / "downloads" / sha / "model.part"
+    with part.open("r+b") as f:
+        f.seek(1 * CHUNK)
+        f.write(bytes(CHUNK))  # never reached the disk: a hole
+        f.seek(4 * CHUNK)
+        f.write(b"x" * CHUNK)  # other bytes
+        f.truncate(5 * CHUNK + 10)  # chunk 5 cut short
     h2 = Harness(tmp_path)
     h2.now = h.now
     h2.updater.on_desired(envelope)
     h2.now += 6
     (request,) = h2.updater.tick()
-    assert ChunkRequest.model_validate_json(request.payload).indexes == [1, 3, 4, 6, 7, 8, 9]
+    assert ChunkRequest.model_validate_json(request.payload).indexes == [1, 4, 5, 6, 7, 8, 9]
     actions = []
-    for raw in [chunks[i] for i in (1, 3, 4, 6, 7, 8, 9)]:
+    for raw in [chunks[i] for i in (1, 4, 5, 6, 7, 8, 9)]:
         actions += h2.updater.on_chunk(raw)
     assert reports(actions)[-1].state == UpdateState.ACTIVE
     assert h2.updater.store.model_path(sha).read_bytes() == data
@@ -336,7 +339,7 @@ def test_the_download_state_is_fsynced_once_per_checkpoint_not_per_chunk(
     for raw in chunks[:5]:  # within one checkpoint interval
         h.updater.on_chunk(raw)
     assert not [p for p in synced if "reassembler.state" in p]  # saved, not fsynced
-    assert not [p for p in synced if ".chunk" in p]
+    assert not [p for p in synced if "model.part" in p]
     h.now += CHECKPOINT_S
     h.updater.on_chunk(chunks[5])
     assert len([p for p in synced if "reassembler.state" in p]) == 1  # the checkpoint
