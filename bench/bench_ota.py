@@ -11,7 +11,9 @@ For each N (default 1, 10, 100), on one Mosquitto on loopback:
   persisted; the agent sends its health_check report only together with "active"),
   "active" when every agent reports the new version active.
 
-The ratios (delivered / raw, active / raw) are measured in one run.
+The ratios (delivered / raw, active / raw) are measured in one run, raw first, on the same
+broker. Per N it also prints when the agents reported downloading, their last progress
+and active (min/median/max seconds after the push began): where the time goes.
 
 Usage: ``.venv/bin/python bench/bench_ota.py [--agents 1,10,100] [--json out.json]``
 """
@@ -97,6 +99,7 @@ class ReportWatch:
     """Records when each device first reports past the download, and active at a version."""
 
     def __init__(self, port: int, prefix: str) -> None:
+        self.started: dict[str, float] = {}
         self.delivered: dict[str, float] = {}
         self.active: dict[str, float] = {}
         self.version = -1
@@ -114,6 +117,7 @@ class ReportWatch:
         # The agent reports progress in ~10 % steps and sends its health_check report
         # together with "active": its last progress report is the last sign of the transfer.
         if report.state == "downloading":
+            self.started.setdefault(report.device_id, now)
             self.delivered[report.device_id] = now
         elif report.state in PAST_DOWNLOAD:
             self.delivered.setdefault(report.device_id, now)
@@ -164,12 +168,24 @@ def ota(broker: MosquittoBroker, model_path: Path, n: int, root: Path) -> dict[s
             fleet.pump(0.5)
         time.sleep(2.0)  # let start-up work (first heartbeats, subscriptions) settle
         watch.version = fleet.registry.max_version() + 1
+        files = load_model(model_path)  # reading the file is not delivery: outside the clock
         start = time.perf_counter()
-        result = push(fleet, load_model(model_path), PushPlan(group="bench", wait=600))
+        result = push(fleet, files, PushPlan(group="bench", wait=600))
         if result.exit_code != 0 or result.version != watch.version:
             raise RuntimeError(f"push did not activate v{watch.version}: {result.progress}")
         while len(watch.active) < n:
             time.sleep(0.05)
+
+        def spread(times: dict[str, float]) -> str:
+            xs = sorted(t - start for t in times.values())
+            return f"{xs[0]:.2f}/{xs[len(xs) // 2]:.2f}/{xs[-1]:.2f}"
+
+        print(
+            f"  N={n}: min/median/max s after the push began: downloading "
+            f"{spread(watch.started)}, last progress {spread(watch.delivered)}, "
+            f"active {spread(watch.active)}",
+            flush=True,
+        )
         return {
             "delivered_s": max(watch.delivered.values()) - start,
             "active_s": max(watch.active.values()) - start,
