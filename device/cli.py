@@ -1,79 +1,47 @@
-"""The `edgefleet-agent` command that runs on a field device (never imports TensorFlow)."""
+"""The `edgefleet-agent` command that runs on a field device (never imports TensorFlow).
+
+``edgefleet-agent run --config PATH`` (how a service starts the agent) goes straight to the
+agent without loading the CLI framework: Typer and Click cost the long-running process
+resident memory and start-up time for nothing. Every other command line goes through the
+Typer app in ``edgefleet.device._cli_app``.
+"""
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Any
 
-import typer
-
-from edgefleet import __version__
-from edgefleet.device.errors import DeviceError
-from edgefleet.device.tools import local_status, predict_files, run_agent
-
-app = typer.Typer(
-    name="edgefleet-agent",
-    help="The edgefleet field agent: verified over-the-air model updates and on-device inference.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-
-ConfigOption = Annotated[
-    Path, typer.Option("--config", "-c", help="The agent's TOML configuration file.")
-]
+_RUN_FLAGS = ("--config", "-c")
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(code=1)
+def _run(argv: list[str]) -> int | None:
+    """Run the agent for ``run --config PATH`` / ``run -c PATH``; None for anything else."""
+    if len(argv) != 3 or argv[0] != "run" or argv[1] not in _RUN_FLAGS:  # noqa: PLR2004
+        return None
+    from edgefleet.device.errors import DeviceError  # noqa: PLC0415
+    from edgefleet.device.tools import run_agent  # noqa: PLC0415
 
-
-@app.command()
-def version() -> None:
-    """Print the agent version."""
-    print(__version__)
-
-
-@app.command()
-def run(config: ConfigOption) -> None:
-    """Run the agent: updates, inference, outbox, status (stops cleanly on SIGTERM)."""
     try:
-        code = run_agent(config)
+        return run_agent(Path(argv[2]))
     except DeviceError as exc:
-        raise _fail(exc) from exc
-    raise typer.Exit(code=code)
-
-
-@app.command()
-def predict(
-    files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy inputs.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="A .tflite model.")],
-    backend: Annotated[str, typer.Option(help="auto, ai_edge_litert, tflite_runtime.")] = "auto",
-    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads.")] = 1,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes per line.")] = 3,
-) -> None:
-    """Classify files with a local model and print one JSON line per file (no broker)."""
-    failed = False
-    try:
-        for line in predict_files(model, files, backend=backend, num_threads=threads, top_k=top_k):
-            failed = failed or "error" in line
-            print(json.dumps(line), flush=True)
-    except DeviceError as exc:
-        raise _fail(exc) from exc
-    if failed:
-        raise typer.Exit(code=1)
-
-
-@app.command()
-def status(config: ConfigOption) -> None:
-    """Print what the state directory holds: active model, anti-rollback floor, outbox depth."""
-    try:
-        print(json.dumps(local_status(config), indent=2))
-    except DeviceError as exc:
-        raise _fail(exc) from exc
+        print(f"error: {exc}", file=sys.stderr)  # as the Typer command reports it
+        return 1
 
 
 def main() -> None:
     """Console-script entry point."""
+    code = _run(sys.argv[1:])
+    if code is not None:
+        raise SystemExit(code)
+    from edgefleet.device._cli_app import app  # noqa: PLC0415
+
     app()
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - the Typer app, loaded on demand
+    if name == "app":
+        from edgefleet.device._cli_app import app  # noqa: PLC0415
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
