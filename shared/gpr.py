@@ -2,9 +2,9 @@
 
 Two input layouts, told apart by dtype (see :func:`as_traces`):
 
-* a ``.npy`` B-scan: a 2-D float (or non-uint8 integer) array ``(traces, samples)``, one
+* a ``.npy`` B-scan: a 2-D float (or signed integer) array ``(traces, samples)``, one
   row per antenna position, the received amplitude over time along each row;
-* a PNG rendering: uint8 ``(rows, columns)`` (or ``HxWxC``) with time going DOWN the rows
+* a PNG rendering: uint16 or uint8 ``(rows, columns)`` (or ``HxWxC``), time going DOWN the rows
   and one column per trace, as written by :func:`render_png`. Its pixels are mu-law
   companded amplitudes (128 = zero), so that weak, late reflections survive 8 bits next to
   the strong direct wave; :func:`from_png` expands them back.
@@ -31,48 +31,62 @@ FIRST_BREAK = 0.25  # a trace "starts" where it first reaches this fraction of i
 MAX_DRIFT = 0.05  # larger first-break shifts (fraction of samples) are not time-zero drift
 COHERENT_FRACTION = 0.8  # share of traces that must agree on the first break to align at all
 CLIP_PERCENTILE = 99.5  # robust max-abs: a few extreme samples do not flatten the rest
+REFERENCE_MU = 100.0  # mu-law constant of the stacked form's direct-wave-relative channel
+REFERENCE_SPAN = 3.0  # that channel's full scale, in units of the direct wave's peak
 
 
 def from_png(image: npt.NDArray[np.generic]) -> FloatArray:
-    """Turn a PNG rendering (uint8, time down the rows) into ``(traces, samples)`` in [-1, 1].
+    """Turn a PNG rendering (time down the rows) into ``(traces, samples)`` in [-1, 1].
+
+    16-bit renderings (uint16, what :func:`render_png` writes) and 8-bit ones (uint8, what
+    an 8-bit viewer or an older edgefleet saves) are both mu-law pixels, 0 = -1, max = +1.
 
     Raises:
-        InputError: not a uint8 ``HxW`` or ``HxWxC`` image.
+        InputError: not a uint8/uint16 ``HxW`` or ``HxWxC`` image.
     """
-    if image.dtype != np.uint8:
-        raise InputError(f"a GPR PNG must be 8-bit, got {image.dtype}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"a GPR PNG must be 8- or 16-bit, got {image.dtype}")
     if image.ndim == 3 and image.shape[-1] in {1, 3, 4}:  # noqa: PLR2004 - HxWxC
         gray = image[:, :, : min(image.shape[-1], 3)].astype(np.float64).mean(axis=-1)
     elif image.ndim == 2:  # noqa: PLR2004 - HxW
         gray = image.astype(np.float64)
     else:
         raise InputError(f"a GPR PNG must be HxW or HxWxC (C = 1, 3, 4), got shape {image.shape}")
-    companded = gray / 127.5 - 1.0
+    half = float(np.iinfo(image.dtype).max) / 2.0
+    companded = gray / half - 1.0
     amplitude = np.sign(companded) * np.expm1(np.abs(companded) * np.log1p(MU)) / MU
     return np.ascontiguousarray(amplitude.T, dtype=np.float32)
 
 
-def render_png(bscan: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
-    """Render a ``(traces, samples)`` B-scan as a uint8 image, time down the rows (mu-law).
+def render_png(bscan: npt.NDArray[np.generic], *, bits: int = 16) -> npt.NDArray[np.generic]:
+    """Render a ``(traces, samples)`` B-scan as a grayscale image, time down the rows (mu-law).
+
+    ``bits=16`` (the default) gives uint16 - save it as a 16-bit PNG
+    (``PIL.Image.fromarray(pixels).save("scan.png")``). 8 bits lose the weak echoes once
+    the much stronger direct wave is subtracted (measured in docs/gpr.md); use them only
+    for viewing.
 
     Raises:
-        InputError: not a finite 2-D numeric array.
+        InputError: not a finite 2-D numeric array, or ``bits`` not 8 or 16.
     """
+    if bits not in {8, 16}:
+        raise InputError(f"a GPR PNG has 8 or 16 bits per pixel, not {bits}")
     traces = _checked(bscan)
     peak = float(np.abs(traces).max())
     unit = traces / peak if peak > 0 else traces
-    companded = np.sign(unit) * np.log1p(MU * np.abs(unit)) / np.log1p(MU)
-    pixels = np.rint((companded + 1.0) * 127.5)
-    return np.ascontiguousarray(np.clip(pixels, 0, 255).astype(np.uint8).T)
+    top = 255.0 if bits == 8 else 65535.0  # noqa: PLR2004
+    pixels = np.rint((_compand(unit, MU) + 1.0) * (top / 2.0))
+    dtype = np.uint8 if bits == 8 else np.uint16  # noqa: PLR2004
+    return np.ascontiguousarray(np.clip(pixels, 0, top).astype(dtype).T)
 
 
 def as_traces(array: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
-    """Any accepted input as float64 ``(traces, samples)``: uint8 is a PNG, the rest ``.npy``.
+    """Any accepted input as float64 ``(traces, samples)``: uint8/16 is a PNG, the rest ``.npy``.
 
     Raises:
         InputError: wrong rank, empty, non-numeric or non-finite.
     """
-    if array.dtype == np.uint8:
+    if array.dtype in (np.uint8, np.uint16):
         return from_png(array).astype(np.float64)
     return _checked(array)
 
@@ -99,8 +113,10 @@ def condition(bscan: npt.NDArray[np.generic], options: GprOptions) -> FloatArray
     grows with time, then robust max-abs scaling.
 
     Args:
-        bscan: ``(traces, samples)`` float array, or a uint8 PNG image (time down the rows).
+        bscan: ``(traces, samples)`` float array, or a uint8/16 PNG image (time down the rows).
         options: which steps to apply and how strong the gain is.
+
+    With ``options.stack`` it returns ``(samples, traces, 3)`` instead, see :func:`stacked`.
 
     Raises:
         InputError: the input is not a usable B-scan.
@@ -108,10 +124,46 @@ def condition(bscan: npt.NDArray[np.generic], options: GprOptions) -> FloatArray
     traces = as_traces(bscan)
     if options.time_zero:
         traces = align_time_zero(traces)
+    if options.stack:
+        return stacked(traces, options)
     if options.background_removal:
         traces = traces - traces.mean(axis=0, keepdims=True)
     traces = apply_gain(traces, kind=options.gain, factor=options.gain_factor)
     return np.ascontiguousarray(normalise(traces).T, dtype=np.float32)
+
+
+def stacked(traces: npt.NDArray[np.float64], options: GprOptions) -> FloatArray:
+    """Three views of one (time-zeroed) scan as float32 ``(samples, traces, 3)`` in [-1, 1].
+
+    0. the echoes (mean trace removed, gained) relative to the direct wave's peak, mu-law
+       compressed: a scan scaled to its own peak says nothing about how strong an echo is,
+       yet echo strength is what tells an air-filled pipe (strong) from a concrete duct
+       of similar permittivity to the soil (weak). The ratio does not depend on the scan's
+       units, so the ``.npy`` and the PNG form agree.
+    1. the gained scan with its direct wave, scaled to its own robust peak;
+    2. the gained echoes, scaled to their own robust peak (the hyperbola's shape).
+    """
+    mean = traces.mean(axis=0, keepdims=True)
+    echoes = apply_gain(traces - mean, kind=options.gain, factor=options.gain_factor)
+    reference = direct_wave_peak(traces) * REFERENCE_SPAN
+    relative = np.clip(echoes / reference, -1.0, 1.0) if reference > 0 else np.zeros_like(echoes)
+    views = (
+        _compand(relative, REFERENCE_MU),
+        normalise(apply_gain(traces, kind=options.gain, factor=options.gain_factor)),
+        normalise(echoes),
+    )
+    return np.ascontiguousarray(np.stack([v.T for v in views], axis=-1), dtype=np.float32)
+
+
+def direct_wave_peak(traces: npt.NDArray[np.float64]) -> float:
+    """Peak of the mean trace - the direct wave, common to every trace - or of the scan."""
+    peak = float(np.abs(traces.mean(axis=0)).max()) if traces.size else 0.0
+    return peak if peak > 0 else float(np.abs(traces).max(initial=0.0))
+
+
+def _compand(x: npt.NDArray[np.float64], mu: float) -> npt.NDArray[np.float64]:
+    companded: npt.NDArray[np.float64] = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+    return companded
 
 
 def first_breaks(traces: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:

@@ -4,10 +4,13 @@ Pure numpy + Pillow (never TensorFlow), so the device runs exactly the code the 
 calibrated with. Conventions:
 
 * Image arrays (``kind="image"``) hold pixel intensities on a 0-255 scale, whatever their
-  dtype (uint8 from PNG/JPEG, or float from ``.npy``); 2-D is grayscale, 3-D is ``HxWxC``.
+  dtype (uint8 from PNG/JPEG, or float from ``.npy``), except uint16 (a 16-bit grayscale
+  PNG, decoded whole) on 0-65535; 2-D is grayscale, 3-D is ``HxWxC``.
 * GPR inputs (``kind="gpr"``) are first conditioned by :func:`edgefleet.shared.gpr.condition`
   (time zero, background removal, gain); the resulting amplitudes are mapped to [0, 1] by
-  their largest absolute value (zero amplitude -> 0.5), then treated like a unit image.
+  their largest absolute value (zero amplitude -> 0.5), then treated like a unit image. A
+  stacked spec (``gpr.stack``) gives three views, each already on its own [-1, 1] scale,
+  mapped to [0, 1] as they are.
 * :func:`preprocess` returns float32 ``(height, width, channels)`` in the spec's scale;
   :func:`to_input_tensor` adds the batch dimension and quantizes for integer inputs.
 """
@@ -36,6 +39,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 INPUT_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
 _INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 _NP_DTYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "float16": np.float16}
+_SIXTEEN_BIT_GRAY = {"I;16", "I;16B", "I;16L"}
 _RGB_TO_GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma
 
 
@@ -72,6 +76,8 @@ def decode_input(data: bytes, fmt: str) -> npt.NDArray[np.generic]:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
+            if img.mode in _SIXTEEN_BIT_GRAY:  # kept whole: a GPR rendering needs all 16 bits
+                return np.asarray(img).astype(np.uint16)
             converted = img if img.mode in {"L", "RGB"} else img.convert(_target_mode(img))
             return np.asarray(converted, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -102,7 +108,8 @@ def preprocess(array: npt.NDArray[np.generic], spec: PreprocessSpec) -> FloatArr
     if spec.kind == "gpr":
         unit = _gpr_to_unit(array, spec)
     else:
-        unit = _as_hwc(array).astype(np.float32) / np.float32(255.0)
+        full_scale = 65535.0 if array.dtype == np.uint16 else 255.0  # 16-bit PNGs too
+        unit = _as_hwc(array).astype(np.float32) / np.float32(full_scale)
     unit = _match_channels(unit, spec.channels)
     unit = _resize(unit, spec.height, spec.width)
     if spec.invert:
@@ -132,6 +139,8 @@ def _as_hwc(array: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
 
 def _gpr_to_unit(array: npt.NDArray[np.generic], spec: PreprocessSpec) -> FloatArray:
     bscan = np.asarray(gpr.condition(array, spec.gpr or GprOptions()), dtype=np.float32)
+    if bscan.ndim == 3:  # noqa: PLR2004 - stacked views, each already on its own [-1, 1] scale
+        return (bscan * np.float32(0.5) + np.float32(0.5)).astype(np.float32)
     bscan = _as_hwc(bscan)[:, :, :1].astype(np.float32)
     peak = float(np.abs(bscan).max())
     if peak == 0.0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DType = Literal["float32", "float16", "int8", "uint8", "int16", "int32", "int64"]
 
@@ -41,6 +41,15 @@ class GprOptions(_Strict):
         default="linear", description="Time-varying gain that lifts late, weak reflections."
     )
     gain_factor: float = Field(default=1.0, description="Strength of the gain.")
+    stack: bool = Field(
+        default=False,
+        description=(
+            "Three channels instead of one: the background-removed scan relative to the"
+            " direct wave (log-compressed, so echo strength survives), the scan with its"
+            " direct wave, and the background-removed scan (both scaled to their own peak)."
+            " Needs channels = 3; background_removal then applies to none of them."
+        ),
+    )
 
 
 class PreprocessSpec(_Strict):
@@ -58,6 +67,13 @@ class PreprocessSpec(_Strict):
     )
     invert: bool = Field(default=False, description="Invert grayscale (dark ink on light paper).")
     gpr: GprOptions | None = Field(default=None, description="GPR conditioning (kind=gpr).")
+
+    @model_validator(mode="after")
+    def _stack_needs_three_channels(self) -> PreprocessSpec:
+        if self.kind == "gpr" and self.gpr is not None and self.gpr.stack and self.channels != 3:  # noqa: PLR2004
+            msg = "a stacked GPR spec (gpr.stack = true) needs channels = 3"
+            raise ValueError(msg)
+        return self
 
 
 class ModelInfo(_Strict):
