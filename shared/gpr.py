@@ -52,7 +52,7 @@ def from_png(image: npt.NDArray[np.generic]) -> FloatArray:
         gray = image.astype(np.float64)
     else:
         raise InputError(f"a GPR PNG must be HxW or HxWxC (C = 1, 3, 4), got shape {image.shape}")
-    half = float(np.iinfo(image.dtype).max) / 2.0
+    half = (255.0 if image.dtype == np.uint8 else 65535.0) / 2.0
     companded = gray / half - 1.0
     amplitude = np.sign(companded) * np.expm1(np.abs(companded) * np.log1p(MU)) / MU
     return np.ascontiguousarray(amplitude.T, dtype=np.float32)
