@@ -36,6 +36,7 @@ from edgefleet.device.store import (
     StateStore,
     atomic_write,
     grow_in_place,
+    sha256_file,
 )
 from edgefleet.shared.chunks import Reassembler
 from edgefleet.shared.errors import ChunkError, DecodeError, IntegrityError, ManifestError
@@ -390,7 +391,9 @@ class Updater:
         actions = self._abandon_job()
         self.state = UpdateState.VERIFYING
         try:
-            job.reassembler.verify()  # every chunk, then the whole file, against the manifest
+            self._verify_part(job)
+        except OSError as exc:
+            return [*actions, *self._storage_failed(job, exc)]
         except IntegrityError as exc:
             # Chunks were damaged: start over, and let the next delivery of the same
             # manifest (e.g. after a reconnect) try again.
@@ -407,6 +410,25 @@ class Updater:
         fault("after_stage")
         self.store.drop_download(job.variant.sha256)
         return actions + self._install(job.manifest, job.variant, job.envelope_sha)
+
+    def _verify_part(self, job: _Job) -> None:
+        """Check the whole downloaded file against the manifest's sha256, in one pass.
+
+        That file, cut to its size, is what ``stage_part`` renames into ``models/``. If it
+        does not match, the chunk-by-chunk check says which chunks are damaged.
+
+        Raises:
+            IntegrityError: it does not match (the damaged chunks, or all, are forgotten).
+            OSError: it cannot be read.
+        """
+        part = job.directory / PART_FILE
+        size = job.variant.size
+        if part.stat().st_size == size and sha256_file(part) == job.variant.sha256:
+            return
+        job.reassembler.verify()  # raises, naming the damaged chunks (or all of them)
+        job.reassembler.reset()
+        msg = f"{part.name} is not the manifest's {size} bytes; all chunks discarded"
+        raise IntegrityError(msg, indexes=tuple(range(job.reassembler.count)))
 
     def _storage_failed(self, job: _Job, exc: OSError) -> list[Action]:
         # Disk full or an I/O error: free what the download took (the old model keeps

@@ -266,6 +266,26 @@ def test_integrity_failure_is_reported_and_download_dropped(tmp_path: Path):
     assert not (tmp_path / "downloads" / sha).exists()
 
 
+def test_a_download_damaged_on_disk_after_its_chunks_arrived_is_refused(tmp_path: Path):
+    h = Harness(tmp_path)
+    data = bytes(range(250)) * 4  # 10 chunks
+    sha = hashlib.sha256(data).hexdigest()
+    chunks = split_model(data, chunk_size=CHUNK)
+    h.updater.on_desired(manifest(data, 1))
+    for raw in chunks[:-1]:
+        h.updater.on_chunk(raw)
+    part = tmp_path / "downloads" / sha / "model.part"
+    with part.open("r+b") as f:
+        f.seek(2 * CHUNK + 5)
+        f.write(b"\xff")  # bit rot after the chunk's hash was taken
+    last = reports(h.updater.on_chunk(chunks[-1]))[-1]
+    assert (last.state, last.step, last.reason) == ("failed", "verifying", "integrity")
+    assert "[2]" in last.message  # the damaged chunk is named
+    assert h.checked == []
+    assert not h.updater.store.model_path(sha).exists()
+    assert not (tmp_path / "downloads" / sha).exists()
+
+
 def test_restart_resumes_and_requests_only_missing_chunks(tmp_path: Path):
     h = Harness(tmp_path)
     data = bytes(range(250)) * 4  # 10 chunks
