@@ -38,7 +38,7 @@ def generate(
 @app.command("train")
 def train(
     out: Annotated[Path, typer.Option(help="Where to save the Keras model (.keras).")],
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 60,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 25,
     seed: Annotated[int, typer.Option(help="Random seed for weights and shuffling.")] = 0,
 ) -> None:
     """Train the seed ConvNet on the bundled GPR training scans."""

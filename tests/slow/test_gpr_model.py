@@ -7,6 +7,7 @@ import pytest
 
 from edgefleet.host.datasets.gpr import CLASSES
 from edgefleet.host.gpr_model import (
+    INPUT_CHANNELS,
     INPUT_HEIGHT,
     INPUT_WIDTH,
     evaluate,
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def test_prepared_inputs_have_the_model_shape():
     x, y = prepared("train", limit=8)
-    assert x.shape == (8, INPUT_HEIGHT, INPUT_WIDTH, 1)
+    assert x.shape == (8, INPUT_HEIGHT, INPUT_WIDTH, INPUT_CHANNELS)
     assert x.dtype == np.float32
     assert 0.0 <= x.min() <= x.max() <= 1.0
     assert sorted(set(y.tolist())) == [0, 1, 2, 3]  # a balanced pick sees every class
