@@ -15,7 +15,8 @@ One run per model, same model file and the same images on both sides:
 MobileNetV2 is ``keras.applications.MobileNetV2`` with random weights at 224x224x3, full
 int8; the 28x28 digits are resized and replicated to 3 channels by ``shared.preprocess``.
 
-Usage: ``.venv/bin/python bench/bench_topic.py [--n 300] [--models mnist,mobilenetv2]``
+Usage: ``.venv/bin/python bench/bench_topic.py [--n 300] [--models mnist,seed,mobilenetv2]``
+(``mnist`` is a tiny 11 KB ConvNet, ``seed`` the seed article's 446 KB one.)
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ def main() -> None:
         for name in args.models.split(","):
             if name == "mnist":
                 bundle = build_mnist_model(root / "mnist_int8.tflite", train_n=2000, epochs=1)
+            elif name == "seed":  # the seed article's ConvNet, as in bench_agent.py
+                from bench_agent import seed_int8_model  # noqa: PLC0415 - loads TF
+
+                bundle = seed_int8_model(root / "seed_int8.tflite", epochs=1)
             else:
                 bundle = mobilenet_v2(root / "mobilenet_v2_int8.tflite")
             row = {"model_bytes": len(bundle.data), **bare(bundle, pngs)}
