@@ -33,6 +33,7 @@ COHERENT_FRACTION = 0.8  # share of traces that must agree on the first break to
 CLIP_PERCENTILE = 99.5  # robust max-abs: a few extreme samples do not flatten the rest
 REFERENCE_MU = 100.0  # mu-law constant of the stacked form's direct-wave-relative channel
 REFERENCE_SPAN = 3.0  # that channel's full scale, in units of the direct wave's peak
+_PNG_FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}  # 8- and 16-bit PNGs
 
 
 def from_png(image: npt.NDArray[np.generic]) -> FloatArray:
@@ -44,7 +45,8 @@ def from_png(image: npt.NDArray[np.generic]) -> FloatArray:
     Raises:
         InputError: not a uint8/uint16 ``HxW`` or ``HxWxC`` image.
     """
-    if image.dtype not in (np.uint8, np.uint16):
+    full_scale = _PNG_FULL_SCALE.get(image.dtype)
+    if full_scale is None:
         raise InputError(f"a GPR PNG must be 8- or 16-bit, got {image.dtype}")
     if image.ndim == 3 and image.shape[-1] in {1, 3, 4}:  # noqa: PLR2004 - HxWxC
         gray = image[:, :, : min(image.shape[-1], 3)].astype(np.float64).mean(axis=-1)
@@ -52,8 +54,7 @@ def from_png(image: npt.NDArray[np.generic]) -> FloatArray:
         gray = image.astype(np.float64)
     else:
         raise InputError(f"a GPR PNG must be HxW or HxWxC (C = 1, 3, 4), got shape {image.shape}")
-    half = (255.0 if image.dtype == np.uint8 else 65535.0) / 2.0
-    companded = gray / half - 1.0
+    companded = gray / (full_scale / 2.0) - 1.0
     amplitude = np.sign(companded) * np.expm1(np.abs(companded) * np.log1p(MU)) / MU
     return np.ascontiguousarray(amplitude.T, dtype=np.float32)
 
@@ -74,9 +75,9 @@ def render_png(bscan: npt.NDArray[np.generic], *, bits: int = 16) -> npt.NDArray
     traces = _checked(bscan)
     peak = float(np.abs(traces).max())
     unit = traces / peak if peak > 0 else traces
-    top = 255.0 if bits == 8 else 65535.0  # noqa: PLR2004
+    dtype = np.dtype(np.uint8 if bits == 8 else np.uint16)  # noqa: PLR2004
+    top = _PNG_FULL_SCALE[dtype]
     pixels = np.rint((_compand(unit, MU) + 1.0) * (top / 2.0))
-    dtype = np.uint8 if bits == 8 else np.uint16  # noqa: PLR2004
     return np.ascontiguousarray(np.clip(pixels, 0, top).astype(dtype).T)
 
 
@@ -86,7 +87,7 @@ def as_traces(array: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
     Raises:
         InputError: wrong rank, empty, non-numeric or non-finite.
     """
-    if array.dtype in (np.uint8, np.uint16):
+    if array.dtype in _PNG_FULL_SCALE:
         return from_png(array).astype(np.float64)
     return _checked(array)
 
@@ -145,7 +146,7 @@ def stacked(traces: npt.NDArray[np.float64], options: GprOptions) -> FloatArray:
     """
     mean = traces.mean(axis=0, keepdims=True)
     echoes = apply_gain(traces - mean, kind=options.gain, factor=options.gain_factor)
-    reference = direct_wave_peak(traces) * REFERENCE_SPAN
+    reference = _direct_wave_peak(traces, mean) * REFERENCE_SPAN
     relative = np.clip(echoes / reference, -1.0, 1.0) if reference > 0 else np.zeros_like(echoes)
     views = (
         _compand(relative, REFERENCE_MU),
@@ -155,9 +156,9 @@ def stacked(traces: npt.NDArray[np.float64], options: GprOptions) -> FloatArray:
     return np.ascontiguousarray(np.stack([v.T for v in views], axis=-1), dtype=np.float32)
 
 
-def direct_wave_peak(traces: npt.NDArray[np.float64]) -> float:
-    """Peak of the mean trace - the direct wave, common to every trace - or of the scan."""
-    peak = float(np.abs(traces.mean(axis=0)).max()) if traces.size else 0.0
+def _direct_wave_peak(traces: npt.NDArray[np.float64], mean: npt.NDArray[np.float64]) -> float:
+    """Peak of the mean trace (the direct wave, common to every trace), else of the scan."""
+    peak = float(np.abs(mean).max(initial=0.0))
     return peak if peak > 0 else float(np.abs(traces).max(initial=0.0))
 
 
