@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -153,7 +154,9 @@ def test_two_shared_workers_store_every_record_exactly_once(broker, prefix, tmp_
     assert device.acked == expected
 
 
-def test_a_resent_record_is_stored_once_and_acked_again(broker, prefix, tmp_path):
+@contextlib.contextmanager
+def _listening(broker, prefix, tmp_path):
+    """A running Ingestor on the fleet's connection and a raw device client; both closed after."""
     fleet = open_fleet(broker=broker.url, fleet_dir=None, prefix=prefix, state_dir=tmp_path / "s")
     store = SqliteStore(tmp_path / "p.sqlite")
     ingestor = Ingestor(fleet.conn, fleet, store)
@@ -163,6 +166,16 @@ def test_a_resent_record_is_stored_once_and_acked_again(broker, prefix, tmp_path
     runner = threading.Thread(target=ingestor.run, kwargs={"stop": stop})
     runner.start()
     try:
+        yield store, ingestor, device
+    finally:
+        stop.set()
+        runner.join()
+        device.close()
+        close_fleet(fleet)
+
+
+def test_a_resent_record_is_stored_once_and_acked_again(broker, prefix, tmp_path):
+    with _listening(broker, prefix, tmp_path) as (store, ingestor, device):
         batch = [_record("dup-dev", "b", s) for s in range(5)]
         device.send(batch)
         device.send(batch[:3])  # the device resends after a lost ack
@@ -176,11 +189,6 @@ def test_a_resent_record_is_stored_once_and_acked_again(broker, prefix, tmp_path
             ingestor.stats.received + ingestor.stats.malformed < 10 and time.monotonic() < deadline
         ):
             time.sleep(0.05)
-    finally:
-        stop.set()
-        runner.join()
-        device.close()
-        close_fleet(fleet)
     assert store.count() == 5
     assert ingestor.stats.duplicates == 3
     assert ingestor.stats.malformed == 2
@@ -194,16 +202,8 @@ def test_a_resent_record_is_stored_once_and_acked_again(broker, prefix, tmp_path
 def test_batches_and_single_records_are_stored_once_and_a_bad_batch_is_refused_whole(
     broker, prefix, tmp_path
 ):
-    fleet = open_fleet(broker=broker.url, fleet_dir=None, prefix=prefix, state_dir=tmp_path / "s")
-    store = SqliteStore(tmp_path / "p.sqlite")
-    ingestor = Ingestor(fleet.conn, fleet, store)
-    ingestor.subscribe(shared=False)
-    device = DeviceClient(broker.url, prefix)
     topic = Topics(prefix).predictions("batch-dev")
-    stop = threading.Event()
-    runner = threading.Thread(target=ingestor.run, kwargs={"stop": stop})
-    runner.start()
-    try:
+    with _listening(broker, prefix, tmp_path) as (_, ingestor, device):
         first = [_record("batch-dev", "b1", s) for s in range(1, 51)]
         second = [_record("batch-dev", "b2", s) for s in range(51, 61)]
         # two boots in one batch (an outbox holding an earlier run's records), a resent
@@ -219,11 +219,6 @@ def test_batches_and_single_records_are_stored_once_and_a_bad_batch_is_refused_w
         deadline = time.monotonic() + 30
         while ingestor.stats.malformed < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-    finally:
-        stop.set()
-        runner.join()
-        device.close()
-        close_fleet(fleet)
     expected = {(r.device_id, r.boot_id, r.seq) for r in [*first, *second]}
     expected.add(("batch-dev", "b2", 61))
     assert _stored(tmp_path / "p.sqlite") == expected
