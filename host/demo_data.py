@@ -171,7 +171,7 @@ def _gpr_model(workdir: Path, train: bool, epochs: int | None) -> tuple[Path, st
 
 
 def _gpr_scans(n: int) -> list[Scan]:
-    """Held-out B-scans, alternately as the raw ``.npy`` and as the crew's 8-bit PNG form."""
+    """Held-out B-scans, alternately as the raw ``.npy`` and as the 16-bit PNG a crew exports."""
     from PIL import Image  # noqa: PLC0415
 
     from edgefleet.host.datasets.gpr import load_gpr  # noqa: PLC0415

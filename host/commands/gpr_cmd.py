@@ -40,13 +40,17 @@ def train(
     out: Annotated[Path, typer.Option(help="Where to save the Keras model (.keras).")],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 25,
     seed: Annotated[int, typer.Option(help="Random seed for weights and shuffling.")] = 0,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data set root holding train/ and heldout/ (default: the bundled set)."),
+    ] = None,
 ) -> None:
-    """Train the seed ConvNet on the bundled GPR training scans."""
+    """Train the seed ConvNet on the GPR training scans (bundled, or --data)."""
     from edgefleet.host.errors import HostError  # noqa: PLC0415 - keep CLI start fast
     from edgefleet.host.gpr_model import train_gpr_convnet  # noqa: PLC0415
 
     try:
-        path = train_gpr_convnet(out, epochs=epochs, seed=seed)
+        path = train_gpr_convnet(out, epochs=epochs, seed=seed, directory=data)
     except HostError as exc:
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc
@@ -57,13 +61,17 @@ def train(
 def evaluate(
     model: Annotated[Path, typer.Argument(help="A Keras model trained on GPR scans.")],
     out: Annotated[Path, typer.Option(help="Folder for the .tflite files and the JSON.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data set root holding train/ and heldout/ (default: the bundled set)."),
+    ] = None,
 ) -> None:
     """Convert to float32 and full int8; print held-out accuracy per class for both."""
     from edgefleet.host.errors import HostError  # noqa: PLC0415 - keep CLI start fast
     from edgefleet.host.gpr_model import evaluate as run_evaluation  # noqa: PLC0415
 
     try:
-        result = run_evaluation(model, out)
+        result = run_evaluation(model, out, directory=data)
     except HostError as exc:
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc
