@@ -1,11 +1,14 @@
 """The seed ConvNet on the bundled GPR scans: train briefly, convert, score float32 vs int8."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from edgefleet.host.datasets.gpr import CLASSES
+from edgefleet.host.cli import app
+from edgefleet.host.datasets.gpr import CLASSES, load_gpr
 from edgefleet.host.gpr_model import (
     INPUT_CHANNELS,
     INPUT_HEIGHT,
@@ -44,3 +47,32 @@ def test_train_convert_and_score_per_class(tmp_path):
     assert result.edgetpu_precheck_compatible is True
     saved = json.loads((tmp_path / "gpr_evaluation.json").read_text())
     assert saved["accuracy"] == result.accuracy
+
+
+def test_cli_trains_and_scores_a_data_set_given_with_data(tmp_path):
+    # A data set of one's own: 8 bundled scans per split, copied into the layout
+    # `edgefleet gpr generate` writes; --data must make train and evaluate read it.
+    root = tmp_path / "data"
+    for split in ("train", "heldout"):
+        ds = load_gpr(split)
+        for k, i in enumerate(range(0, len(ds.y), len(ds.y) // 8)):
+            folder = root / split / CLASSES[int(ds.y[i])]
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / f"{k:07d}.npy", ds.x[i])
+    model = tmp_path / "m.keras"
+    res = CliRunner().invoke(
+        app, ["gpr", "train", "--out", str(model), "--epochs", "1", "--data", str(root)]
+    )
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(
+        app, ["gpr", "evaluate", str(model), "--out", str(tmp_path / "eval"), "--data", str(root)]
+    )
+    assert res.exit_code == 0, res.output
+    saved = json.loads(Path(tmp_path / "eval" / "gpr_evaluation.json").read_text())
+    assert saved["count"] == 8  # the copied held-out scans, not the bundled 200
+
+    res = CliRunner().invoke(
+        app, ["gpr", "train", "--out", str(model), "--data", str(tmp_path / "nowhere")]
+    )
+    assert res.exit_code == 1
+    assert "nowhere" in res.output
