@@ -38,6 +38,8 @@ CLASSES = ("metal", "plastic", "concrete", "none")
 C0 = 299_792_458.0  # speed of light in vacuum, m/s
 DX_MIN, DX_MAX = 0.005, 0.014  # FDTD cell size range, m (chosen per scan, see _cell_size)
 CELLS_PER_WAVELENGTH = 4  # at twice the centre frequency (8 at fc), in the soil: coarse
+CELLS_PER_RADIUS = 5  # the target is at least 10 cells across, so a pipe's air core is resolved
+OFFSET_WAVELENGTHS = 0.075  # Tx-Rx offset in free-space wavelengths: 7.5 cm at 300 MHz, 3.75 at 600
 PML_CELLS = 8
 SOIL_THICKNESS = 0.40  # m of soil above the bottom PML
 AIR_THICKNESS = 0.06  # m of air between the surface and the top PML
@@ -103,11 +105,14 @@ class ScanParams:
         return self.soil_top + AIR_THICKNESS + PML_CELLS * self.dx
 
 
-def _cell_size(soil_eps: float, freq: float) -> float:
-    # Coarsest cell that keeps CELLS_PER_WAVELENGTH at 2 x fc in this soil: the cost of a
-    # scan is mostly per-time-step overhead, and the time step grows with the cell.
+def _cell_size(soil_eps: float, freq: float, radius: float) -> float:
+    # Coarsest cell that keeps CELLS_PER_WAVELENGTH at 2 x fc in this soil and
+    # CELLS_PER_RADIUS across the target's radius: the cost of a scan is mostly
+    # per-time-step overhead, and the time step grows with the cell. The radius is drawn for
+    # every class (a `none` scan draws the target it does not place), so the cell says
+    # nothing about the class.
     wavelength = C0 / math.sqrt(soil_eps) / (2.0 * freq)
-    dx = min(max(wavelength / CELLS_PER_WAVELENGTH, DX_MIN), DX_MAX)
+    dx = min(max(min(wavelength / CELLS_PER_WAVELENGTH, radius / CELLS_PER_RADIUS), DX_MIN), DX_MAX)
     return math.floor(dx * 2000) / 2000  # 0.5 mm steps
 
 
@@ -120,14 +125,17 @@ def sample_params(scan_seed: int) -> ScanParams:
     soil_eps = float(np.clip(3.0 + 22.0 * wet + rng.normal(0.0, 2.0), 3.0, 25.0))
     soil_sigma = float(10 ** np.clip(-4.0 + 2.7 * wet + rng.normal(0.0, 0.4), -4.0, -1.3))
     freq = float(rng.uniform(300e6, 600e6))
-    dx = _cell_size(soil_eps, freq)
-    n_traces = int(rng.integers(10, 18))
-    spacing = float(rng.uniform(0.025, 0.045))
-    offset = float(rng.uniform(0.03, 0.08))
-    length = (n_traces - 1) * spacing
-    target_x = PML_CELLS * dx + MARGIN + offset / 2 + length * float(rng.uniform(0.2, 0.8))
     depth = float(rng.uniform(0.03, 0.12))
     radius = float(rng.uniform(0.025, 0.06))
+    dx = _cell_size(soil_eps, freq, radius)
+    n_traces = int(rng.integers(10, 18))
+    spacing = float(rng.uniform(0.025, 0.045))
+    # An antenna's size scales with its wavelength, and one radar keeps one Tx-Rx offset:
+    # tying the offset to the frequency keeps the direct wave (the only amplitude reference
+    # a PNG keeps) comparable between scans, instead of a random factor of ~2 on it.
+    offset = OFFSET_WAVELENGTHS * C0 / freq
+    length = (n_traces - 1) * spacing
+    target_x = PML_CELLS * dx + MARGIN + offset / 2 + length * float(rng.uniform(0.2, 0.8))
     label = CLASSES[scan_seed % len(CLASSES)]
     # The window reaches a random depth below the target (drawn for every class, so the
     # window says nothing about whether a target is there).
@@ -154,7 +162,8 @@ def sample_params(scan_seed: int) -> ScanParams:
         target_radius=round(radius, 4),
         target_eps=target_eps,
         target_sigma=target_sigma,
-        pipe_wall=round(max(float(rng.uniform(0.006, 0.014)), dx), 4),
+        # PVC conduit walls are 4-8 mm; at least one cell (the cell is <= radius / 5).
+        pipe_wall=round(max(float(rng.uniform(0.004, 0.008)), dx), 4),
         time_window=float(f"{time_window:.5g}"),
         n_samples=n_samples,
         stones=_stones(rng, dx=dx, length=length, offset=offset, target=(target_x, depth, radius)),

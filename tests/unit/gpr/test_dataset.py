@@ -26,6 +26,13 @@ def test_params_are_physical(seed):
     assert 3.0 <= p.soil_eps <= 25.0
     assert 1e-4 <= p.soil_sigma <= 0.06
     assert gpr.DX_MIN <= p.dx <= gpr.DX_MAX
+    # the target is resolved: >= 5 cells per radius (10 across), so a pipe's air core is
+    # most of the pipe (the wall is 4-8 mm, or one cell where the cell is coarser)
+    assert p.dx <= max(p.target_radius / gpr.CELLS_PER_RADIUS, gpr.DX_MIN)
+    assert p.dx <= p.pipe_wall <= max(0.008, p.dx)
+    assert (p.target_radius - p.pipe_wall) / p.target_radius >= 0.6
+    # one radar, one offset: the Tx-Rx offset follows the antenna's wavelength
+    assert p.offset == pytest.approx(gpr.OFFSET_WAVELENGTHS * gpr.C0 / p.freq_hz, abs=6e-5)
     # the window holds the two-way time to the bottom of the target plus the wavelet
     bottom = p.target_depth + 2 * p.target_radius
     assert p.time_window > 2 * bottom * math.sqrt(p.soil_eps) / gpr.C0 + 2.8 / p.freq_hz
