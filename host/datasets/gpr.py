@@ -39,6 +39,7 @@ C0 = 299_792_458.0  # speed of light in vacuum, m/s
 DX_MIN, DX_MAX = 0.005, 0.014  # FDTD cell size range, m (chosen per scan, see _cell_size)
 CELLS_PER_WAVELENGTH = 4  # at twice the centre frequency (8 at fc), in the soil: coarse
 CELLS_PER_RADIUS = 5  # the target is at least 10 cells across, so a pipe's air core is resolved
+FREQ_BAND = (300e6, 600e6)  # Ricker centre frequency range, Hz: utility-locating antennas
 OFFSET_WAVELENGTHS = 0.075  # Tx-Rx offset in free-space wavelengths: 7.5 cm at 300 MHz, 3.75 at 600
 PML_CELLS = 8
 SOIL_THICKNESS = 0.40  # m of soil above the bottom PML
@@ -124,7 +125,7 @@ def sample_params(scan_seed: int) -> ScanParams:
     wet = rng.uniform(0.0, 1.0)
     soil_eps = float(np.clip(3.0 + 22.0 * wet + rng.normal(0.0, 2.0), 3.0, 25.0))
     soil_sigma = float(10 ** np.clip(-4.0 + 2.7 * wet + rng.normal(0.0, 0.4), -4.0, -1.3))
-    freq = float(rng.uniform(300e6, 600e6))
+    freq = float(rng.uniform(*FREQ_BAND))
     depth = float(rng.uniform(0.03, 0.12))
     radius = float(rng.uniform(0.025, 0.06))
     dx = _cell_size(soil_eps, freq, radius)
