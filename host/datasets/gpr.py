@@ -133,7 +133,7 @@ def sample_params(scan_seed: int) -> ScanParams:
     spacing = float(rng.uniform(0.025, 0.045))
     # An antenna's size scales with its wavelength, and one radar keeps one Tx-Rx offset:
     # tying the offset to the frequency keeps the direct wave (the only amplitude reference
-    # a PNG keeps) comparable between scans, instead of a random factor of ~2 on it.
+    # a PNG keeps) a function of the soil and the frequency, not of an unrelated draw.
     offset = OFFSET_WAVELENGTHS * C0 / freq
     length = (n_traces - 1) * spacing
     target_x = PML_CELLS * dx + MARGIN + offset / 2 + length * float(rng.uniform(0.2, 0.8))
