@@ -35,15 +35,19 @@ def generate(
     print(f"{len(paths)} scans in {out} (manifest: {out / gpr.MANIFEST})")
 
 
+# --data of train and evaluate: a data set other than the bundled one.
+DataOption = Annotated[
+    Path | None,
+    typer.Option(help="Data set root holding train/ and heldout/ (default: the bundled set)."),
+]
+
+
 @app.command("train")
 def train(
     out: Annotated[Path, typer.Option(help="Where to save the Keras model (.keras).")],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 25,
     seed: Annotated[int, typer.Option(help="Random seed for weights and shuffling.")] = 0,
-    data: Annotated[
-        Path | None,
-        typer.Option(help="Data set root holding train/ and heldout/ (default: the bundled set)."),
-    ] = None,
+    data: DataOption = None,
 ) -> None:
     """Train the seed ConvNet on the GPR training scans (bundled, or --data)."""
     from edgefleet.host.errors import HostError  # noqa: PLC0415 - keep CLI start fast
@@ -61,10 +65,7 @@ def train(
 def evaluate(
     model: Annotated[Path, typer.Argument(help="A Keras model trained on GPR scans.")],
     out: Annotated[Path, typer.Option(help="Folder for the .tflite files and the JSON.")],
-    data: Annotated[
-        Path | None,
-        typer.Option(help="Data set root holding train/ and heldout/ (default: the bundled set)."),
-    ] = None,
+    data: DataOption = None,
 ) -> None:
     """Convert to float32 and full int8; print held-out accuracy per class for both."""
     from edgefleet.host.errors import HostError  # noqa: PLC0415 - keep CLI start fast

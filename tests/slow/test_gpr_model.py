@@ -1,7 +1,6 @@
 """The seed ConvNet on the bundled GPR scans: train briefly, convert, score float32 vs int8."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,8 +68,8 @@ def test_cli_trains_and_scores_a_data_set_given_with_data(tmp_path):
         app, ["gpr", "evaluate", str(model), "--out", str(tmp_path / "eval"), "--data", str(root)]
     )
     assert res.exit_code == 0, res.output
-    saved = json.loads(Path(tmp_path / "eval" / "gpr_evaluation.json").read_text())
-    assert saved["count"] == 8  # the copied held-out scans, not the bundled 200
+    saved = json.loads((tmp_path / "eval" / "gpr_evaluation.json").read_text())
+    assert saved["count"] == 8  # the copied held-out scans, not the bundled 400
 
     res = CliRunner().invoke(
         app, ["gpr", "train", "--out", str(model), "--data", str(tmp_path / "nowhere")]
