@@ -1,4 +1,4 @@
-"""The seed ConvNet on simulated GPR B-scans: train, quantize to full int8, compare per class."""
+"""The seed ConvNet adapted to GPR B-scans: train, quantize to full int8, compare per class."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ INPUT_WIDTH = 32  # traces (columns): scans hold 10-17 traces
 INPUT_CHANNELS: Literal[3] = 3  # the stacked views of edgefleet.shared.gpr.stacked
 MODEL_NAME = "gpr_convnet"
 BATCH_SIZE = 32
+SHIFTED_COPIES = 2  # extra copies of each (mirrored) scan, moved along the line and in time
+MAX_TRACE_SHIFT = 4  # columns of INPUT_WIDTH: the target up to 12 % further along the line
+MAX_TIME_SHIFT = 3  # rows of INPUT_HEIGHT: a first-break pick a few samples late
 LEARNING_RATE = 1e-3  # Adam's default, decayed along a cosine to 5 % by the last epoch
 
 
@@ -62,6 +65,33 @@ def _balanced(y: npt.NDArray[np.int64], limit: int) -> npt.NDArray[np.int64]:
     return np.array(order[:limit], dtype=np.int64)
 
 
+def shifted_copies(
+    x: npt.NDArray[np.float32], copies: int, rng: np.random.Generator
+) -> npt.NDArray[np.float32]:
+    """``x`` (n, H, W, C) followed by ``copies`` randomly shifted copies of it.
+
+    Each copy moves a scan by up to :data:`MAX_TRACE_SHIFT` columns along the survey line
+    (the same target met a little earlier or later; the edge trace fills the gap) and up by
+    up to :data:`MAX_TIME_SHIFT` rows (time zero picked a few samples late; the last row
+    fills the gap). Shapes and values are kept: a copy only rearranges a scan's pixels.
+    """
+    out = [x]
+    for _ in range(copies):
+        moved = np.empty_like(x)
+        for i, scan in enumerate(x):
+            cols = np.clip(
+                np.arange(x.shape[2]) - rng.integers(-MAX_TRACE_SHIFT, MAX_TRACE_SHIFT + 1),
+                0,
+                x.shape[2] - 1,
+            )
+            rows = np.clip(
+                np.arange(x.shape[1]) + rng.integers(0, MAX_TIME_SHIFT + 1), 0, x.shape[1] - 1
+            )
+            moved[i] = scan[rows][:, cols]
+        out.append(moved)
+    return np.concatenate(out)
+
+
 def train_gpr_convnet(
     out_path: Path,
     *,
@@ -70,21 +100,24 @@ def train_gpr_convnet(
     directory: Path | None = None,
     limit: int | None = None,
 ) -> Path:
-    """Train the seed ConvNet on the train split (plus left-right mirrored copies), save it.
+    """Train the GPR ConvNet on the train split, its mirror and shifted copies; save it.
 
-    Mirroring a B-scan is the same survey walked the other way, so it is free, honest data.
-    Adam's learning rate decays along a cosine: without it, validation accuracy peaked
-    around epoch 15-20 and then fell back by 3-5 points (docs/gpr.md).
+    Mirroring a B-scan is the same survey walked the other way, and a shifted copy is the
+    same target a little further along the line (:func:`shifted_copies`), so both are
+    honest data. Adam's learning rate decays along a cosine: without it, validation
+    accuracy peaked around epoch 15-20 and then fell back by 3-5 points (docs/gpr.md).
     """
     import keras  # noqa: PLC0415 - loads TF
 
-    from edgefleet.host.models import build_seed_convnet, train  # noqa: PLC0415
+    from edgefleet.host.models import build_gpr_convnet, train  # noqa: PLC0415
 
     x, y = prepared("train", directory=directory, limit=limit)
-    x_aug = np.concatenate([x, x[:, :, ::-1, :]])
-    y_aug = np.concatenate([y, y])
+    x_aug = shifted_copies(
+        np.concatenate([x, x[:, :, ::-1, :]]), SHIFTED_COPIES, np.random.default_rng(seed)
+    )
+    y_aug = np.tile(y, 2 * (1 + SHIFTED_COPIES))
     keras.utils.set_random_seed(seed)  # the initial weights too, not only the shuffles
-    model = build_seed_convnet((INPUT_HEIGHT, INPUT_WIDTH, INPUT_CHANNELS), len(CLASSES))
+    model = build_gpr_convnet((INPUT_HEIGHT, INPUT_WIDTH, INPUT_CHANNELS), len(CLASSES))
     steps = max(1, epochs * -(-len(x_aug) // BATCH_SIZE))
     schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps, alpha=0.05)
     model.compile(

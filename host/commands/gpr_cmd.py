@@ -49,7 +49,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed for weights and shuffling.")] = 0,
     data: DataOption = None,
 ) -> None:
-    """Train the seed ConvNet on the GPR training scans (bundled, or --data)."""
+    """Train the GPR ConvNet (the seed ConvNet adapted) on the GPR scans (bundled, or --data)."""
     from edgefleet.host.errors import HostError  # noqa: PLC0415 - keep CLI start fast
     from edgefleet.host.gpr_model import train_gpr_convnet  # noqa: PLC0415
 

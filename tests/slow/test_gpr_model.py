@@ -1,4 +1,4 @@
-"""The seed ConvNet on the bundled GPR scans: train briefly, convert, score float32 vs int8."""
+"""The GPR ConvNet on the bundled scans: train briefly, convert, score float32 vs int8."""
 
 import json
 
@@ -79,14 +79,15 @@ def test_cli_trains_and_scores_a_data_set_given_with_data(tmp_path):
 
 
 def test_the_bundled_model_scores_as_documented_on_the_held_out_scans(tmp_path):
-    # docs/gpr.md: 81.5 % float32, 82.0 % int8 on the 400 held-out scans. A change to the
-    # conditioning, the data or the converter that costs accuracy shows up here, as does
-    # int8 drifting away from float32 (the issue's "within 1 point").
+    # docs/gpr.md: 95.0 % float32 and int8 on the 400 held-out scans; the issue's target is
+    # 90 % int8, within 1 point of float32. A change to the conditioning, the data or the
+    # converter that costs accuracy shows up here, as does int8 drifting from float32.
     model = bundled_gpr_model()
     assert model is not None
     result = evaluate(model, tmp_path)
     assert result.count == 400
-    assert result.accuracy["int8"] >= 0.80
+    assert result.accuracy["int8"] >= 0.90
     assert abs(result.accuracy["int8"] - result.accuracy["float32"]) <= 0.01
     assert result.per_class["int8"]["metal"] >= 0.95
+    assert min(result.per_class["int8"].values()) >= 0.85  # no class traded for the others
     assert result.edgetpu_precheck_compatible is True
