@@ -9,10 +9,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint typecheck pytest mosquitto clean
 
-$(STAMP): pyproject.toml
+# One editable install of the three distributions (shared/, device/, host/) and the tools.
+$(STAMP): pyproject.toml shared/pyproject.toml device/pyproject.toml host/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[host,gpr,device,dev]'
+	$(BIN)/python -m pip uninstall --quiet --yes edgefleet 2>/dev/null || true
+	$(BIN)/python -m pip install --quiet -e ./shared -e './device[litert]' -e './host[gpr]' -e '.[dev]'
 	touch $(STAMP)
 
 mosquitto:

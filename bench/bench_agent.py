@@ -28,6 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from edgefleet.device.runtime import discover_backend, open_model
+from edgefleet.host.datasets import load_mnist
+from edgefleet.shared.preprocess import load_input, preprocess, to_input_tensor
 from support.agent import (
     MNIST_LABELS,
     MNIST_PREPROCESS,
@@ -41,17 +44,13 @@ from support.agent import (
 )
 from support.broker import MosquittoBroker
 
-from edgefleet.device.runtime import discover_backend, open_model
-from edgefleet.host.datasets.mnist import load_mnist
-from edgefleet.shared.preprocess import load_input, preprocess, to_input_tensor
-
 
 def seed_int8_model(out: Path, epochs: int) -> ModelBundle:
     """The seed article's ConvNet, trained on the 8,000 MNIST train digits, full int8."""
     import tensorflow as tf
 
-    from edgefleet.host.modelinfo import describe, embed_model_info
-    from edgefleet.host.models import build_seed_convnet, train
+    from edgefleet.host.quantize import describe, embed_model_info
+    from edgefleet.host.training import build_seed_convnet, train
 
     data = load_mnist("train")
     x = (data.x.astype("float32") / 255.0)[..., None]

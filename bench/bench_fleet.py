@@ -19,12 +19,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support.broker import MosquittoBroker
-
-from edgefleet.host.fleet import Ingestor, close_fleet, open_fleet
-from edgefleet.host.store import SqliteStore
+from edgefleet.host.fleet import Ingestor, SqliteStore, close_fleet, open_fleet
 from edgefleet.shared.messages import Ack, PredictionRecord, decode, encode
 from edgefleet.shared.topics import Topics
+from support.broker import MosquittoBroker
 
 
 def main() -> None:

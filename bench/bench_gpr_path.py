@@ -6,7 +6,8 @@ Splits what the agent spends on one held-out B-scan, in both input forms (`.npy`
 
 Usage::
 
-    edgefleet gpr evaluate host/datasets/data/models/gpr_convnet.keras --out /tmp/gpr_eval
+    edgefleet gpr evaluate \
+        host/edgefleet/host/datasets/data/models/gpr_convnet.keras --out /tmp/gpr_eval
     .venv/bin/python bench/bench_gpr_path.py --model /tmp/gpr_eval/gpr_convnet_int8.tflite
 """
 
@@ -27,7 +28,7 @@ from edgefleet.shared.gpr import render_png
 from edgefleet.shared.preprocess import load_input, preprocess, to_input_tensor
 from edgefleet.shared.tflite_model import read_model_info
 
-HELDOUT = Path(__file__).resolve().parent.parent / "host/datasets/data/gpr/heldout"
+HELDOUT = Path(__file__).resolve().parent.parent / "host/edgefleet/host/datasets/data/gpr/heldout"
 
 
 def main() -> None:

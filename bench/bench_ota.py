@@ -35,16 +35,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from edgefleet.host.fleet import PushPlan, close_fleet, load_model, open_fleet, push
+from edgefleet.shared.chunks import split_model
+from edgefleet.shared.manifest import private_key_pem
+from edgefleet.shared.messages import Reported
 from support.agent import Signer, write_agent_config
 from support.agent_pool import PoolProcess
 from support.broker import MosquittoBroker
 from support.faults import build_big_model
-
-from edgefleet.host.fleet import close_fleet, open_fleet
-from edgefleet.host.publish import PushPlan, load_model, push
-from edgefleet.shared.chunks import split_model
-from edgefleet.shared.manifest import private_key_pem
-from edgefleet.shared.messages import Reported
 
 PAST_DOWNLOAD = {"health_check", "activating", "active"}
 

@@ -18,7 +18,7 @@ and shows where the time goes and which levers move int8 latency:
 
 Every latency in a section comes from ONE interleaved run (all interpreters built and
 warmed up first, then timed in turns, ``rounds`` times), the method of
-``edgefleet.host.measure.interleaved_latency_ms``, so load from other processes hits every
+``edgefleet.host.quantize._measure.interleaved_latency_ms``, so load from other processes hits every
 variant alike and the ratios hold on a shared machine. Latency does not depend on the input
 values, except that the ConvNet sections feed a real digit.
 
@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgefleet.host import convert, measure
-from edgefleet.host.datasets.registry import prepare
-from edgefleet.host.example import MNIST_SPEC, train_mnist_convnet
-from edgefleet.host.modelinfo import describe
+from edgefleet.host.datasets import prepare
+from edgefleet.host.quantize import _convert as convert
+from edgefleet.host.quantize import _measure as measure
+from edgefleet.host.quantize import describe
+from edgefleet.host.training import MNIST_SPEC, train_mnist_convnet
 
 if TYPE_CHECKING:
     from collections.abc import Callable

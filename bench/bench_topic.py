@@ -34,6 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from edgefleet.device.runtime import discover_backend, open_model
+from edgefleet.shared.preprocess import decode_input, preprocess, to_input_tensor
+from edgefleet.shared.spec import PreprocessSpec
 from support.agent import (
     AgentProcess,
     FakeHost,
@@ -46,10 +49,6 @@ from support.agent import (
 )
 from support.broker import MosquittoBroker
 from support.faults import digit_png, image_payload, rss_kib
-
-from edgefleet.device.runtime import discover_backend, open_model
-from edgefleet.shared.preprocess import decode_input, preprocess, to_input_tensor
-from edgefleet.shared.spec import PreprocessSpec
 
 DEVICE = "bench-topic"
 CHUNK = 64 * 1024

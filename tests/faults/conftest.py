@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+
 from support.agent import ModelBundle, shared_mnist_model
 from support.faults import Rig
 

@@ -6,9 +6,9 @@ import json
 import signal
 
 import pytest
-from support.faults import Rig, wait_until
 
 from edgefleet.shared.chunks import chunk_at, chunk_count
+from support.faults import Rig, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from support.faults import CHUNK, check_state_dir, variant_of
 
 from edgefleet.shared.chunks import chunk_count
+from support.faults import CHUNK, check_state_dir, variant_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

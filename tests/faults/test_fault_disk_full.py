@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from support.agent import ModelBundle
 from support.faults import limit_file_size
 

@@ -12,9 +12,9 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.faults import CHUNK, RawClient, ping, rss_kib, variant_of
 
 from edgefleet.shared.messages import Ack, encode
+from support.faults import CHUNK, RawClient, ping, rss_kib, variant_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,10 +13,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from edgefleet.host.fleet import SqliteStore
 from support.agent import mnist_eval_pngs
 from support.faults import Rig, wait_until
-
-from edgefleet.host.store import SqliteStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

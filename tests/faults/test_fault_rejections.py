@@ -12,12 +12,12 @@ import json
 import time
 
 import pytest
-from support.agent import ModelBundle, Signer, crash_model
-from support.faults import CHUNK, RawClient, Rig, variant_of, wait_until
 
 from edgefleet.shared.chunks import chunk_at, chunk_count
 from edgefleet.shared.manifest import ModelVariant, sign_manifest
 from edgefleet.shared.spec import TensorSpec
+from support.agent import ModelBundle, Signer, crash_model
+from support.faults import CHUNK, RawClient, Rig, variant_of, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

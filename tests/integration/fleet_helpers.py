@@ -6,11 +6,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.agent import AgentProcess, Signer, write_agent_config
-
-from edgefleet.host.fleet import open_fleet
-from edgefleet.host.publish import Fleet
+from edgefleet.host.fleet import Fleet, open_fleet
 from edgefleet.shared.manifest import private_key_pem
+from support.agent import AgentProcess, Signer, write_agent_config
 
 
 @dataclass

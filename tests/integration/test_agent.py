@@ -11,6 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from edgefleet.device.tools import local_status
+from edgefleet.host.datasets import load_mnist
+from edgefleet.shared.messages import ImageMessage, encode
 from support.agent import (
     AgentProcess,
     FakeHost,
@@ -23,10 +27,6 @@ from support.agent import (
     write_agent_config,
 )
 from support.broker import MosquittoBroker
-
-from edgefleet.device.tools import local_status
-from edgefleet.host.datasets.mnist import load_mnist
-from edgefleet.shared.messages import ImageMessage, encode
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEVICE = "pi-001"

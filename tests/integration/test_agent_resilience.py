@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from edgefleet.shared.chunks import chunk_count
 from support.agent import (
     AgentProcess,
     FakeHost,
@@ -17,8 +19,6 @@ from support.agent import (
     shared_mnist_model,
     write_agent_config,
 )
-
-from edgefleet.shared.chunks import chunk_count
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEVICE = "pi-007"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from edgefleet.device.config import load_config
-from edgefleet.host.broker import EmbeddedBroker, MosquittoProcess
-from edgefleet.host.demo_agents import demo_agent_config, extract_bundle
-from edgefleet.host.fleetconfig import dump_toml
-from edgefleet.host.mqttconn import BrokerSettings, connect
+from edgefleet.host.demo._agents import demo_agent_config, extract_bundle
+from edgefleet.host.demo._brokers import EmbeddedBroker, MosquittoProcess
+from edgefleet.host.fleet import BrokerSettings, connect
+from edgefleet.host.fleetdir import dump_toml
 from edgefleet.host.provision import init_fleet, provision_device
 
 pytestmark = pytest.mark.integration

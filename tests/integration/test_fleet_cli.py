@@ -6,12 +6,12 @@ import json
 
 import pytest
 from fleet_helpers import AgentFleet, wait_online
-from support.agent import MNIST_LABELS, MNIST_PREPROCESS, Signer, shared_mnist_model
 from typer.testing import CliRunner
 
 from edgefleet.host.cli import app
 from edgefleet.host.fleet import close_fleet
-from edgefleet.host.modelinfo import describe, embed_model_info
+from edgefleet.host.quantize import describe, embed_model_info
+from support.agent import MNIST_LABELS, MNIST_PREPROCESS, Signer, shared_mnist_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

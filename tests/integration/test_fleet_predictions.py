@@ -21,9 +21,15 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.host.errors import FleetError
-from edgefleet.host.fleet import Ingestor, close_fleet, open_fleet
-from edgefleet.host.mqttconn import BrokerSettings, connect
-from edgefleet.host.store import SqliteStore, export
+from edgefleet.host.fleet import (
+    BrokerSettings,
+    Ingestor,
+    SqliteStore,
+    close_fleet,
+    connect,
+    export,
+    open_fleet,
+)
 from edgefleet.shared.messages import (
     Ack,
     PredictionRecord,

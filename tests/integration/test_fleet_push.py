@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 from fleet_helpers import AgentFleet, wait_online
-from support.agent import Signer, shared_mnist_model
 
-from edgefleet.host.fleet import close_fleet
-from edgefleet.host.publish import PushPlan, load_model, push, rollout_status
-from edgefleet.host.rollout import Phase
+from edgefleet.host.fleet import Phase, PushPlan, close_fleet, load_model, push, rollout_status
+from support.agent import Signer, shared_mnist_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

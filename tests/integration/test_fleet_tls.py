@@ -6,14 +6,20 @@ import getpass
 import threading
 
 import pytest
-from support.agent import shared_mnist_model
-from support.broker import MosquittoBroker, free_port
 
 from edgefleet.host.errors import FleetError
-from edgefleet.host.fleet import Ingestor, close_fleet, open_fleet
+from edgefleet.host.fleet import (
+    Ingestor,
+    PushPlan,
+    SqliteStore,
+    close_fleet,
+    load_model,
+    open_fleet,
+    push,
+)
 from edgefleet.host.provision import init_fleet, provision_device
-from edgefleet.host.publish import PushPlan, load_model, push
-from edgefleet.host.store import SqliteStore
+from support.agent import shared_mnist_model
+from support.broker import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -22,12 +22,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from support.broker import MosquittoBroker, free_port
 
 from edgefleet.device.config import AgentConfig, load_config
 from edgefleet.device.trust import load_trusted_keys
-from edgefleet.host import pki
-from edgefleet.host.fleetconfig import FleetConfig
+from edgefleet.host.fleetdir import FleetConfig
+from edgefleet.host.provision import _pki as pki
 from edgefleet.host.provision import init_fleet, load_signing_key, provision_device, revoke_device
 from edgefleet.shared.chunks import MemoryChunkStore, Reassembler, split_model
 from edgefleet.shared.errors import UnknownKeyError
@@ -40,6 +39,7 @@ from edgefleet.shared.manifest import (
 )
 from edgefleet.shared.spec import PreprocessSpec, TensorSpec
 from edgefleet.shared.topics import Topics
+from support.broker import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration
 

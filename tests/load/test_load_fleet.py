@@ -19,15 +19,21 @@ import time
 from pathlib import Path
 
 import pytest
+
+from edgefleet.host.fleet import (
+    Ingestor,
+    Phase,
+    PushPlan,
+    SqliteStore,
+    close_fleet,
+    load_model,
+    open_fleet,
+    push,
+)
+from edgefleet.shared.manifest import private_key_pem
 from support.agent import Signer, write_agent_config
 from support.agent_pool import PoolProcess
 from support.faults import build_big_model, image_payload
-
-from edgefleet.host.fleet import Ingestor, close_fleet, open_fleet
-from edgefleet.host.publish import PushPlan, load_model, push
-from edgefleet.host.rollout import Phase
-from edgefleet.host.store import SqliteStore
-from edgefleet.shared.manifest import private_key_pem
 
 pytestmark = [pytest.mark.load, pytest.mark.integration, pytest.mark.slow]
 

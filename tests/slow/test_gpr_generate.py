@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("gprMax")
 
-from edgefleet.host.datasets import gpr
+from edgefleet.host.datasets import _gpr as gpr
 
 pytestmark = pytest.mark.slow
 

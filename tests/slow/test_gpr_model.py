@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edgefleet.host.cli import app
-from edgefleet.host.datasets.gpr import CLASSES, load_gpr
-from edgefleet.host.demo_data import bundled_gpr_model
-from edgefleet.host.gpr_model import (
+from edgefleet.host.datasets import CLASSES, load_gpr
+from edgefleet.host.demo._data import bundled_gpr_model
+from edgefleet.host.training._gpr import (
     INPUT_CHANNELS,
     INPUT_HEIGHT,
     INPUT_WIDTH,

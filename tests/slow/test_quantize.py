@@ -7,12 +7,13 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from typer.testing import CliRunner
 
-from edgefleet.host import measure, report
-from edgefleet.host import quantize as q
 from edgefleet.host.cli import app
-from edgefleet.host.datasets.mnist import load_mnist
+from edgefleet.host.datasets import load_mnist
 from edgefleet.host.errors import DatasetError, ModelLoadError
-from edgefleet.host.example import train_mnist_convnet
+from edgefleet.host.quantize import _measure as measure
+from edgefleet.host.quantize import _report as report
+from edgefleet.host.quantize import _run as q
+from edgefleet.host.training import train_mnist_convnet
 from edgefleet.shared.preprocess import preprocess, to_input_tensor
 from edgefleet.shared.tflite_model import read_flat_model, read_model_info
 

@@ -92,7 +92,7 @@ def build_mnist_model(out: Path, *, train_n: int = 3000, epochs: int = 3) -> Mod
     import keras
     import tensorflow as tf
 
-    from edgefleet.host.datasets.mnist import load_mnist
+    from edgefleet.host.datasets import load_mnist
 
     keras.utils.set_random_seed(0)
     data = load_mnist("train")
@@ -126,7 +126,7 @@ def build_mnist_model(out: Path, *, train_n: int = 3000, epochs: int = 3) -> Mod
 
 def _embed_info(tflite: bytes) -> bytes:
     try:
-        from edgefleet.host.modelinfo import describe, embed_model_info
+        from edgefleet.host.quantize import describe, embed_model_info
     except ImportError:  # the quantizer's module is not there: the manifest still carries it
         return tflite
     info = describe(
@@ -482,7 +482,7 @@ def mnist_eval_pngs(directory: Path, n: int, *, start: int = 0) -> dict[str, int
     """Write ``n`` real MNIST eval digits as PNGs (renamed into place); name -> true label."""
     from PIL import Image
 
-    from edgefleet.host.datasets.mnist import load_mnist
+    from edgefleet.host.datasets import load_mnist
 
     data = load_mnist("eval")
     truth: dict[str, int] = {}

@@ -108,7 +108,7 @@ def digit_png(index: int = 0) -> bytes:
     """A real MNIST eval digit as PNG bytes."""
     from PIL import Image
 
-    from edgefleet.host.datasets.mnist import load_mnist
+    from edgefleet.host.datasets import load_mnist
 
     buf = io.BytesIO()
     Image.fromarray(load_mnist("eval").x[index]).save(buf, format="PNG")
@@ -307,7 +307,7 @@ def build_big_model(out: Path, *, dense: int = 384) -> ModelBundle:
 
 def _embed_info(tflite: bytes, name: str) -> bytes:
     """Embed edgefleet ModelInfo, as ``edgefleet quantize`` does (``push`` needs it)."""
-    from edgefleet.host.modelinfo import describe, embed_model_info
+    from edgefleet.host.quantize import describe, embed_model_info
     from support.agent import MNIST_LABELS, MNIST_PREPROCESS
 
     info = describe(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.host.datasets.mnist import default_dir, load_mnist
+from edgefleet.host.datasets._mnist import default_dir, load_mnist
 from edgefleet.host.errors import DatasetError
 
 KNOWN_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgefleet.shared import __version__
+
 PROBE = """
 import sys
 from edgefleet.device import cli
@@ -35,4 +37,4 @@ def test_run_goes_to_the_agent_without_the_cli_framework(tmp_path: Path):
 def test_other_command_lines_still_go_through_typer():
     result = _probe("version")
     assert result.stdout.split()[-3:] == ["exit", "0", "True"], result.stderr
-    assert result.stdout.split()[0] == "0.1.0"
+    assert result.stdout.split()[0] == __version__

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support.agent import ModelBundle, crash_model, shared_mnist_model
 
 from edgefleet.device import health
 from edgefleet.device.errors import HealthCheckError
 from edgefleet.device.health import _interpret, run_health_check, stop_running_checks
+from support.agent import ModelBundle, crash_model, shared_mnist_model
 
 pytestmark = pytest.mark.slow
 

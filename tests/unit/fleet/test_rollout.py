@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.host.rollout import (
+from edgefleet.host.fleet._rollout import (
     Phase,
     Progress,
     Verdict,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from edgefleet.host.registry import Registry, device_target, group_target
-from edgefleet.host.store import SqliteStore, export
+from edgefleet.host.fleet import Registry, SqliteStore, device_target, export, group_target
 from edgefleet.shared.manifest import Manifest, ModelVariant, Targets
 from edgefleet.shared.messages import PredictionRecord
 from edgefleet.shared.spec import PreprocessSpec, TensorSpec

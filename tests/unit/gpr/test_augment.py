@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from edgefleet.host import gpr_model
+from edgefleet.host.training import _gpr as gpr_model
 
 
 def _scans(n=5, h=16, w=12, c=3):

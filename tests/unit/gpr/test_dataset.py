@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from edgefleet.host.datasets import gpr
+from edgefleet.host.datasets import _gpr as gpr
 from edgefleet.host.errors import DatasetError
 
 

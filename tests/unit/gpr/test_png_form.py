@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgefleet.host.datasets.gpr import load_gpr
+from edgefleet.host.datasets import load_gpr
 from edgefleet.shared import gpr
 from edgefleet.shared.preprocess import decode_input, preprocess
 from edgefleet.shared.spec import GprOptions, PreprocessSpec

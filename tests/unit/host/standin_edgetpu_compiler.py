@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from edgefleet.host.edgetpu import precheck
+from edgefleet.host.quantize import precheck
 from edgefleet.shared.errors import ModelFormatError
 
 

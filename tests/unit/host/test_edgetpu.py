@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.host import edgetpu
 from edgefleet.host.errors import EdgeTPUError
+from edgefleet.host.quantize import _edgetpu as edgetpu
 
 STANDIN = Path(__file__).with_name("standin_edgetpu_compiler.py")
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from edgefleet.host.modelinfo import describe, embed_model_info
+from edgefleet.host.quantize import describe, embed_model_info
 from edgefleet.shared.errors import ModelFormatError
 from edgefleet.shared.spec import PreprocessSpec
 from edgefleet.shared.tflite_model import MODEL_INFO_KEY, read_flat_model, read_model_info

@@ -6,7 +6,7 @@ import pytest
 import tomllib
 
 from edgefleet.host.errors import ProvisionError
-from edgefleet.host.fleetconfig import dump_toml, load_fleet_config, parse_broker_url
+from edgefleet.host.fleetdir import dump_toml, load_fleet_config, parse_broker_url
 
 
 def test_missing_fleet_config_says_how_to_create_one(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from edgefleet.host.cli import app
-from edgefleet.host.fleetconfig import load_fleet_config, load_registry
+from edgefleet.host.fleetdir import load_fleet_config, load_registry
 
 runner = CliRunner()
 

@@ -12,9 +12,9 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgefleet.device.config import load_config
-from edgefleet.host import pki
 from edgefleet.host.errors import ProvisionError
-from edgefleet.host.fleetconfig import load_fleet_config, load_registry
+from edgefleet.host.fleetdir import load_fleet_config, load_registry
+from edgefleet.host.provision import _pki as pki
 from edgefleet.host.provision import (
     activate_signing_key,
     init_fleet,

@@ -6,9 +6,9 @@ import base64
 import json
 
 import pytest
-from conftest import MODEL, NOW, make_manifest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from conftest import MODEL, NOW, make_manifest
 from edgefleet.shared.errors import (
     AcceleratorError,
     BadSignatureError,

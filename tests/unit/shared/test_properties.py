@@ -7,10 +7,10 @@ import hashlib
 import json
 
 import pytest
-from conftest import NOW, make_manifest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from conftest import NOW, make_manifest
 from edgefleet.shared.chunks import MemoryChunkStore, Reassembler, split_model
 from edgefleet.shared.errors import (
     ChunkError,

@@ -1,1 +1,0 @@
-"""Device side of edgefleet: the field agent on LiteRT / tflite-runtime (never TensorFlow)."""

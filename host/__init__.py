@@ -1,1 +1,0 @@
-"""Host side of edgefleet: quantize, sign, publish, provision, watch the fleet (uses TensorFlow)."""

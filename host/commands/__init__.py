@@ -1,1 +1,0 @@
-"""The `edgefleet` CLI's command groups, one module per group."""

@@ -1,0 +1,51 @@
+"""`edgefleet datasets ...`: look at and export the bundled data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Bundled data sets (real MNIST digits, simulated GPR scans).", no_args_is_help=True
+)
+
+
+@app.command("info")
+def info(
+    name: Annotated[str, typer.Argument(help="Data set name: mnist.")] = "mnist",
+) -> None:
+    """Print the size and label counts of a bundled data set."""
+    from edgefleet.host.datasets import load_mnist  # noqa: PLC0415 - keep CLI start fast
+    from edgefleet.host.errors import HostError  # noqa: PLC0415
+
+    if name != "mnist":
+        print(f"error: unknown data set {name!r}; bundled: mnist")
+        raise typer.Exit(code=1)
+    try:
+        for split in ("train", "eval"):
+            ds = load_mnist(split)  # type: ignore[arg-type]
+            counts = " ".join(str(int((ds.y == i).sum())) for i in range(10))
+            print(f"{name} {split}: {len(ds)} images, label counts {counts}")
+    except HostError as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(code=1) from exc
+
+
+@app.command("export")
+def export(
+    name: Annotated[str, typer.Argument(help="Data set name: mnist or gpr.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write DIR/<label>/*.png into.")],
+    split: Annotated[str, typer.Option(help="train or eval.")] = "eval",
+) -> None:
+    """Write a bundled split as DIR/<label>/<index>.png (the Keras folder convention)."""
+    from edgefleet.host.datasets import export_pngs  # noqa: PLC0415
+    from edgefleet.host.errors import HostError  # noqa: PLC0415
+
+    try:
+        count = export_pngs(name, split=split, out_dir=out)
+    except HostError as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(code=1) from exc
+    print(f"wrote {count} images to {out}")

@@ -1,0 +1,80 @@
+"""`edgefleet fleet status` and `edgefleet send-image`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgefleet.host.cli._options import Broker, FleetDir, Prefix, StateDir, fail
+from edgefleet.shared.errors import EdgefleetError
+
+app = typer.Typer()
+fleet_app = typer.Typer(help="See the fleet's state.", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
+
+
+@fleet_app.command("status")
+def status(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep the table live (Ctrl-C ends).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    broker: Broker = None,
+    fleet: FleetDir = None,
+    prefix: Prefix = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Devices: online/offline, last seen, model, runtime, latency, outbox, update state."""
+    from edgefleet.host.fleet import close_fleet, device_rows, format_table, open_fleet  # noqa: PLC0415
+
+    try:
+        fl = open_fleet(broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir)
+    except EdgefleetError as exc:
+        raise fail(exc) from exc
+    try:
+        fl.observe()
+        while True:
+            rows = device_rows(fl)
+            if as_json:
+                typer.echo(json.dumps([r.as_json() for r in rows], indent=None if watch else 2))
+            else:
+                typer.echo(("\x1b[H\x1b[J" if watch else "") + format_table(rows))
+            if not watch:
+                return
+            fl.pump(1.0)
+    except KeyboardInterrupt:
+        return
+    finally:
+        close_fleet(fl)
+
+
+@app.command("send-image")
+def send_image(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    files: Annotated[list[Path], typer.Argument(help=".png/.jpg/.npy files.")],
+    broker: Broker = None,
+    fleet: FleetDir = None,
+    prefix: Prefix = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Send images to a device's image topic for inference (try a device from the office)."""
+    from edgefleet.host.fleet import close_fleet, open_fleet, send_images  # noqa: PLC0415
+    from edgefleet.shared.topics import validate_id  # noqa: PLC0415
+
+    try:
+        validate_id(device)
+        fl = open_fleet(broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir)
+        try:
+            n = send_images(fl.conn, fl, device, files)
+        finally:
+            close_fleet(fl)
+    except EdgefleetError as exc:
+        raise fail(exc) from exc
+    typer.echo(
+        f"sent {n} image(s) to {device} at {time.strftime('%H:%M:%S')}; see "
+        "`edgefleet predictions tail`"
+    )

@@ -1,0 +1,179 @@
+"""`edgefleet init | provision | revoke | keys ...`: the fleet CA, device bundles, signing keys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from edgefleet.host.errors import HostError
+
+FleetDir = Annotated[
+    Path,
+    typer.Option(
+        "--dir", envvar="EDGEFLEET_FLEET_DIR", help="Fleet directory (made by `edgefleet init`)."
+    ),
+]
+_RELOAD_HINT = "reload the broker so it applies the new ACL and CRL: kill -HUP <mosquitto pid>"
+T = TypeVar("T")
+
+keys_app = typer.Typer(
+    help="Model-signing keys: list, rotate, activate, retire.", no_args_is_help=True
+)
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Run a library call; print a HostError as a one-line error and exit 1."""
+    try:
+        return action()
+    except HostError as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(code=1) from exc
+
+
+def init(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
+    fleet_dir: FleetDir = Path("fleet"),
+    broker_url: Annotated[
+        str, typer.Option(help="mqtts://HOST:PORT that the host and devices connect to.")
+    ] = "mqtts://localhost:8883",
+    prefix: Annotated[str, typer.Option(help="MQTT topic prefix.")] = "edgefleet",
+    name: Annotated[str, typer.Option(help="Fleet name (the CA's organization).")] = "edgefleet",
+    san: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Broker certificate SAN (repeat; default: URL host, localhost, 127.0.0.1)."
+        ),
+    ] = None,
+    bind: Annotated[str | None, typer.Option(help="Address the broker listener binds.")] = None,
+    broker_user: Annotated[
+        str | None, typer.Option(help="`user` line for mosquitto.conf (default: mosquitto).")
+    ] = None,
+) -> None:
+    """Create a fleet: CA, broker and host certificates, signing key, mosquitto.conf and ACL."""
+    from edgefleet.host.provision import init_fleet  # noqa: PLC0415 - keep CLI start fast
+
+    config = _run(
+        lambda: init_fleet(
+            fleet_dir,
+            name=name,
+            broker_url=broker_url,
+            prefix=prefix,
+            sans=san or None,
+            bind_address=bind,
+            broker_user=broker_user,
+        )
+    )
+    print(f"fleet created in {config.root}")
+    print(f"signing key: {config.signing_key_id}")
+    print(f"start the broker: mosquitto -c {config.resolve(config.broker_conf)}")
+
+
+def provision(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
+    device_id: Annotated[str, typer.Argument(help="Device id: certificate CN, MQTT username.")],
+    group: Annotated[
+        list[str] | None, typer.Option("--group", "-g", help="Group to join (repeatable).")
+    ] = None,
+    fleet_dir: FleetDir = Path("fleet"),
+    reissue: Annotated[
+        bool, typer.Option(help="Replace an existing device's certificate (revokes the old one).")
+    ] = False,
+    days: Annotated[int, typer.Option(help="Certificate validity in days.", min=1)] = 1825,
+    edgetpu: Annotated[
+        str, typer.Option(help="Agent runtime.edgetpu: off, usb, pci or a device string.")
+    ] = "off",
+) -> None:
+    """Issue a device certificate and write its install bundle (a tarball)."""
+    from edgefleet.host.provision import provision_device  # noqa: PLC0415
+
+    bundle = _run(
+        lambda: provision_device(
+            fleet_dir, device_id, groups=group or [], reissue=reissue, days=days, edgetpu=edgetpu
+        )
+    )
+    print(f"bundle: {bundle}  (holds the device's private key: copy it over a trusted channel)")
+    print("on the device: tar xzf BUNDLE && cd edgefleet-* && sudo ./install-device.sh")
+    print(_RELOAD_HINT)
+
+
+def revoke(
+    device_id: Annotated[str | None, typer.Argument(help="Device to revoke.")] = None,
+    fleet_dir: FleetDir = Path("fleet"),
+    refresh_crl: Annotated[
+        bool, typer.Option(help="Only re-sign the CRL (do it well before crl_days run out).")
+    ] = False,
+) -> None:
+    """Revoke a device: its certificate goes on the CRL and its ACL block is removed."""
+    from edgefleet.host.provision import _provision as prov  # noqa: PLC0415
+
+    if refresh_crl:
+        path = _run(lambda: prov.refresh_crl(fleet_dir))
+        print(f"CRL re-signed: {path}")
+    elif device_id is None:
+        print("error: name the DEVICE to revoke, or pass --refresh-crl")
+        raise typer.Exit(code=1)
+    else:
+        record = _run(lambda: prov.revoke_device(fleet_dir, device_id))
+        print(f"revoked {record.device_id} (certificate serial {record.serial:x})")
+    print(_RELOAD_HINT)
+
+
+@keys_app.command("list")
+def keys_list(fleet_dir: FleetDir = Path("fleet")) -> None:
+    """List the trusted signing keys; the active one is marked with '*'."""
+    from edgefleet.host.fleetdir import load_fleet_config  # noqa: PLC0415
+    from edgefleet.host.provision import trusted_key_files  # noqa: PLC0415
+
+    config = _run(lambda: load_fleet_config(fleet_dir))
+    for key_id, path in _run(lambda: trusted_key_files(config)).items():
+        mark = "*" if key_id == config.signing_key_id else " "
+        print(f"{mark} {key_id}  {path}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    fleet_dir: FleetDir = Path("fleet"),
+    stage: Annotated[
+        bool, typer.Option(help="Only trust the new key; activate it later with `keys activate`.")
+    ] = False,
+) -> None:
+    """Create a new signing key (the old one stays trusted until `keys retire`)."""
+    from edgefleet.host.provision import rotate_signing_key  # noqa: PLC0415
+
+    key_id = _run(lambda: rotate_signing_key(fleet_dir, activate=not stage))
+    state = "staged (trusted, not yet signing)" if stage else "active"
+    print(f"new signing key {key_id}: {state}")
+    print("devices need it in their trusted keys: re-provision with --reissue (see docs)")
+
+
+@keys_app.command("activate")
+def keys_activate(
+    key_id: Annotated[str, typer.Argument(help="A trusted key id (see `keys list`).")],
+    fleet_dir: FleetDir = Path("fleet"),
+) -> None:
+    """Sign manifests with KEY_ID from now on."""
+    from edgefleet.host.provision import activate_signing_key  # noqa: PLC0415
+
+    _run(lambda: activate_signing_key(fleet_dir, key_id))
+    print(f"signing with {key_id}")
+
+
+@keys_app.command("retire")
+def keys_retire(
+    key_id: Annotated[str, typer.Argument(help="A trusted, inactive key id.")],
+    fleet_dir: FleetDir = Path("fleet"),
+) -> None:
+    """Stop trusting KEY_ID in new bundles; its private key moves to signing/retired/."""
+    from edgefleet.host.provision import retire_signing_key  # noqa: PLC0415
+
+    _run(lambda: retire_signing_key(fleet_dir, key_id))
+    print(f"retired {key_id}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `init`, `provision`, `revoke` and the `keys` group to the root app."""
+    app.command("init")(init)
+    app.command("provision")(provision)
+    app.command("revoke")(revoke)
+    app.add_typer(keys_app, name="keys")

@@ -1,0 +1,86 @@
+"""The fleet: connect, push and roll out signed models, watch status, ingest predictions.
+
+The data flow through this package, in the order a model travels:
+
+- ``_connection``: the MQTT connection (TLS from the fleet config, connect deadline) and the
+  ``Connection`` seam that push, status and ingest take;
+- ``_fleet``: ``Fleet`` (connection + topics + push registry + what devices retain), ``open_fleet``;
+- ``_push``: sign a manifest, publish chunks once, roll out in waves or as a canary, roll back;
+- ``_rollout``: the rollout decisions as pure functions (phases, waves, abort rules);
+- ``_pushes``: the push registry (what was pushed where, for rollback and versions);
+- ``_status``: the ``fleet status`` table;
+- ``_ingest`` and ``_store``: prediction ingestion with acks into the prediction store;
+- ``_images``: remote input to a device's image topic.
+"""
+
+from __future__ import annotations
+
+from edgefleet.host.fleet._connection import (
+    BrokerSettings,
+    Connection,
+    Message,
+    connect,
+    settings_from,
+)
+from edgefleet.host.fleet._fleet import Fleet, FleetView, OnProgress, close_fleet, open_fleet
+from edgefleet.host.fleet._images import image_message, send_images
+from edgefleet.host.fleet._ingest import Ingestor, IngestStats
+from edgefleet.host.fleet._push import (
+    ModelFiles,
+    PushPlan,
+    RolloutResult,
+    load_model,
+    push,
+    rollback,
+    rollout_status,
+)
+from edgefleet.host.fleet._pushes import (
+    DEFAULT_STATE_DIR,
+    PushRecord,
+    Registry,
+    device_target,
+    group_target,
+    open_registry,
+)
+from edgefleet.host.fleet._rollout import Phase, Progress, Verdict
+from edgefleet.host.fleet._status import DeviceRow, device_rows, format_table
+from edgefleet.host.fleet._store import PredictionStore, SqliteStore, export
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "BrokerSettings",
+    "Connection",
+    "DeviceRow",
+    "Fleet",
+    "FleetView",
+    "IngestStats",
+    "Ingestor",
+    "Message",
+    "ModelFiles",
+    "OnProgress",
+    "Phase",
+    "PredictionStore",
+    "Progress",
+    "PushPlan",
+    "PushRecord",
+    "Registry",
+    "RolloutResult",
+    "SqliteStore",
+    "Verdict",
+    "close_fleet",
+    "connect",
+    "device_rows",
+    "device_target",
+    "export",
+    "format_table",
+    "group_target",
+    "image_message",
+    "load_model",
+    "open_fleet",
+    "open_registry",
+    "push",
+    "rollback",
+    "rollout_status",
+    "send_images",
+    "settings_from",
+]

@@ -1,0 +1,413 @@
+"""The host's MQTT connection: broker URL parsing, TLS from the fleet config, a connect deadline.
+
+Every host command talks to the broker through :class:`Connection`: a paho-mqtt 2.x client
+(``CallbackAPIVersion.VERSION2``) whose network loop runs in paho's thread and hands every
+message to a thread-safe queue, so command code stays a plain loop over ``next_message``.
+Only standard MQTT is used (retained messages, QoS 1, persistent sessions and, where
+offered, MQTT 5 shared subscriptions), so any 3.1.1 or 5 broker works.
+"""
+
+from __future__ import annotations
+
+import queue
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgefleet.host.errors import FleetError
+
+if TYPE_CHECKING:
+    from edgefleet.host.fleetdir import FleetConfig
+
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+SESSION_EXPIRY_S = 7 * 24 * 3600
+_UNSUPPORTED_PROTOCOL = (1, 132)  # 3.1.1 CONNACK rc / MQTT 5 reason code
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where and how to connect: URL, TLS files, credentials, topic prefix."""
+
+    url: str
+    prefix: str = "edgefleet"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    host: str = field(init=False)
+    port: int = field(init=False)
+    tls: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        host, port, tls, user, password = parse_broker_url(self.url)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "tls", tls)
+        if self.username is None and user is not None:
+            object.__setattr__(self, "username", user)
+            object.__setattr__(self, "password", password)
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
+    """Split ``mqtt://[user:pass@]host[:port]`` or ``mqtts://...`` into its parts.
+
+    Returns:
+        (host, port, tls, username, password); the port defaults to 1883 / 8883.
+
+    Raises:
+        FleetError: Not such a URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname or parts.path not in ("", "/"):
+        raise FleetError(
+            f"broker URL {url!r} is not mqtt://HOST:PORT or mqtts://HOST:PORT "
+            "(for example mqtt://127.0.0.1:1883 or mqtts://broker.example:8883)"
+        )
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise FleetError(f"broker URL {url!r} has an invalid port") from exc
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return parts.hostname, port, tls, user, password
+
+
+def settings_from(
+    *, broker: str | None, fleet: FleetConfig | None, prefix: str | None = None
+) -> BrokerSettings:
+    """Combine ``--broker``/``--prefix`` options with the fleet config (options win).
+
+    Raises:
+        FleetError: Neither a broker URL nor a fleet config was given.
+    """
+    if fleet is None:
+        if broker is None:
+            raise FleetError(
+                "no broker: pass --broker mqtt://HOST:PORT or --fleet DIR (a fleet made by "
+                "`edgefleet init`), or set EDGEFLEET_BROKER"
+            )
+        return BrokerSettings(url=broker, prefix=prefix or "edgefleet")
+    url = broker or fleet.broker_url
+    tls = url.startswith("mqtts://")
+    ca, cert, key = fleet.tls_files() if tls else (None, None, None)
+    return BrokerSettings(
+        url=url,
+        prefix=prefix or fleet.prefix,
+        ca_file=ca,
+        cert_file=cert if cert is not None and cert.exists() else None,
+        key_file=key if key is not None and key.exists() else None,
+    )
+
+
+@dataclass(frozen=True)
+class Message:
+    """One received message, copied out of paho's thread."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    received_at: float
+
+
+class Connection:
+    """A connected paho client whose messages arrive on a queue (see the module docstring).
+
+    Use :func:`connect` to make one; close it with :meth:`close` or a ``with`` block.
+    """
+
+    def __init__(self, client: mqtt.Client, settings: BrokerSettings, protocol: int) -> None:
+        self.client = client
+        self.settings = settings
+        self.protocol = protocol
+        self.messages: queue.Queue[Message] = queue.Queue()
+        self.disconnected = threading.Event()
+        self.filters: dict[str, int] = {}
+        client.on_message = self._on_message
+
+    @property
+    def mqtt5(self) -> bool:
+        """True if the session speaks MQTT 5."""
+        return self.protocol == MQTTProtocolVersion.MQTTv5
+
+    def _on_reconnect(
+        self,
+        client: mqtt.Client,
+        _u: object,
+        flags: Any,  # noqa: ANN401 - paho's ConnectFlags
+        rc: Any,  # noqa: ANN401 - paho's ReasonCode
+        _p: object,
+    ) -> None:
+        # paho reconnects by itself; a broker that lost the session also lost our subscriptions.
+        if _code(rc) == 0 and not getattr(flags, "session_present", False) and self.filters:
+            client.subscribe(list(self.filters.items()))
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        self.messages.put(Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.time()))
+
+    def subscribe(self, *filters: str, qos: int = 1, timeout: float = 10.0) -> None:
+        """Subscribe and wait for the SUBACK, so retained messages follow reliably.
+
+        Raises:
+            FleetError: The broker refused or did not answer.
+        """
+        done = threading.Event()
+        granted: list[Any] = []
+
+        def on_subscribe(_c: object, _u: object, _mid: int, codes: list[Any], _p: object) -> None:
+            granted.extend(codes)
+            done.set()
+
+        self.client.on_subscribe = on_subscribe
+        self.filters.update(dict.fromkeys(filters, qos))
+        rc, _mid = self.client.subscribe([(f, qos) for f in filters])
+        if rc != mqtt.MQTT_ERR_SUCCESS or not done.wait(timeout):
+            raise FleetError(f"subscribing to {list(filters)} failed: {mqtt.error_string(rc)}")
+        refused = [f for f, code in zip(filters, granted, strict=False) if _code(code) >= 0x80]  # noqa: PLR2004
+        if refused:
+            raise FleetError(
+                f"the broker refused the subscription to {refused}: check the ACL grants "
+                "this client those topics"
+            )
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
+        """Queue a publish; call :meth:`wait_published` (or ``info.wait_for_publish``) to confirm.
+
+        Raises:
+            FleetError: The client is not connected.
+        """
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_QUEUE_SIZE):
+            raise FleetError(f"publishing to {topic} failed: {mqtt.error_string(info.rc)}")
+        return info
+
+    def wait_published(self, infos: list[mqtt.MQTTMessageInfo], *, timeout: float = 60.0) -> None:
+        """Block until the broker acknowledged every QoS 1 publish in ``infos``.
+
+        Raises:
+            FleetError: Not all were acknowledged within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            remaining = deadline - time.monotonic()
+            try:
+                info.wait_for_publish(timeout=max(0.0, remaining))
+            except (RuntimeError, ValueError) as exc:
+                raise FleetError(f"publish failed: {exc}; is the broker still up?") from exc
+            if not info.is_published():
+                raise FleetError(
+                    f"the broker did not acknowledge {len(infos)} publishes within {timeout:.0f} s"
+                )
+
+    def next_message(self, timeout: float) -> Message | None:
+        """The next received message, or None after ``timeout`` seconds."""
+        try:
+            return self.messages.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+    def drain_retained(self, *, quiet_s: float = 0.3, max_s: float = 5.0) -> list[Message]:
+        """Collect messages until none arrived for ``quiet_s`` (retained state after subscribe)."""
+        out: list[Message] = []
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            msg = self.next_message(min(quiet_s, deadline - time.monotonic()))
+            if msg is None:
+                break
+            out.append(msg)
+        return out
+
+    def close(self) -> None:
+        """Disconnect cleanly and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> Connection:  # noqa: PYI034 - a final class
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _code(code: Any) -> int:  # noqa: ANN401 - paho gives ReasonCode (v5) or int (3.1.1)
+    return int(getattr(code, "value", code))
+
+
+def connect(
+    settings: BrokerSettings,
+    *,
+    client_id: str | None = None,
+    persistent: bool = False,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    protocol: str = "auto",
+) -> Connection:
+    """Connect to the broker, or fail with a clear FleetError within about ``timeout`` seconds.
+
+    Args:
+        settings: Broker URL, TLS files, credentials.
+        client_id: MQTT client id; a random one if None.
+        persistent: Keep the session (subscriptions, queued QoS 1 messages) across reconnects.
+        timeout: Seconds for TCP connect plus CONNACK.
+        protocol: ``"5"``, ``"3.1.1"`` or ``"auto"`` (MQTT 5, falling back to 3.1.1 when the
+            broker refuses the protocol version).
+
+    Raises:
+        FleetError: Unreachable, TLS failure, refused (bad credentials, not authorised).
+    """
+    cid = client_id or f"edgefleet-host-{uuid.uuid4().hex[:12]}"
+    versions = {"5": [MQTTProtocolVersion.MQTTv5], "3.1.1": [MQTTProtocolVersion.MQTTv311]}
+    attempts = versions.get(protocol, [MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311])
+    for attempt, version in enumerate(attempts):
+        try:
+            return _connect_once(settings, cid, version, persistent=persistent, timeout=timeout)
+        except _UnsupportedProtocolError:
+            if attempt == len(attempts) - 1:
+                raise FleetError(
+                    f"the broker at {settings.url} refused MQTT protocol version {protocol}"
+                ) from None
+    raise AssertionError  # pragma: no cover - the loop returns or raises
+
+
+class _UnsupportedProtocolError(Exception):
+    pass
+
+
+def _make_client(
+    settings: BrokerSettings, cid: str, version: MQTTProtocolVersion, *, persistent: bool
+) -> mqtt.Client:
+    clean = None if version == MQTTProtocolVersion.MQTTv5 else not persistent
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=cid,
+        clean_session=clean,
+        protocol=version,
+        reconnect_on_failure=True,
+    )
+    client.max_queued_messages_set(0)
+    client.max_inflight_messages_set(100)
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        _set_tls(client, settings)
+    return client
+
+
+def _set_tls(client: mqtt.Client, settings: BrokerSettings) -> None:
+    for what, path in (
+        ("CA", settings.ca_file),
+        ("certificate", settings.cert_file),
+        ("key", settings.key_file),
+    ):
+        if path is not None and not path.is_file():
+            raise FleetError(f"TLS {what} file {path} does not exist; check the fleet config")
+    try:
+        client.tls_set(
+            ca_certs=str(settings.ca_file) if settings.ca_file else None,
+            certfile=str(settings.cert_file) if settings.cert_file else None,
+            keyfile=str(settings.key_file) if settings.key_file else None,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise FleetError(f"cannot set up TLS for {settings.url}: {exc}") from exc
+
+
+def _connect_once(
+    settings: BrokerSettings,
+    cid: str,
+    version: MQTTProtocolVersion,
+    *,
+    persistent: bool,
+    timeout: float,
+) -> Connection:
+    client = _make_client(settings, cid, version, persistent=persistent)
+    conn = Connection(client, settings, version)
+    result: dict[str, Any] = {}
+    connected = threading.Event()
+
+    def on_connect(_c: object, _u: object, _f: object, rc: Any, _p: object) -> None:  # noqa: ANN401
+        result["rc"] = rc
+        connected.set()
+
+    def on_disconnect(_c: object, _u: object, _f: object, rc: Any, _p: object) -> None:  # noqa: ANN401
+        result.setdefault("disconnect", rc)
+        conn.disconnected.set()
+        connected.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    client.connect_timeout = timeout
+    _tcp_connect(client, settings, version, persistent=persistent, timeout=timeout)
+    client.loop_start()
+    if not connected.wait(timeout) or "rc" not in result:
+        client.loop_stop()
+        raise FleetError(
+            f"cannot reach broker at {settings.url}: no MQTT answer within {timeout:.0f} s; "
+            "check that the port speaks MQTT (mqtts:// for a TLS listener) and the broker is up"
+        )
+    _check_connack(conn, result["rc"])
+    client.on_connect = conn._on_reconnect  # noqa: SLF001 - wiring our own object
+    return conn
+
+
+def _tcp_connect(
+    client: mqtt.Client,
+    settings: BrokerSettings,
+    version: MQTTProtocolVersion,
+    *,
+    persistent: bool,
+    timeout: float,
+) -> None:
+    properties = None
+    clean_start: Any = mqtt.MQTT_CLEAN_START_FIRST_ONLY
+    if version == MQTTProtocolVersion.MQTTv5:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S if persistent else 0
+        clean_start = not persistent
+    try:
+        client.connect(
+            settings.host,
+            settings.port,
+            keepalive=30,
+            clean_start=clean_start,
+            properties=properties,
+        )
+    except ssl.SSLError as exc:
+        raise FleetError(
+            f"TLS handshake with {settings.url} failed: {exc}; check ca_file/cert_file/key_file "
+            "in the fleet config and that the broker's certificate names this host"
+        ) from exc
+    except TimeoutError as exc:
+        raise FleetError(
+            f"cannot reach broker at {settings.url}: no TCP answer within {timeout:.0f} s; "
+            "check the host name, port and firewall"
+        ) from exc
+    except OSError as exc:
+        raise FleetError(
+            f"cannot reach broker at {settings.url}: {exc.strerror or exc}; check that the "
+            "broker runs and the URL (host, port, mqtt:// vs mqtts://) is right"
+        ) from exc
+
+
+def _check_connack(conn: Connection, rc: Any) -> Connection:  # noqa: ANN401 - paho ReasonCode
+    code = _code(rc)
+    if code == 0:
+        return conn
+    conn.client.loop_stop()
+    conn.client.disconnect()
+    if code in _UNSUPPORTED_PROTOCOL and conn.protocol == MQTTProtocolVersion.MQTTv5:
+        raise _UnsupportedProtocolError
+    hint = "check the user name/password or client certificate, and the broker's ACL"
+    raise FleetError(f"the broker at {conn.settings.url} refused the connection: {rc}; {hint}")

@@ -1,0 +1,456 @@
+"""Push models over MQTT: sign the manifest, publish chunks once, roll out, watch, roll back.
+
+Chunks are published once per model (retained, QoS 1) whatever the number of targets - the
+broker fans them out - and stay retained while any target's latest manifest wants them, so
+a device that was offline fetches the model on return without this host running. They are
+cleared (empty retained payloads) once superseded. While a push waits, the host also answers
+chunk re-requests. Rollout logic (waves, canary, abort) lives in ``edgefleet.host.fleet._rollout``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgefleet.host.errors import FleetError
+from edgefleet.host.fleet._pushes import PushRecord, device_target, group_target
+from edgefleet.host.fleet._rollout import (
+    Phase,
+    Progress,
+    Verdict,
+    classify,
+    judge_wave,
+    plan_waves,
+    summary_exit_code,
+)
+from edgefleet.shared.chunks import DEFAULT_CHUNK_SIZE, split_model
+from edgefleet.shared.errors import EdgefleetError
+from edgefleet.shared.manifest import Manifest, ModelVariant, Targets, sign_manifest
+from edgefleet.shared.tflite_model import read_model_info
+from edgefleet.shared.topics import validate_id
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgefleet.host.fleet._fleet import Fleet
+
+
+DEFAULT_EXPIRY_S = 365 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model's variants: accelerator -> file bytes, and the metadata read from the CPU one."""
+
+    name: str
+    blobs: dict[str, bytes]
+    template: Manifest
+
+
+def load_model(
+    path: Path, *, name: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> ModelFiles:
+    """Read a ``.tflite`` written by ``edgefleet quantize`` (and ``*_edgetpu.tflite`` beside it).
+
+    Raises:
+        FleetError: Missing file, or no embedded edgefleet metadata.
+    """
+    try:
+        data = path.read_bytes()
+        info = read_model_info(data)
+    except OSError as exc:
+        raise FleetError(f"cannot read model {path}: {exc}") from exc
+    except EdgefleetError as exc:
+        raise FleetError(f"{path} is not a usable TFLite model: {exc}") from exc
+    if info is None:
+        raise FleetError(
+            f"{path} has no edgefleet metadata (name, labels, preprocessing): make it with "
+            "`edgefleet quantize`, which embeds them"
+        )
+    blobs = {"cpu": data}
+    tpu = path.with_name(f"{path.stem}_edgetpu.tflite")
+    if tpu.is_file():
+        blobs["edgetpu"] = tpu.read_bytes()
+    variants = [
+        ModelVariant.for_bytes(b, accelerator=a, chunk_size=chunk_size)  # type: ignore[arg-type]
+        for a, b in blobs.items()
+    ]
+    model_name = name or info.name
+    template = Manifest(
+        name=validate_id(model_name, what="model name"),
+        version=1,
+        created_at=0,
+        expires_at=1,
+        targets=Targets(),
+        variants=variants,
+        mode=info.mode,
+        input=info.input,
+        output=info.output,
+        preprocess=info.preprocess,
+        labels=list(info.labels),
+    )
+    return ModelFiles(model_name, blobs, template)
+
+
+def sign_for(
+    template: Manifest,
+    key: Ed25519PrivateKey,
+    *,
+    version: int,
+    targets: Targets,
+    expires_in: float = DEFAULT_EXPIRY_S,
+) -> tuple[Manifest, bytes]:
+    """Stamp version, targets and validity on a manifest template and sign it."""
+    now = int(time.time())
+    manifest = template.model_copy(
+        update={
+            "version": version,
+            "targets": targets,
+            "created_at": now,
+            "expires_at": now + int(expires_in),
+            "key_id": "",
+        }
+    )
+    manifest = Manifest.model_validate(manifest.model_dump())
+    return manifest, sign_manifest(manifest, key)
+
+
+def publish_chunks(fleet: Fleet, blobs: dict[str, bytes], manifest: Manifest) -> int:
+    """Publish every chunk of every variant once, retained, and wait for the broker's acks."""
+    infos = []
+    for variant in manifest.variants:
+        data = blobs[variant.accelerator]
+        fleet.registry.keep_model(variant.sha256, data)
+        for i, chunk in enumerate(split_model(data, chunk_size=variant.chunk_size)):
+            infos.append(
+                fleet.conn.publish(fleet.topics.chunk(variant.sha256, i), chunk, retain=True)
+            )
+    fleet.conn.wait_published(infos)
+    return len(infos)
+
+
+def clear_superseded_chunks(fleet: Fleet, before: list[PushRecord]) -> list[str]:
+    """Clear the retained chunks of models no target desires any more."""
+    still = fleet.registry.desired_shas()
+    infos, cleared = [], []
+    for record in before:
+        for variant in record.manifest.variants:
+            if variant.sha256 in still or variant.sha256 in cleared:
+                continue
+            cleared.append(variant.sha256)
+            infos += [
+                fleet.conn.publish(fleet.topics.chunk(variant.sha256, i), b"", retain=True)
+                for i in range(variant.chunk_count)
+            ]
+    fleet.conn.wait_published(infos)
+    return cleared
+
+
+def publish_desired(fleet: Fleet, topic: str, envelope: bytes) -> None:
+    """Publish a signed manifest (or b"" to clear) as the retained desired state."""
+    fleet.conn.wait_published([fleet.conn.publish(topic, envelope, retain=True)])
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    """What to push where and how carefully."""
+
+    devices: tuple[str, ...] = ()
+    group: str | None = None
+    version: int | None = None
+    wait: float | None = None
+    canary: int = 0
+    max_failures: float | None = None
+    expires_in: float = DEFAULT_EXPIRY_S
+
+    def check(self) -> None:
+        """Raise FleetError for contradictory options."""
+        if bool(self.devices) == bool(self.group):
+            raise FleetError("give either --device ID (one or more) or --group NAME")
+        if (self.canary or self.max_failures is not None) and self.wait is None:
+            raise FleetError("--canary and --max-failures need --wait SECONDS to judge each wave")
+        if self.max_failures is not None and not 0 <= self.max_failures <= 100:  # noqa: PLR2004
+            raise FleetError("--max-failures is a percentage between 0 and 100")
+        for d in self.devices:
+            validate_id(d)
+        if self.group:
+            validate_id(self.group, what="group name")
+
+
+@dataclass
+class RolloutResult:
+    """How a push or rollback ended."""
+
+    name: str
+    version: int
+    targets: list[str]
+    progress: list[Progress]
+    aborted: str | None = None
+    waited: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 only if every target is active (or, without waiting, nothing was aborted)."""
+        if self.aborted:
+            return 1
+        if not self.waited:
+            return 0
+        return summary_exit_code(self.progress)
+
+
+@dataclass
+class _Rollout:
+    fleet: Fleet
+    version: int
+    shas: frozenset[str]
+    targets: list[str]
+    started_at: float = field(default_factory=time.time)
+
+    def progress(self, devices: list[str] | None = None) -> list[Progress]:
+        view = self.fleet.view
+        return [
+            classify(
+                d,
+                view.reports.get(d),
+                version=self.version,
+                shas=self.shas,
+                started_at=self.started_at,
+                live=d in view.live,
+                online=s.online if (s := view.statuses.get(d)) else None,
+            )
+            for d in (devices if devices is not None else self.targets)
+        ]
+
+    def wait(
+        self, wave: list[str], *, canary: bool, deadline: float, max_failures: float | None
+    ) -> Verdict:
+        """Pump messages until the wave is judged (or time runs out)."""
+        while True:
+            everyone = self.progress()
+            if self.fleet.on_progress is not None:
+                self.fleet.on_progress(everyone)
+            verdict = judge_wave(
+                self.progress(wave),
+                everyone,
+                canary=canary,
+                total=len(self.targets),
+                max_failures=max_failures,
+            )
+            if verdict != Verdict.WAIT or time.monotonic() >= deadline:
+                return verdict
+            self.fleet.pump(min(0.5, deadline - time.monotonic()))
+
+
+def next_version(fleet: Fleet, targets: list[str], requested: int | None) -> int:
+    """The version to sign: ``requested`` if it is above what targets run, else max known + 1.
+
+    Raises:
+        FleetError: ``requested`` is not above a version the targets already run.
+    """
+    seen = fleet.view.highest_version(targets)
+    if requested is None:
+        return max(fleet.registry.max_version(), seen) + 1
+    if requested <= seen:
+        raise FleetError(
+            f"--version {requested} is not above version {seen} that a target already runs; "
+            "devices would refuse it (anti-rollback): omit --version or pass a higher one"
+        )
+    return requested
+
+
+def push(fleet: Fleet, model: ModelFiles, plan: PushPlan) -> RolloutResult:
+    """Push ``model`` as described by ``plan`` (see ``edgefleet push --help``).
+
+    Raises:
+        FleetError: Bad options, no signing key, broker trouble.
+    """
+    plan.check()
+    if fleet.signing_key is None:
+        raise FleetError("no signing key: pass --fleet DIR (fleet.toml names it) or --key FILE")
+    fleet.observe()
+    targets = list(plan.devices) if plan.devices else fleet.view.members(plan.group or "")
+    version = next_version(fleet, targets, plan.version)
+    return _roll_out(fleet, model.template, model.blobs, plan, targets, version, kind="push")
+
+
+def _roll_out(  # noqa: PLR0917 - private orchestration shared by push and rollback
+    fleet: Fleet,
+    template: Manifest,
+    blobs: dict[str, bytes],
+    plan: PushPlan,
+    targets: list[str],
+    version: int,
+    *,
+    kind: str,
+) -> RolloutResult:
+    assert fleet.signing_key is not None  # noqa: S101 - checked by callers
+    before = fleet.registry.latest_pushes()
+    shas = frozenset(v.sha256 for v in template.variants)
+    rollout = _Rollout(fleet, version, shas, targets)
+    result = RolloutResult(template.name, version, targets, [], waited=plan.wait is not None)
+    publish_chunks(fleet, blobs, template)
+    waves = (
+        plan_waves(
+            targets, online=fleet.view.online(), canary=plan.canary, max_failures=plan.max_failures
+        )
+        if plan.group
+        else []
+    )
+    for n, wave in enumerate(waves):
+        manifest, envelope = sign_for(
+            template,
+            fleet.signing_key,
+            version=version,
+            targets=Targets(devices=wave),
+            expires_in=plan.expires_in,
+        )
+        for device in wave:
+            publish_desired(fleet, fleet.topics.desired_device(device), envelope)
+            fleet.registry.record_push(
+                target=device_target(device), manifest=manifest, envelope=envelope, kind="canary"
+            )
+        deadline = time.monotonic() + (plan.wait or 0.0)
+        verdict = rollout.wait(
+            wave,
+            canary=n == 0 and plan.canary > 0,
+            deadline=deadline,
+            max_failures=plan.max_failures,
+        )
+        if verdict != Verdict.CONTINUE:
+            result.aborted = _abort_reason(
+                rollout.progress(wave), canary=n == 0 and plan.canary > 0
+            )
+            result.progress = rollout.progress()
+            return result
+    _publish_final(fleet, template, plan, version, targets, waves, kind=kind)
+    clear_superseded_chunks(fleet, before)
+    if plan.wait is not None:
+        verdict = rollout.wait(
+            targets,
+            canary=False,
+            deadline=time.monotonic() + plan.wait,
+            max_failures=plan.max_failures,
+        )
+        if verdict == Verdict.ABORT and plan.group:
+            # Devices that have not fetched the manifest yet (offline, slow) stay where they are.
+            publish_desired(fleet, fleet.topics.desired_group(plan.group), b"")
+            result.aborted = _abort_reason(rollout.progress(), canary=False)
+    result.progress = rollout.progress()
+    return result
+
+
+def _abort_reason(wave: list[Progress], *, canary: bool) -> str:
+    bad = [p for p in wave if p.phase.bad]
+    who = ", ".join(f"{p.device_id} ({p.describe()})" for p in bad) or "none failed"
+    if canary:
+        if bad:
+            return f"canary failed: {who}; the rest of the group was not updated"
+        slow = [p.device_id for p in wave if p.phase != Phase.ACTIVE]
+        return f"canary not active in time: {', '.join(slow)}; the rest was not updated"
+    return f"failure limit exceeded: {who}; later waves were not started"
+
+
+def _publish_final(  # noqa: PLR0917 - private helper of _roll_out
+    fleet: Fleet,
+    template: Manifest,
+    plan: PushPlan,
+    version: int,
+    targets: list[str],
+    waves: list[list[str]],
+    *,
+    kind: str,
+) -> None:
+    """The group topic after the waves (or each listed device's topic)."""
+    assert fleet.signing_key is not None  # noqa: S101
+    if plan.group:
+        manifest, envelope = sign_for(
+            template,
+            fleet.signing_key,
+            version=version,
+            targets=Targets(groups=[plan.group]),
+            expires_in=plan.expires_in,
+        )
+        publish_desired(fleet, fleet.topics.desired_group(plan.group), envelope)
+        fleet.registry.record_push(
+            target=group_target(plan.group),
+            manifest=manifest,
+            envelope=envelope,
+            kind=kind,
+            members=tuple(targets),
+        )
+        # The group manifest now covers the wave devices: one source of truth per device.
+        for device in (d for wave in waves for d in wave):
+            publish_desired(fleet, fleet.topics.desired_device(device), b"")
+            fleet.registry.record_cleared(device_target(device))
+        return
+    manifest, envelope = sign_for(
+        template,
+        fleet.signing_key,
+        version=version,
+        targets=Targets(devices=list(plan.devices)),
+        expires_in=plan.expires_in,
+    )
+    for device in plan.devices:
+        publish_desired(fleet, fleet.topics.desired_device(device), envelope)
+        fleet.registry.record_push(
+            target=device_target(device), manifest=manifest, envelope=envelope, kind=kind
+        )
+
+
+def rollback(fleet: Fleet, plan: PushPlan) -> RolloutResult:
+    """Send targets back to the model they had before their latest push, as a new version.
+
+    Raises:
+        FleetError: The host registry has no earlier model for the target.
+    """
+    plan.check()
+    if fleet.signing_key is None:
+        raise FleetError("no signing key: pass --fleet DIR (fleet.toml names it) or --key FILE")
+    target = group_target(plan.group) if plan.group else device_target(plan.devices[0])
+    history = fleet.registry.history(target)
+    if not history:
+        raise FleetError(
+            f"this host never pushed to {target}; nothing to roll back "
+            f"(state dir {fleet.registry.state_dir})"
+        )
+    current = set(history[-1].shas)
+    previous = next((p for p in reversed(history) if set(p.shas) != current), None)
+    if previous is None:
+        raise FleetError(
+            f"{target} has only ever had {history[-1].name} "
+            f"v{history[-1].version}: no earlier model to return to"
+        )
+    blobs: dict[str, bytes] = {}
+    for v in previous.manifest.variants:
+        data = fleet.registry.model_bytes(v.sha256)
+        if data is None:
+            raise FleetError(f"model {v.sha256[:12]} is missing from {fleet.registry.state_dir}")
+        blobs[v.accelerator] = data
+    fleet.observe()
+    targets = list(plan.devices) if plan.devices else fleet.view.members(plan.group or "")
+    version = next_version(fleet, targets, None)
+    return _roll_out(fleet, previous.manifest, blobs, plan, targets, version, kind="rollback")
+
+
+def rollout_status(
+    fleet: Fleet, *, target: str | None = None
+) -> list[tuple[PushRecord, list[Progress]]]:
+    """Where each target of the latest push (to ``target``, or to every target) stands."""
+    fleet.observe()
+    out = []
+    for record in fleet.registry.latest_pushes():
+        if target is not None and record.target != target:
+            continue
+        kind, _, name = record.target.partition(":")
+        members = (
+            [name]
+            if kind == "device"
+            else sorted(set(record.members) | set(fleet.view.members(name)))
+        )
+        rollout = _Rollout(
+            fleet, record.version, frozenset(record.shas), members, started_at=record.created_at
+        )
+        out.append((record, rollout.progress()))
+    return out

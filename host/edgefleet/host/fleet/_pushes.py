@@ -1,0 +1,258 @@
+"""The host's record of pushed models and manifests (for rollback, rollout status, versions).
+
+Layout of the state directory (``--state-dir``, default ``~/.local/share/edgefleet``)::
+
+    models/{sha256}.tflite     every variant ever pushed, written atomically
+    registry.sqlite            pushes (one row per published manifest) and devices seen
+
+A push row remembers the signed envelope, the target (``device:ID`` or ``group:NAME``), the
+variant hashes and whether it superseded, so that rollback can re-sign the model a target
+ran before, chunk retention can tell which models are still desired, and
+``edgefleet rollout status`` can say where each device stands.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.host.errors import FleetError
+from edgefleet.shared.atomic import write_atomic
+from edgefleet.shared.manifest import Manifest
+
+DEFAULT_STATE_DIR = Path.home() / ".local" / "share" / "edgefleet"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pushes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    shas TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'push',
+    members TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS pushes_target ON pushes(target, version);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    groups TEXT NOT NULL DEFAULT '[]',
+    last_status TEXT,
+    last_seen REAL
+);
+"""
+
+
+_PUSH_COLUMNS = "id, target, name, version, shas, manifest, envelope, created_at, kind, members"
+
+
+def device_target(device_id: str) -> str:
+    """The registry key of a device target."""
+    return f"device:{device_id}"
+
+
+def group_target(group: str) -> str:
+    """The registry key of a group target."""
+    return f"group:{group}"
+
+
+@dataclass(frozen=True)
+class PushRecord:
+    """One published manifest."""
+
+    id: int
+    target: str
+    name: str
+    version: int
+    shas: tuple[str, ...]
+    manifest: Manifest
+    envelope: bytes
+    created_at: float
+    kind: str
+    members: tuple[str, ...]
+
+
+class Registry:
+    """The host-side registry in one state directory (see the module docstring).
+
+    Args:
+        state_dir: Where models and ``registry.sqlite`` live; created if missing.
+
+    Raises:
+        FleetError: The directory or database cannot be opened.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        try:
+            (state_dir / "models").mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                state_dir / "registry.sqlite", timeout=30.0, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise FleetError(
+                f"cannot open the host registry in {state_dir}: {exc}; pass --state-dir "
+                "to a writable directory"
+            ) from exc
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    # -- models -----------------------------------------------------------------------
+
+    def model_path(self, sha256: str) -> Path:
+        """Where a model variant's bytes are kept."""
+        return self.state_dir / "models" / f"{sha256}.tflite"
+
+    def keep_model(self, sha256: str, data: bytes) -> None:
+        """Store a variant's bytes (once; the name is their hash)."""
+        path = self.model_path(sha256)
+        if not path.exists():
+            write_atomic(path, data)
+
+    def model_bytes(self, sha256: str) -> bytes | None:
+        """A stored variant's bytes, or None if this host never pushed it."""
+        try:
+            return self.model_path(sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    # -- pushes -----------------------------------------------------------------------
+
+    def record_push(
+        self,
+        *,
+        target: str,
+        manifest: Manifest,
+        envelope: bytes,
+        kind: str = "push",
+        members: tuple[str, ...] = (),
+    ) -> PushRecord:
+        """Remember a published manifest."""
+        shas = tuple(v.sha256 for v in manifest.variants)
+        now = time.time()
+        with self._db:
+            cur = self._db.execute(
+                "INSERT INTO pushes (target, name, version, shas, manifest, envelope, created_at,"
+                " kind, members) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    target,
+                    manifest.name,
+                    manifest.version,
+                    json.dumps(shas),
+                    manifest.model_dump_json(),
+                    envelope,
+                    now,
+                    kind,
+                    json.dumps(members),
+                ),
+            )
+        row_id = cur.lastrowid or 0
+        return PushRecord(
+            row_id,
+            target,
+            manifest.name,
+            manifest.version,
+            shas,
+            manifest,
+            envelope,
+            now,
+            kind,
+            members,
+        )
+
+    def _rows(self, where: str = "", args: tuple[object, ...] = ()) -> list[PushRecord]:
+        # `where` is always one of this module's constant clauses, never user text.
+        sql = f"SELECT {_PUSH_COLUMNS} FROM pushes {where} ORDER BY id"  # noqa: S608
+        rows = self._db.execute(
+            sql,
+            args,
+        ).fetchall()
+        return [
+            PushRecord(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                tuple(json.loads(r[4])),
+                Manifest.model_validate_json(r[5]),
+                bytes(r[6]),
+                r[7],
+                r[8],
+                tuple(json.loads(r[9])),
+            )
+            for r in rows
+        ]
+
+    def history(self, target: str) -> list[PushRecord]:
+        """Every push to ``target``, oldest first."""
+        return self._rows("WHERE target = ?", (target,))
+
+    def latest(self, target: str) -> PushRecord | None:
+        """The manifest currently desired for ``target`` (its last push), if any."""
+        history = self.history(target)
+        return history[-1] if history else None
+
+    def max_version(self) -> int:
+        """The highest version this host ever signed (0 if none)."""
+        row = self._db.execute("SELECT MAX(version) FROM pushes").fetchone()
+        return int(row[0] or 0)
+
+    def desired_shas(self) -> set[str]:
+        """Hashes of the variants some target's latest push still wants."""
+        rows = self._db.execute(
+            "SELECT p.shas FROM pushes p JOIN (SELECT target, MAX(id) AS id FROM pushes"
+            " GROUP BY target) l ON p.id = l.id"
+        ).fetchall()
+        return {sha for (shas,) in rows for sha in json.loads(shas)}
+
+    def record_cleared(self, target: str) -> None:
+        """Forget that ``target`` desires anything (its retained desired was cleared)."""
+        with self._db:
+            self._db.execute("DELETE FROM pushes WHERE target = ? AND kind = 'canary'", (target,))
+
+    def latest_pushes(self) -> list[PushRecord]:
+        """The latest push of every target."""
+        return self._rows("WHERE id IN (SELECT MAX(id) FROM pushes GROUP BY target)")
+
+    # -- devices ----------------------------------------------------------------------
+
+    def remember_device(
+        self, device_id: str, *, groups: list[str] | None, status_json: str | None, seen: float
+    ) -> None:
+        """Update what the host knows about a device from a status message it saw."""
+        with self._db:
+            self._db.execute(
+                "INSERT INTO devices (device_id, groups, last_status, last_seen)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET"
+                " groups = CASE WHEN ? IS NULL THEN devices.groups ELSE excluded.groups END,"
+                " last_status = COALESCE(excluded.last_status, devices.last_status),"
+                " last_seen = MAX(COALESCE(devices.last_seen, 0), excluded.last_seen)",
+                (
+                    device_id,
+                    json.dumps(groups or []),
+                    status_json,
+                    seen,
+                    None if groups is None else 1,
+                ),
+            )
+
+    def known_devices(self) -> dict[str, tuple[list[str], str | None, float | None]]:
+        """Device id -> (groups, last online status JSON, last seen unix time)."""
+        rows = self._db.execute(
+            "SELECT device_id, groups, last_status, last_seen FROM devices"
+        ).fetchall()
+        return {r[0]: (json.loads(r[1]), r[2], r[3]) for r in rows}
+
+
+def open_registry(state_dir: Path | None) -> Registry:
+    """Open the registry in ``state_dir`` or the default location."""
+    return Registry(state_dir or DEFAULT_STATE_DIR)

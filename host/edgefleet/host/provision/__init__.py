@@ -1,0 +1,47 @@
+"""Provisioning: the fleet CA, certificates, signing keys, broker config and device bundles.
+
+- ``_provision``: ``init_fleet``, ``provision_device``, ``revoke_device``, signing-key rotation;
+- ``_pki``: X.509 and key-file helpers;
+- ``_brokerconf``: the deploy/ templates rendered (mosquitto.conf, ACL, agent.toml);
+- ``_bundle``: the device bundle tarball.
+"""
+
+from __future__ import annotations
+
+from edgefleet.host.provision._brokerconf import (
+    deploy_files,
+    render_acl,
+    render_agent_config,
+    render_mosquitto_conf,
+)
+from edgefleet.host.provision._bundle import write_bundle
+from edgefleet.host.provision._provision import (
+    activate_signing_key,
+    init_fleet,
+    load_signing_key,
+    provision_device,
+    refresh_crl,
+    retire_signing_key,
+    revoke_device,
+    rotate_signing_key,
+    signing_key_id,
+    trusted_key_files,
+)
+
+__all__ = [
+    "activate_signing_key",
+    "deploy_files",
+    "init_fleet",
+    "load_signing_key",
+    "provision_device",
+    "refresh_crl",
+    "render_acl",
+    "render_agent_config",
+    "render_mosquitto_conf",
+    "retire_signing_key",
+    "revoke_device",
+    "rotate_signing_key",
+    "signing_key_id",
+    "trusted_key_files",
+    "write_bundle",
+]

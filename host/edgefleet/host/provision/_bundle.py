@@ -1,0 +1,92 @@
+"""The device bundle: a tarball with the agent config, identity, trust anchors and installer."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+
+from edgefleet.host.fleetdir import DeviceRecord, FleetConfig
+from edgefleet.host.provision._brokerconf import (
+    BUNDLE_TEMPLATES,
+    render_agent_config,
+    template_text,
+)
+from edgefleet.shared.atomic import write_atomic
+
+PRIVATE = 0o600
+
+
+def write_bundle(
+    config: FleetConfig,
+    record: DeviceRecord,
+    *,
+    trusted: dict[str, Path],
+    cert_pem: bytes,
+    key_pem: bytes,
+    edgetpu: str,
+) -> Path:
+    """Write ``bundles/ID.tar.gz`` (mode 0600) and return its path.
+
+    Args:
+        config: The fleet.
+        record: The device.
+        trusted: Trusted signing keys, key id -> public key PEM file.
+        cert_pem: The device certificate.
+        key_pem: The device's private key.
+        edgetpu: The agent's ``runtime.edgetpu`` setting.
+    """
+    keys = trusted
+    files: dict[str, tuple[bytes, int]] = {
+        "ca.crt": (config.resolve(config.ca_file).read_bytes(), 0o644),
+        "device.crt": (cert_pem, 0o644),
+        "device.key": (key_pem, PRIVATE),
+        "INSTALL.txt": (_install_text(config, record).encode(), 0o644),
+    }
+    files |= {f"signing-keys/{kid}.pub": (p.read_bytes(), 0o644) for kid, p in keys.items()}
+    agent = render_agent_config(config, record, key_files=sorted(keys), edgetpu=edgetpu)
+    files["agent.toml"] = (agent.encode(), 0o644)
+    for name in BUNDLE_TEMPLATES:
+        mode = 0o755 if name.endswith(".sh") else 0o644
+        files[Path(name).name] = (template_text(name).encode(), mode)
+    path = config.resolve(f"bundles/{record.device_id}.tar.gz")
+    write_atomic(path, _tarball(f"edgefleet-{record.device_id}", files), mode=PRIVATE)
+    return path
+
+
+def _tarball(top: str, files: dict[str, tuple[bytes, int]]) -> bytes:
+    buf = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for dirname in (top, f"{top}/signing-keys"):
+            info = tarfile.TarInfo(dirname)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+            tar.addfile(info)
+        for name, (data, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size, info.mode, info.mtime = len(data), mode, now
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _install_text(config: FleetConfig, record: DeviceRecord) -> str:
+    groups = ", ".join(record.groups) or "(none)"
+    return f"""edgefleet device bundle for {record.device_id}
+fleet: {config.name}    broker: {config.broker_url}    topic prefix: {config.prefix}
+groups: {groups}
+
+This bundle holds the device's PRIVATE KEY (device.key): copy it to the device over a
+trusted channel (scp, a USB stick you keep) and delete other copies afterwards.
+
+On the Raspberry Pi (Raspberry Pi OS Bookworm, 64-bit), as root:
+
+    tar xzf {record.device_id}.tar.gz
+    cd edgefleet-{record.device_id}
+    sudo ./install-device.sh            # --help for options; --dry-run to preview
+
+It installs the agent in /opt/edgefleet/venv, this config in /etc/edgefleet, state in
+/var/lib/edgefleet, and starts edgefleet-agent.service. For a Coral USB accelerator,
+install libedgetpu first and set runtime.edgetpu = "usb" in /etc/edgefleet/agent.toml
+(see docs/provisioning.md). Check: systemctl status edgefleet-agent
+"""
