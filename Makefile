@@ -1,5 +1,6 @@
 # Two commands for a newcomer: `make demo` runs the main job, `make test` runs every check.
-# Both create .venv and install what they need (mosquitto via apt-get when missing).
+# Both create .venv and install what they need (the Debian packages in tests/tools.txt via
+# apt-get when missing).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck pytest mosquitto clean
+.PHONY: demo test lint typecheck pytest tools mosquitto clean
 
 # One editable install of the three distributions (shared/, device/, host/) and the tools.
 $(STAMP): pyproject.toml shared/pyproject.toml device/pyproject.toml host/pyproject.toml
@@ -17,11 +18,30 @@ $(STAMP): pyproject.toml shared/pyproject.toml device/pyproject.toml host/pyproj
 	$(BIN)/python -m pip install --quiet -e ./shared -e './device[litert]' -e './host[gpr]' -e '.[dev]'
 	touch $(STAMP)
 
-mosquitto:
-	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
-		echo "installing mosquitto (the tests start their own broker on loopback)"; \
-		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
+# The external commands the tests run are listed in tests/tools.txt with their Debian
+# packages: install the missing ones, then fail naming any command that is still absent.
+TOOLS_FILE := tests/tools.txt
+have = command -v $(1) >/dev/null 2>&1 || [ -x /usr/sbin/$(1) ]
+
+tools:
+	@missing=$$(grep -v '^\#' $(TOOLS_FILE) | while read -r cmd pkg _; do \
+		[ -n "$$cmd" ] || continue; $(call have,$$cmd) || echo "$$pkg"; done | sort -u | tr '\n' ' '); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing(external commands the tests run, see $(TOOLS_FILE))"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@grep -v '^\#' $(TOOLS_FILE) | while read -r cmd pkg _; do \
+		[ -n "$$cmd" ] || continue; \
+		if ! { $(call have,$$cmd); }; then \
+			echo "missing command '$$cmd': 'make tools' installs it with apt-get install $$pkg" >&2; \
+			exit 1; fi; done
+
+# `make demo` needs only the broker.
+mosquitto:
+	@$(call have,mosquitto) || { echo "installing mosquitto (the demo starts its own broker)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
 
 demo: $(STAMP) mosquitto
 	$(BIN)/edgefleet demo
@@ -36,7 +56,7 @@ typecheck: $(STAMP)
 
 # The fleet load test runs at a reduced size here (10 agents); run it by hand with
 # EDGEFLEET_LOAD_AGENTS=100 for the full figure (see docs/testing.md).
-pytest: $(STAMP) mosquitto
+pytest: $(STAMP) tools
 	$(BIN)/pytest -m "not load" $(PYTEST_ARGS)
 	EDGEFLEET_LOAD_AGENTS=$${EDGEFLEET_LOAD_AGENTS:-10} $(BIN)/pytest -m load tests/load
 
