@@ -28,9 +28,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from edgefleet.device.inputs import load_input
 from edgefleet.device.runtime import discover_backend, open_model
 from edgefleet.host.datasets import load_mnist
-from edgefleet.shared.preprocess import load_input, preprocess, to_input_tensor
+from edgefleet.shared.preprocess import preprocess, to_input_tensor
 from support.agent import (
     MNIST_LABELS,
     MNIST_PREPROCESS,

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edgefleet.device.inputs import load_input
 from edgefleet.device.runtime import discover_backend, open_model
 from edgefleet.shared.errors import ModelFormatError
 from edgefleet.shared.gpr import render_png
-from edgefleet.shared.preprocess import load_input, preprocess, to_input_tensor
+from edgefleet.shared.preprocess import preprocess, to_input_tensor
 from edgefleet.shared.tflite_model import read_model_info
 
 HELDOUT = Path(__file__).resolve().parent.parent / "host/edgefleet/host/datasets/data/gpr/heldout"

@@ -34,8 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from edgefleet.device.inputs import decode_input
 from edgefleet.device.runtime import discover_backend, open_model
-from edgefleet.shared.preprocess import decode_input, preprocess, to_input_tensor
+from edgefleet.shared.preprocess import preprocess, to_input_tensor
 from edgefleet.shared.spec import PreprocessSpec
 from support.agent import (
     AgentProcess,

@@ -5,19 +5,31 @@
 #     tar xzf DEVICE.tar.gz && cd edgefleet-DEVICE && sudo ./install-device.sh
 #
 # It installs python3-venv, creates the system user "edgefleet", a virtualenv in
-# /opt/edgefleet/venv with `pip install 'edgefleet[device]'`, the bundle's config,
-# certificates and trusted signing keys in /etc/edgefleet, the state directory
-# /var/lib/edgefleet, the systemd unit and the Coral USB udev rule, then starts the agent.
+# /opt/edgefleet/venv with the agent from the bundle's wheels/ (edgefleet-device[litert]
+# and edgefleet-shared; their dependencies come from the package index, or from a
+# wheelhouse), the bundle's config, certificates and trusted signing keys in /etc/edgefleet,
+# the state directory /var/lib/edgefleet, the systemd unit and the Coral USB udev rule,
+# then starts the agent.
 #
 # Options:
+#   --wheelhouse DIR  install offline: dependencies only from DIR (made on the host with
+#                     `edgefleet wheelhouse DIR`), never from the package index
+#   --legacy          tflite-runtime 2.14 and numpy 1 instead of LiteRT (edgefleet-device[legacy])
+#   --image           image-building mode, for a chroot or an image that is not running:
+#                     skip udevadm and systemctl, enable the service for the first boot with
+#                     a symlink. Chosen automatically when the machine was not booted with
+#                     systemd (no /run/systemd/system).
 #   --root DIR        write the files under DIR instead of / and only print the system
 #                     commands (apt-get, useradd, pip, chown, udevadm, systemctl), which
 #                     would change the running machine rather than DIR (run them in the
 #                     target, e.g. with chroot, when building an image)
 #   --dry-run         change nothing on the running machine: print the system commands;
 #                     without --root print the file installs too
+#   --venv-only DIR   only create a virtualenv in DIR with the agent (no apt, user, config
+#                     or service; root not needed), e.g. to try the agent or for tests
+#   --python PY       the Python that creates the virtualenv (default: python3)
 #   --bundle DIR      the unpacked bundle (default: the directory holding this script)
-#   --package SPEC    what pip installs (default: 'edgefleet[device]'; a wheel path works)
+#   --package SPEC    install this pip requirement instead of the bundle's wheels
 #   --no-start        install but do not enable or start the service
 #   -h, --help        this text
 set -eu
@@ -26,8 +38,16 @@ ROOT=/
 DRY_RUN=0
 START=1
 BUNDLE=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
-PACKAGE='edgefleet[device]'
+PACKAGE=''
+EXTRA=litert
+WHEELHOUSE=''
+IMAGE=0
+VENV=''
+VENV_ONLY=0
+PYTHON=python3
 SERVICE_USER=edgefleet
+# Where a systemd-booted machine has its runtime directory (sd_booted(3)); tests override it.
+SYSTEMD_RUNDIR=${EDGEFLEET_SYSTEMD_RUNDIR:-/run/systemd/system}
 
 usage() {
     sed -n '2,/^set -eu/p' "$0" | sed -e '/^set -eu/d' -e 's/^# \{0,1\}//'
@@ -40,8 +60,13 @@ die() {
 
 while [ $# -gt 0 ]; do
     case "$1" in
+        --wheelhouse) [ $# -ge 2 ] || die "--wheelhouse needs a directory"; WHEELHOUSE=$2; shift 2 ;;
+        --legacy) EXTRA=legacy; shift ;;
+        --image) IMAGE=1; shift ;;
         --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT=$2; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
+        --venv-only) [ $# -ge 2 ] || die "--venv-only needs a directory"; VENV=$2; VENV_ONLY=1; shift 2 ;;
+        --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON=$2; shift 2 ;;
         --bundle) [ $# -ge 2 ] || die "--bundle needs a directory"; BUNDLE=$2; shift 2 ;;
         --package) [ $# -ge 2 ] || die "--package needs a pip requirement"; PACKAGE=$2; shift 2 ;;
         --no-start) START=0; shift ;;
@@ -56,6 +81,7 @@ OPT="$ROOT/opt/edgefleet"
 STATE="$ROOT/var/lib/edgefleet"
 UNIT_DIR="$ROOT/etc/systemd/system"
 UDEV_DIR="$ROOT/etc/udev/rules.d"
+VENV=${VENV:-"$OPT/venv"}
 
 # System commands change the running machine: printed, not run, in a dry run or
 # when installing into another root.
@@ -78,23 +104,56 @@ fs_run() {
     fi
 }
 
-check_bundle() {
-    for f in agent.toml ca.crt device.crt device.key edgefleet-agent.service \
-        99-coral-edgetpu.rules; do
-        [ -f "$BUNDLE/$f" ] || die "bundle file $BUNDLE/$f is missing; unpack the whole bundle"
+# The one wheel of distribution $1 (file name prefix) in the bundle's wheels/.
+bundle_wheel() {
+    found=''
+    for wheel in "$BUNDLE"/wheels/"$1"-*.whl; do
+        [ -e "$wheel" ] || die "bundle has no $1 wheel in $BUNDLE/wheels; unpack the whole bundle (made by edgefleet provision) or pass --package"
+        [ -z "$found" ] || die "bundle has more than one $1 wheel in $BUNDLE/wheels; keep the one of this bundle"
+        found=$wheel
     done
-    [ -d "$BUNDLE/signing-keys" ] || die "bundle has no signing-keys/ directory"
+    echo "$found"
+}
+
+# Everything is checked before the first change, so a bad bundle or option changes nothing.
+check_bundle() {
+    if [ "$VENV_ONLY" -eq 0 ]; then
+        for f in agent.toml ca.crt device.crt device.key edgefleet-agent.service \
+            99-coral-edgetpu.rules; do
+            [ -f "$BUNDLE/$f" ] || die "bundle file $BUNDLE/$f is missing; unpack the whole bundle"
+        done
+        [ -d "$BUNDLE/signing-keys" ] || die "bundle has no signing-keys/ directory"
+    fi
+    if [ -z "$PACKAGE" ]; then
+        DEVICE_WHEEL=$(bundle_wheel edgefleet_device)
+        SHARED_WHEEL=$(bundle_wheel edgefleet_shared)
+    fi
+    if [ -n "$WHEELHOUSE" ]; then
+        [ -d "$WHEELHOUSE" ] || die "wheelhouse $WHEELHOUSE is not a directory (fill it on the host: edgefleet wheelhouse DIR)"
+        WHEELHOUSE=$(CDPATH='' cd -- "$WHEELHOUSE" && pwd)
+    fi
 }
 
 check_platform() {
-    if [ "$(id -u)" -ne 0 ] && [ "$DRY_RUN" -eq 0 ] && [ -z "$ROOT" ]; then
-        die "run as root (sudo ./install-device.sh), or use --dry-run / --root DIR"
+    if [ "$(id -u)" -ne 0 ] && [ "$DRY_RUN" -eq 0 ] && [ -z "$ROOT" ] && [ "$VENV_ONLY" -eq 0 ]; then
+        die "run as root (sudo ./install-device.sh), or use --dry-run / --root DIR / --venv-only DIR"
     fi
     arch=$(uname -m)
     [ "$arch" = aarch64 ] || echo "warning: this is $arch; edgefleet targets 64-bit Raspberry Pi OS (aarch64)" >&2
     if [ -r /etc/os-release ]; then
         codename=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)
         [ "$codename" = bookworm ] || echo "warning: tested on Bookworm, this is '${codename:-unknown}'" >&2
+    fi
+}
+
+choose_mode() {
+    [ "$VENV_ONLY" -eq 1 ] && return 0
+    if [ "$IMAGE" -eq 0 ] && [ ! -d "$SYSTEMD_RUNDIR" ]; then
+        IMAGE=1
+        echo "install-device: this system was not booted with systemd ($SYSTEMD_RUNDIR is missing): image mode"
+    fi
+    if [ "$IMAGE" -eq 1 ]; then
+        echo "install-device: image mode: udevadm and systemctl are skipped; the service is enabled for the first boot"
     fi
 }
 
@@ -114,9 +173,21 @@ create_user() {
 }
 
 create_venv() {
-    sys_run python3 -m venv "$OPT/venv"
-    sys_run "$OPT/venv/bin/pip" install --upgrade pip
-    sys_run "$OPT/venv/bin/pip" install "$PACKAGE"
+    if [ -n "$PACKAGE" ]; then
+        set -- "$PACKAGE"
+    else
+        # Both wheels by path: the agent of this bundle, never a same-named index package.
+        set -- "${DEVICE_WHEEL}[$EXTRA]" "$SHARED_WHEEL"
+    fi
+    sys_run "$PYTHON" -m venv "$VENV"
+    if [ -n "$WHEELHOUSE" ]; then
+        # Offline: the wheelhouse and the bundle's wheels are the only sources.
+        sys_run "$VENV/bin/pip" install --no-index --find-links "$WHEELHOUSE" \
+            --find-links "$BUNDLE/wheels" "$@"
+    else
+        sys_run "$VENV/bin/pip" install --upgrade pip
+        sys_run "$VENV/bin/pip" install --find-links "$BUNDLE/wheels" "$@"
+    fi
 }
 
 install_config() {
@@ -138,6 +209,10 @@ install_units() {
     fs_run install -d -m 0755 "$UNIT_DIR" "$UDEV_DIR"
     fs_run install -m 0644 "$BUNDLE/edgefleet-agent.service" "$UNIT_DIR/"
     fs_run install -m 0644 "$BUNDLE/99-coral-edgetpu.rules" "$UDEV_DIR/"
+    if [ "$IMAGE" -eq 1 ]; then
+        enable_for_first_boot
+        return 0
+    fi
     sys_run udevadm control --reload-rules
     sys_run udevadm trigger --subsystem-match=usb
     sys_run systemctl daemon-reload
@@ -146,12 +221,32 @@ install_units() {
     fi
 }
 
+# What `systemctl enable` does for WantedBy=multi-user.target, without a running systemd.
+enable_for_first_boot() {
+    echo "image mode: skipped udevadm (the rule applies at boot) and systemctl"
+    [ "$START" -eq 1 ] || return 0
+    fs_run install -d -m 0755 "$UNIT_DIR/multi-user.target.wants"
+    fs_run ln -sf /etc/systemd/system/edgefleet-agent.service \
+        "$UNIT_DIR/multi-user.target.wants/edgefleet-agent.service"
+    echo "image mode: edgefleet-agent.service enabled; it starts when the image boots"
+}
+
 check_bundle
 check_platform
+choose_mode
+if [ "$VENV_ONLY" -eq 1 ]; then
+    create_venv
+    echo "edgefleet agent installed in ${VENV} (only the virtualenv: --venv-only)."
+    exit 0
+fi
 install_packages
 create_user
 create_venv
 install_config
 install_units
 echo "edgefleet agent installed (config: ${ETC}/agent.toml, state: ${STATE})."
-echo "Status: systemctl status edgefleet-agent; logs: journalctl -u edgefleet-agent -f"
+if [ "$IMAGE" -eq 1 ]; then
+    echo "It starts when the image boots; then: systemctl status edgefleet-agent"
+else
+    echo "Status: systemctl status edgefleet-agent; logs: journalctl -u edgefleet-agent -f"
+fi

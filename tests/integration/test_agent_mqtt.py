@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.device.agent import make_client
+from edgefleet.device._mqtt import make_client
 from edgefleet.device.config import parse_config
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,11 @@
-"""The field agent: wires the updater, inference sources and outbox to a paho MQTT 5 client.
+"""The field agent: wires the updater, inference sources and outbox to the broker link.
+
+The broker link (paho client, network thread, reconnects) is :mod:`._mqtt`; the records
+in flight and their acks are :mod:`._inflight`; this module routes events between them,
+the updater and the classifier.
 
 Threads: a network thread runs ``client.loop()`` and reconnects with jittered, capped
-backoff, and does all socket I/O (publish() elsewhere only queues, see ``make_client``);
+backoff, and does all socket I/O (publish() elsewhere only queues, see ``_mqtt.make_client``);
 a short-lived worker waits for each health-check child, so inference goes on meanwhile;
 everything else (updates, inference, outbox, heartbeat, the switch to a checked model)
 runs on the main thread, fed by a queue, so the interpreter and the state machine are
@@ -12,26 +16,21 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import signal
-import ssl
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
+from edgefleet.device._inflight import InFlight
+from edgefleet.device._mqtt import CONNECTED, MqttLink
 from edgefleet.device.bounded import EventQueue
 from edgefleet.device.errors import DeviceError, ModelLoadError
 from edgefleet.device.faults import fault
 from edgefleet.device.health import run_health_check, stop_running_checks, warm_up
 from edgefleet.device.inference import Classifier, LatencyStats
-from edgefleet.device.outbox import Outbox, Pending
+from edgefleet.device.inputs import decode_input, load_input
+from edgefleet.device.outbox import Outbox
 from edgefleet.device.runtime import (
     Backend,
     accelerator_note,
@@ -47,17 +46,7 @@ from edgefleet.device.updater import Action, Publish, Subscribe, Updater, Update
 from edgefleet.shared import __version__
 from edgefleet.shared.errors import DecodeError, InputError, TopicError
 from edgefleet.shared.manifest import Manifest, select_variant
-from edgefleet.shared.messages import (
-    Ack,
-    ImageMessage,
-    PredictionRecord,
-    Status,
-    TopK,
-    batch_payload,
-    decode,
-    encode,
-)
-from edgefleet.shared.preprocess import decode_input, load_input
+from edgefleet.shared.messages import ImageMessage, PredictionRecord, Status, TopK, decode, encode
 from edgefleet.shared.topics import DESIRED_DEVICE, DESIRED_GROUP, Topics
 
 if TYPE_CHECKING:
@@ -72,68 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_MESSAGE = 24 * 2**20
-ACK_BATCH = 256
-BATCH_BYTES = 256 * 1024  # a PredictionBatch stays well under MAX_MESSAGE_BYTES (1 MiB)
 FOLDER_BATCH = 256  # records per outbox transaction (one fsync) at most
 HEALTH_DONE = "_health_done"  # internal event: a health-check worker has finished
-
-
-def backoff_delay(attempt: int, cap: float) -> float:
-    """Jittered, capped reconnect delay: uniform(0, 1.5 ** min(10, attempt)), at most cap."""
-    return min(cap, random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311 - jitter
-
-
-def _keep_writes_on_the_loop_thread(_c: Any, _u: Any, _sock: Any) -> None:  # noqa: ANN401
-    """Paho's write hook: a no-op whose presence keeps publish() off the socket.
-
-    paho 2.2 ``_packet_queue`` (behind publish/subscribe/unsubscribe/disconnect) appends the
-    packet to ``_out_packet``, wakes ``select`` through its socket pair and then, when no
-    ``loop_start`` thread and no ``on_socket_register_write`` hook exist, calls
-    ``loop_write()`` itself: on the *calling* thread, concurrently with our network thread
-    in ``loop()`` - two threads on one SSL socket. With this hook set it only calls the
-    hook; the woken ``loop()`` writes the queued packet on the network thread.
-    """
-
-
-def make_client(config: AgentConfig) -> mqtt.Client:
-    """The agent's paho client: protocol, last will, credentials, TLS; not connected.
-
-    All socket I/O happens in ``client.loop()`` on one thread (see
-    :func:`_keep_writes_on_the_loop_thread`); publish() from other threads only queues.
-    """
-    cfg = config.mqtt
-    v5 = cfg.protocol == "5"
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=config.device_id,
-        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-        # 3.1.1 has no session expiry: a persistent session keeps QoS 1 messages
-        # (acks, chunks) queued while the device is offline.
-        clean_session=None if v5 else False,
-    )
-    client.max_queued_messages_set(0)
-    offline = Status(device_id=config.device_id, online=False)
-    topics = Topics(cfg.prefix)
-    client.will_set(topics.status(config.device_id), encode(offline), 1, retain=True)
-    if cfg.username is not None:
-        client.username_pw_set(cfg.username, cfg.password)
-    if cfg.tls:
-        client.tls_set(
-            ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-            certfile=str(cfg.cert_file) if cfg.cert_file else None,
-            keyfile=str(cfg.key_file) if cfg.key_file else None,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-    client.on_socket_register_write = _keep_writes_on_the_loop_thread
-    return client
-
-
-@dataclass
-class _Flight:
-    """Prediction records published and waiting for the host's ack."""
-
-    sent: dict[int, float]
-    cursor: int = 0
 
 
 class Agent:
@@ -182,11 +111,14 @@ class Agent:
         )
         self.events = EventQueue()
         self.stopping = threading.Event()
-        self.connected = threading.Event()
-        self.flight = _Flight(sent={})
-        self._acks: list[tuple[str, int]] = []
+        self.link = MqttLink(config, self.events, self.stopping)
+        self.inflight = InFlight(
+            self.outbox,
+            config.outbox,
+            topic=self.topics.predictions(config.device_id),
+            link=self.link,
+        )
         self._images: list[Callable[[int], bytes]] = []  # classified, not yet committed
-        self.client = self._make_client()
         self._load_active()
 
     # -- model --------------------------------------------------------------------------
@@ -265,99 +197,37 @@ class Agent:
 
     # -- MQTT ---------------------------------------------------------------------------
 
-    def _make_client(self) -> mqtt.Client:
-        client = make_client(self.config)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        return client
-
-    def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.config.mqtt.session_expiry_s
-        return props
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:  # noqa: ANN401
-        if reason.is_failure:
-            log.warning("broker refused the connection: %s", reason)
-            return
-        self.connected.set()
-        self.events.put("_connected")
-
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:  # noqa: ANN401
-        self.connected.clear()
-        log.info("disconnected from the broker: %s", reason)
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN401
-        # On the network thread: never block it; a full queue drops and counts by kind.
-        try:
-            kind = self.topics.parse(msg.topic).kind
-        except TopicError:
-            kind = "other"
-        self.events.offer(msg.topic, bytes(msg.payload), kind=kind)
-
-    def _connect(self) -> None:
-        cfg = self.config.mqtt
-        if cfg.protocol == "5":
-            self.client.connect(
-                cfg.host,
-                cfg.port,
-                cfg.keepalive_s,
-                clean_start=False,
-                properties=self._connect_properties(),
-            )
-        else:  # clean_session=False was given to the Client
-            self.client.connect(cfg.host, cfg.port, cfg.keepalive_s)
-
     def _network_loop(self) -> None:
-        cfg = self.config.mqtt
-        attempt, first, sock_open = 0, True, False
-        while not self.stopping.is_set():
-            if not sock_open:
-                try:
-                    if first:
-                        self._connect()
-                    else:
-                        self.client.reconnect()
-                    first, sock_open = False, True
-                except (OSError, ssl.SSLError, ValueError) as exc:
-                    delay = backoff_delay(attempt, cfg.reconnect_max_s)
-                    attempt += 1
-                    log.info("cannot reach the broker (%s); retrying in %.1f s", exc, delay)
-                    self.stopping.wait(delay)
-                    continue
-            if self.client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
-                sock_open = False
-                self.stopping.wait(backoff_delay(attempt, cfg.reconnect_max_s))
-                attempt += 1
-            elif self.connected.is_set():
-                attempt = 0
+        """The network thread's body (``run`` starts it; so does tests/support/agent_pool)."""
+        self.link.network_loop()
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Publish):
-                self.client.publish(action.topic, action.payload, action.qos, action.retain)
+                self.link.publish(
+                    action.topic, action.payload, qos=action.qos, retain=action.retain
+                )
             elif isinstance(action, Subscribe):
-                self.client.subscribe(action.topic_filter, qos=1)
+                self.link.subscribe(action.topic_filter, qos=1)
             else:
-                self.client.unsubscribe(action.topic_filter)
+                self.link.unsubscribe(action.topic_filter)
 
     # -- events -------------------------------------------------------------------------
 
     def _on_connected(self) -> None:
         device = self.config.device_id
         self._apply(self.updater.subscriptions())
-        self.client.subscribe(self.topics.predictions_ack(device), qos=1)
-        self.client.subscribe(self.topics.images(device), qos=1)
+        self.link.subscribe(self.topics.predictions_ack(device), qos=1)
+        self.link.subscribe(self.topics.images(device), qos=1)
         self.publish_status()
         if self.updater.last_report is not None:
             report = self.updater.last_report
-            self.client.publish(self.topics.reported(device), encode(report), 1, retain=True)
-        self.flight = _Flight(sent={})  # resend everything unacknowledged, in order
-        self._drain()
+            self.link.publish(self.topics.reported(device), encode(report), retain=True)
+        self.inflight.reset()  # resend everything unacknowledged, in order
+        self.inflight.drain()
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
-        if topic == "_connected":
+        if topic == CONNECTED:
             self._on_connected()
             return
         if topic == HEALTH_DONE:
@@ -373,31 +243,10 @@ class Agent:
         elif parsed.kind == "chunk":
             self._apply(self.updater.on_chunk(payload))
         elif parsed.kind == "predictions_ack":
-            self._on_ack(payload)
+            # Applied in batches (one transaction) when the queue runs dry, see _idle.
+            self.inflight.on_ack(payload, device_id=self.config.device_id)
         elif parsed.kind == "images":
             self._on_image(payload)
-
-    def _on_ack(self, payload: bytes) -> None:
-        try:
-            ack = decode(Ack, payload) if payload else None
-        except DecodeError as exc:
-            log.warning("ignoring an unreadable ack: %s", exc)
-            return
-        if ack is None or ack.device_id != self.config.device_id:
-            return
-        # Acks are applied in batches (one transaction) when the queue runs dry.
-        self._acks.extend((ack.boot_id, seq) for seq in ack.seqs)
-        if len(self._acks) >= ACK_BATCH:
-            self._flush_acks()
-
-    def _flush_acks(self) -> None:
-        if not self._acks:
-            return
-        acks, self._acks = self._acks, []
-        self.outbox.ack_many(acks)
-        for _boot, seq in acks:
-            self.flight.sent.pop(seq, None)
-        self._drain()
 
     def _on_image(self, payload: bytes) -> None:
         try:
@@ -425,7 +274,7 @@ class Agent:
     def _idle(self) -> None:
         """The event queue ran dry: commit what was batched (acks, image-topic records)."""
         self._flush_images()
-        self._flush_acks()
+        self.inflight.flush_acks()
 
     # -- inference and outbox -----------------------------------------------------------
 
@@ -437,7 +286,7 @@ class Agent:
     def _commit(self, builds: list[Callable[[int], bytes]]) -> list[int | None]:
         seqs = self.outbox.append_many(self.boot_id, builds)
         fault("after_outbox_commit")
-        self._drain()
+        self.inflight.drain()
         return seqs
 
     def _predict(self, array: npt.NDArray[np.generic], *, source: str) -> Callable[[int], bytes]:
@@ -467,41 +316,6 @@ class Agent:
             )
 
         return build
-
-    def _drain(self) -> None:
-        """Publish what the outbox holds beyond what is in flight, and re-send stale records."""
-        if not self.connected.is_set():
-            return
-        cfg = self.config.outbox
-        now = time.monotonic()
-        sent = self.flight.sent
-        stale = {s for s, t in sent.items() if now - t > cfg.resend_after_s}
-        if stale:
-            records = self.outbox.pending(after_seq=0, limit=cfg.max_in_flight)
-            self._publish_records([r for r in records if r.seq in stale], now)
-        room = cfg.max_in_flight - len(sent)
-        if room <= 0:
-            return
-        fresh = self.outbox.pending(after_seq=self.flight.cursor, limit=room)
-        if fresh:
-            self._publish_records(fresh, now)
-            self.flight.cursor = fresh[-1].seq
-
-    def _publish_records(self, records: list[Pending], now: float) -> None:
-        """Publish records in order, up to ``batch_records`` (and BATCH_BYTES) per message."""
-        topic = self.topics.predictions(self.config.device_id)
-        cap = self.config.outbox.batch_records
-        batch: list[bytes] = []
-        size = 0
-        for record in records:
-            if batch and (len(batch) >= cap or size + len(record.payload) > BATCH_BYTES):
-                self.client.publish(topic, batch_payload(batch), 1)
-                batch, size = [], 0
-            batch.append(record.payload)
-            size += len(record.payload) + 1
-            self.flight.sent[record.seq] = now
-        if batch:
-            self.client.publish(topic, batch_payload(batch), 1)
 
     def _poll_folder(self) -> None:
         if self.watcher is None or self.classifier is None:
@@ -570,7 +384,7 @@ class Agent:
     def publish_status(self) -> None:
         """Publish the retained status (also the heartbeat)."""
         topic = self.topics.status(self.config.device_id)
-        self.client.publish(topic, encode(self.status()), 1, retain=True)
+        self.link.publish(topic, encode(self.status()), retain=True)
 
     # -- main loop ----------------------------------------------------------------------
 
@@ -606,9 +420,9 @@ class Agent:
                 self._apply(self.updater.tick())
             if now >= next_beat:
                 next_beat = now + self.config.status.heartbeat_s
-                if self.connected.is_set():
+                if self.link.connected.is_set():
                     self.publish_status()
-                    self._drain()
+                    self.inflight.drain()
             now = time.monotonic()
 
     def _shutdown(self, net: threading.Thread) -> None:
@@ -617,19 +431,15 @@ class Agent:
         # checked again after the restart.
         if stop_running_checks():
             log.info("stopped a health check under way")
-        if self.connected.is_set():
+        if self.link.connected.is_set():
             offline = Status(device_id=self.config.device_id, online=False, ts=time.time())
-            info = self.client.publish(
-                self.topics.status(self.config.device_id), encode(offline), 1, retain=True
+            info = self.link.publish(
+                self.topics.status(self.config.device_id), encode(offline), retain=True
             )
-            deadline = time.monotonic() + 2.0
-            while not info.is_published() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            self.client.disconnect()
-            # The DISCONNECT is written by the network thread: let it go before stopping it
-            # (else the broker sees a lost connection).
-            while self.connected.is_set() and time.monotonic() < deadline + 1.0:
-                time.sleep(0.02)
+            # 2 s for the offline status, 3 s in all (with the DISCONNECT) before stopping.
+            deadline = time.monotonic() + 3.0
+            self.link.wait_published([info], timeout=2.0)
+            self.link.disconnect(timeout=deadline - time.monotonic())
         self.stopping.set()
         net.join(timeout=5)
         self.outbox.close()

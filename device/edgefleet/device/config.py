@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgefleet.device.errors import ConfigError
+from edgefleet.shared.broker_url import BrokerUrl
 from edgefleet.shared.errors import TopicError
 from edgefleet.shared.topics import validate_id
 
@@ -54,27 +54,28 @@ class MqttConfig(_Section):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
-            msg = f"{value!r} is not mqtt://host:port or mqtts://host:port"
-            raise ValueError(msg)
+        BrokerUrl.parse(value)  # a BrokerUrlError is a ValueError: pydantic names mqtt.url
         return value
 
     @property
+    def broker(self) -> BrokerUrl:
+        """The parsed broker URL."""
+        return BrokerUrl.parse(self.url)
+
+    @property
     def host(self) -> str:
-        """Broker host name."""
-        return urlsplit(self.url).hostname or ""
+        """Broker host name or address (an IPv6 address without brackets)."""
+        return self.broker.host
 
     @property
     def port(self) -> int:
         """Broker port (1883 / 8883 when the URL has none)."""
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        return self.broker.port
 
     @property
     def tls(self) -> bool:
         """True for mqtts:// URLs."""
-        return urlsplit(self.url).scheme == "mqtts"
+        return self.broker.tls
 
 
 class TrustConfig(_Section):

@@ -6,7 +6,8 @@ Tree (under ``edgefleet.shared.errors.EdgefleetError``)::
     ├── ConfigError              agent.toml is missing, unreadable or invalid
     ├── RuntimeUnavailableError  no LiteRT / tflite-runtime backend can be imported
     ├── DelegateError            the Edge TPU delegate (libedgetpu) could not be loaded
-    ├── ModelLoadError           a .tflite could not be loaded or run in this process
+    ├── ModelLoadError           a model could not be loaded or run in this process (the one
+    │                            ModelLoadError: the host raises it for Keras models too)
     ├── HealthCheckError         a staged model failed its child-process health check
     └── StoreError               the state directory is unusable (layout, permissions)
 """
@@ -41,7 +42,11 @@ class DelegateError(DeviceError):
 
 
 class ModelLoadError(DeviceError):
-    """A model file could not be loaded, allocated or invoked in this process."""
+    """A model file could not be loaded, allocated or invoked in this process.
+
+    The one ModelLoadError of edgefleet: it lives here because the device must not import
+    the host, and the host (which may import the device) raises it for a Keras model too.
+    """
 
 
 # Health-check outcomes that say the model is bad; a timeout or a kill under load does not.

@@ -27,55 +27,30 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgefleet.device.errors import StoreError
 from edgefleet.device.faults import fault
+from edgefleet.shared.atomic import fsync_dir, write_atomic
 
 BAD_MODELS = "bad_models.json"
 MAX_BAD_MODELS = 100
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or create in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes, *, fault_point: str = "", durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never half.
+    """Write a state file (0600) with ``write_atomic``: readers see the old or the new file.
 
     Args:
         path: Destination.
         data: The whole content.
         fault_point: A named fault point fired between the fsync and the rename.
-        durable: fsync the file and the directory. Without it the write survives the
-            process dying at any point (SIGKILL) but a power cut may lose it or, on some
-            file systems, leave the new name with old or empty content: only for data that
-            is checked against a hash before it is used.
+        durable: fsync the file and the directory; see ``write_atomic`` for when not to.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        if fault_point:
-            fault(fault_point)
-        Path(tmp).replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()
-        raise
-    if durable:
-        fsync_dir(path.parent)
+    # `fault` is looked up when the hook runs, so tests that replace it see their version.
+    hook = (lambda: fault(fault_point)) if fault_point else None
+    write_atomic(path, data, mode=0o600, durable=durable, before_replace=hook)
 
 
 def grow_in_place(path: Path, data: bytes) -> None:

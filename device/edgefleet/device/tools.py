@@ -8,13 +8,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.device.agent import Agent
 from edgefleet.device.config import load_config
 from edgefleet.device.inference import classifier_from_file
+from edgefleet.device.inputs import load_input
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.runtime import discover_backend
 from edgefleet.device.store import StateStore
 from edgefleet.shared.errors import InputError
-from edgefleet.shared.preprocess import load_input
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -53,9 +54,6 @@ def run_agent(config_path: Path) -> int:
     Raises:
         DeviceError: the config, state directory, runtime or keys are unusable.
     """
-    # paho and the runtime are only needed to run, not for `predict` or `status`.
-    from edgefleet.device.agent import Agent  # noqa: PLC0415
-
     config = load_config(config_path)
     setup_logging(config.log_level)
     return Agent(config).run()

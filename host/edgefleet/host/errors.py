@@ -3,18 +3,40 @@
 Tree::
 
     EdgefleetError                 (edgefleet.shared.errors)
-    └── HostError                  anything the host side reports to a user
-        ├── DatasetError           a data set is missing, corrupt, empty or mismatched
-        ├── ModelLoadError         a path is missing or is not a loadable Keras model
-        ├── QuantizationError      the TFLite converter failed or left float ops in an int8 model
-        ├── EdgeTPUError           edgetpu_compiler missing, failed or mapped nothing
-        ├── ProvisionError         fleet directory, keys, certificates
-        └── FleetError             broker unreachable, rollout failed
+    ├── HostError                  anything the host side reports to a user
+    │   ├── DatasetError           a data set is missing, corrupt, empty or mismatched
+    │   ├── QuantizationError      the TFLite converter failed or left float ops in an int8 model
+    │   ├── EdgeTPUError           edgetpu_compiler missing, failed or mapped nothing
+    │   ├── ProvisionError         fleet directory, keys, certificates
+    │   ├── FleetError             broker unreachable, rollout failed
+    │   └── DemoError              ``edgefleet demo`` could not run or did not complete
+    │       └── BrokerError        the demo's local broker (mosquitto, amqtt) did not start
+    └── DeviceError                (edgefleet.device.errors)
+        └── ModelLoadError         a model file cannot be loaded: a Keras model here
+
+There is one ``ModelLoadError``, the device's (the device must not import the host, the host
+may import the device); it is re-exported here. It is not a ``HostError``, so the commands
+that load a Keras model (quantize, example, gpr evaluate, demo) catch it beside
+``HostError``. ``BrokerUrlError`` (edgefleet.shared.errors) reaches a user as a
+``ProvisionError``, ``FleetError`` or ``DemoError`` carrying its message.
 """
 
 from __future__ import annotations
 
+from edgefleet.device.errors import ModelLoadError
 from edgefleet.shared.errors import EdgefleetError
+
+__all__ = [
+    "BrokerError",
+    "DatasetError",
+    "DemoError",
+    "EdgeTPUError",
+    "FleetError",
+    "HostError",
+    "ModelLoadError",
+    "ProvisionError",
+    "QuantizationError",
+]
 
 
 class HostError(EdgefleetError):
@@ -23,10 +45,6 @@ class HostError(EdgefleetError):
 
 class DatasetError(HostError):
     """A data set is missing, corrupt, empty or does not match the model."""
-
-
-class ModelLoadError(HostError):
-    """A model path is missing or does not hold a model Keras can load."""
 
 
 class QuantizationError(HostError):
@@ -43,3 +61,11 @@ class ProvisionError(HostError):
 
 class FleetError(HostError):
     """The broker cannot be reached or a rollout did not complete."""
+
+
+class DemoError(HostError):
+    """The demo could not run or did not complete (the message says which step)."""
+
+
+class BrokerError(DemoError):
+    """A local broker for the demo could not be started."""

@@ -6,12 +6,12 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from edgefleet.host.errors import ProvisionError
-from edgefleet.shared.errors import TopicError
+from edgefleet.shared.broker_url import BrokerUrl
+from edgefleet.shared.errors import BrokerUrlError, TopicError
 from edgefleet.shared.topics import Topics
 
 if sys.version_info >= (3, 11):
@@ -24,30 +24,12 @@ REGISTRY_FILE = "devices.json"
 DEFAULT_HOST_IDENTITY = "edgefleet:host"
 
 
-class BrokerAddress(BaseModel):
-    """A parsed broker URL."""
-
-    model_config = ConfigDict(frozen=True)
-
-    tls: bool = Field(description="True for mqtts://, False for mqtt://.")
-    host: str = Field(description="Host name or IP address of the broker.")
-    port: int = Field(description="TCP port (default 8883 for mqtts, 1883 for mqtt).")
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse ``mqtt://host:port`` or ``mqtts://host:port``; raise ProvisionError if malformed."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
-        raise ProvisionError(
-            f"broker URL {url!r} is not mqtts://HOST:PORT or mqtt://HOST:PORT "
-            "(for example mqtts://broker.example:8883)"
-        )
-    tls = parts.scheme == "mqtts"
+def parse_broker_url(url: str) -> BrokerUrl:
+    """``BrokerUrl.parse`` for the fleet config: a bad URL is a ProvisionError."""
     try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ProvisionError(f"broker URL {url!r} has an invalid port") from exc
-    return BrokerAddress(tls=tls, host=parts.hostname, port=port)
+        return BrokerUrl.parse(url)
+    except BrokerUrlError as exc:
+        raise ProvisionError(str(exc)) from exc
 
 
 def validate_prefix(prefix: str) -> str:
@@ -106,10 +88,7 @@ class FleetConfig(BaseModel):
     @field_validator("broker_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        try:
-            parse_broker_url(value)
-        except ProvisionError as exc:
-            raise ValueError(str(exc)) from exc
+        BrokerUrl.parse(value)  # a BrokerUrlError is a ValueError: pydantic names broker_url
         return value
 
     @property
@@ -122,9 +101,9 @@ class FleetConfig(BaseModel):
         return self._root / relative
 
     @property
-    def broker(self) -> BrokerAddress:
+    def broker(self) -> BrokerUrl:
         """The parsed broker URL."""
-        return parse_broker_url(self.broker_url)
+        return BrokerUrl.parse(self.broker_url)
 
     def tls_files(self) -> tuple[Path, Path, Path]:
         """Return (CA certificate, host certificate, host key) for a host MQTT client."""

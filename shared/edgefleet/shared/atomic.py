@@ -1,18 +1,52 @@
-"""Crash-safe host-side file writes: a reader sees the old file or the new one, never half."""
+"""Crash-safe file writes, one implementation for host and device.
+
+A reader sees the old file or the new one, never half of one: the data goes to a temp file
+in the same folder, which is fsynced and then renamed over the target; the folder is
+fsynced too, so the rename itself survives a power cut.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via a temp file, fsync and os.replace, with ``mode``.
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create in the folder ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    The temp file is created with the final mode already set, so a private key is
-    never readable by others, not even for a moment. The folder is fsynced too, so
-    the rename itself survives a power cut.
+
+def write_atomic(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    durable: bool = True,
+    before_replace: Callable[[], None] | None = None,
+) -> None:
+    """Write ``data`` to ``path`` via a temp file and a rename; create missing folders.
+
+    Args:
+        path: Destination.
+        data: The whole content.
+        mode: Permissions of the new file. They are set on the temp file before any byte
+            is written, so a private key is never readable by others, not even briefly.
+        durable: fsync the file and the folder. Without it the write still survives the
+            process dying at any point (SIGKILL), but a power cut may lose it or, on some
+            file systems, leave the new name with old or empty content: only for data that
+            is checked against a hash before it is used.
+        before_replace: Called after the fsync, just before the rename; the device fires
+            its named fault points here (a test can stop the write at that exact moment).
+            If it raises, the temp file is removed and the target is untouched.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -21,13 +55,13 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if durable:
+        fsync_dir(path.parent)

@@ -19,6 +19,7 @@ Tree (each package adds its own branch under ``EdgefleetError``)::
     │       ├── RollbackError             "rollback"
     │       ├── AcceleratorError          "accelerator"
     │       └── TooLargeError             "too_large"
+    ├── BrokerUrlError                a broker URL is not mqtt(s)://HOST[:PORT] (also a ValueError)
     ├── InputError                    an input image cannot be shaped into the model's input
     ├── ModelFormatError              a .tflite file or its metadata is unreadable
     ├── HostError                     (edgefleet.host.errors)
@@ -136,6 +137,14 @@ class TooLargeError(ManifestError):
     """The model is larger than the device accepts."""
 
     reason = "too_large"
+
+
+class BrokerUrlError(EdgefleetError, ValueError):
+    """A broker URL is not ``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]``.
+
+    Also a ValueError, so a pydantic validator that parses a URL turns it into an ordinary
+    validation error naming the setting.
+    """
 
 
 class InputError(EdgefleetError):

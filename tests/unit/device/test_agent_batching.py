@@ -70,8 +70,8 @@ def _publishing_agent(tmp_path: Path, outbox: str) -> tuple[Agent, list[tuple[st
     toml = f'device_id = "b1"\nstate_dir = "state"\n[outbox]\n{outbox}\n'
     agent = Agent(parse_config(toml, base=tmp_path))
     sent: list[tuple[str, bytes]] = []
-    agent.client.publish = lambda topic, payload, *_a, **_k: sent.append((topic, payload))  # type: ignore[method-assign,assignment]
-    agent.connected.set()
+    agent.link.client.publish = lambda topic, payload, *_a, **_k: sent.append((topic, payload))  # type: ignore[method-assign,assignment]
+    agent.link.connected.set()
     agent.boot_id = "boot"  # the outbox keys records by the agent's boot id
     return agent, sent
 
@@ -102,10 +102,10 @@ def test_stale_records_are_sent_again_in_batches_and_a_lone_record_goes_plain(tm
         agent._commit([_record_builder("a")])
         assert decode(PredictionRecord, sent[0][1]).seq == 1  # one record: the plain form
         agent._commit([_record_builder("b"), _record_builder("c")])
-        for seq in agent.flight.sent:
-            agent.flight.sent[seq] -= 1.0  # every record is overdue for an ack
+        for seq in agent.inflight.sent:
+            agent.inflight.sent[seq] -= 1.0  # every record is overdue for an ack
         sent.clear()
-        agent._drain()
+        agent.inflight.drain()
         assert [[r.seq for r in decode_predictions(p)] for _, p in sent] == [[1, 2], [3]]
     finally:
         agent.outbox.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.device import health
+from edgefleet.device import health, health_worker
 from edgefleet.device.errors import HealthCheckError
 from edgefleet.device.health import _interpret, run_health_check, stop_running_checks
 from support.agent import ModelBundle, crash_model, shared_mnist_model
@@ -159,8 +159,8 @@ def test_a_child_is_done_when_both_its_pipes_end_even_if_their_fds_are_reused():
     # that fd number before the first child's stderr ends. The first child must still be
     # seen as done (it once waited for ever: a health check that never answered).
     requests_r, requests_w = os.pipe()
-    server = health._Server(requests_r)
-    first = health._Kid(1, pid=-1)
+    server = health_worker._Server(requests_r)
+    first = health_worker._Kid(1, pid=-1)
     ends = {}
     for name in ("stdout", "stderr"):
         r, w = os.pipe()
@@ -172,7 +172,7 @@ def test_a_child_is_done_when_both_its_pipes_end_even_if_their_fds_are_reused():
     server._read_child(ends["stdout"][0], first)
     reused_r, reused_w = os.pipe()  # the lowest free number: the one just closed
     assert reused_r == ends["stdout"][0]
-    second = health._Kid(2, pid=-1)
+    second = health_worker._Kid(2, pid=-1)
     second.output[reused_r], second.names[reused_r] = bytearray(), "stdout"
     second.open.add(reused_r)
     server.sel.register(reused_r, selectors.EVENT_READ, second)

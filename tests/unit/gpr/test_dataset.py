@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from edgefleet.host.datasets import _gpr as gpr
+from edgefleet.host.datasets import _gprmax
 from edgefleet.host.errors import DatasetError
 
 
@@ -121,7 +122,7 @@ def test_load_gpr_errors_are_clear(tmp_path):
 def test_generate_resumes_without_redoing_finished_scans(tmp_path):
     _fake_set(tmp_path, range(40, 46))
     before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/*.npy")}
-    paths = gpr.generate(tmp_path, n=6, seed=40, workers=1)
+    paths = _gprmax.generate(tmp_path, n=6, seed=40, workers=1)
     assert sorted(paths) == sorted(before)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/*.npy")} == before
     rows = [json.loads(line) for line in (tmp_path / gpr.MANIFEST).read_text().splitlines()]
@@ -131,4 +132,4 @@ def test_generate_resumes_without_redoing_finished_scans(tmp_path):
 
 def test_generate_refuses_nonsense(tmp_path):
     with pytest.raises(DatasetError, match="positive"):
-        gpr.generate(tmp_path, n=0, seed=0)
+        _gprmax.generate(tmp_path, n=0, seed=0)

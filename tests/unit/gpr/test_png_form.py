@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgefleet.device.inputs import decode_input
 from edgefleet.host.datasets import load_gpr
 from edgefleet.shared import gpr
-from edgefleet.shared.preprocess import decode_input, preprocess
+from edgefleet.shared.preprocess import preprocess
 from edgefleet.shared.spec import GprOptions, PreprocessSpec
 
 SPECS = [

@@ -1,59 +1,11 @@
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from edgefleet.shared.errors import InputError
-from edgefleet.shared.preprocess import (
-    decode_input,
-    dequantize_output,
-    load_input,
-    preprocess,
-    to_input_tensor,
-)
+from edgefleet.shared.preprocess import dequantize_output, preprocess, to_input_tensor
 from edgefleet.shared.spec import PreprocessSpec, TensorSpec
 
 SPEC = PreprocessSpec(height=28, width=28)
-
-
-def _png(array, mode=None):
-    buf = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def test_png_roundtrip_is_exact(tmp_path):
-    digit = np.arange(28 * 28, dtype=np.uint16).reshape(28, 28).astype(np.uint8)
-    path = tmp_path / "d.png"
-    path.write_bytes(_png(digit))
-    loaded = load_input(path)
-    assert loaded.dtype == np.uint8
-    np.testing.assert_array_equal(loaded, digit)
-    np.testing.assert_array_equal(decode_input(path.read_bytes(), "png"), digit)
-
-
-def test_npy_is_returned_as_stored(tmp_path):
-    arr = np.linspace(-1, 1, 60, dtype=np.float64).reshape(6, 10)
-    path = tmp_path / "a.npy"
-    np.save(path, arr)
-    np.testing.assert_array_equal(load_input(path), arr)
-
-
-@pytest.mark.parametrize(
-    ("name", "data"),
-    [("bad.png", b"not a png"), ("bad.npy", b"\x93NUMPY garbage"), ("x.gif", b"GIF89a")],
-)
-def test_unreadable_inputs_raise_input_error(tmp_path, name, data):
-    path = tmp_path / name
-    path.write_bytes(data)
-    with pytest.raises(InputError, match=name):
-        load_input(path)
-
-
-def test_missing_file_raises_input_error(tmp_path):
-    with pytest.raises(InputError, match="cannot read"):
-        load_input(tmp_path / "absent.png")
 
 
 def test_unit_scale_maps_255_to_one():

@@ -25,7 +25,7 @@ def info(
         raise typer.Exit(code=1)
     try:
         for split in ("train", "eval"):
-            ds = load_mnist(split)  # type: ignore[arg-type]
+            ds = load_mnist(split)
             counts = " ".join(str(int((ds.y == i).sum())) for i in range(10))
             print(f"{name} {split}: {len(ds)} images, label counts {counts}")
     except HostError as exc:

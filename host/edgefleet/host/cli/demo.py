@@ -60,7 +60,7 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to a CLI option
     """Quantize a model, push it over MQTT to N local agents, classify held-out scans live."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgefleet.host.demo import DemoOptions, format_summary, run_demo  # noqa: PLC0415
-    from edgefleet.host.errors import HostError  # noqa: PLC0415
+    from edgefleet.host.errors import HostError, ModelLoadError  # noqa: PLC0415
 
     if local_broker not in {"auto", "mosquitto", "amqtt"}:
         typer.echo("error: --local-broker is auto, mosquitto or amqtt", err=True)
@@ -88,7 +88,7 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to a CLI option
     except KeyboardInterrupt:
         print("interrupted: agents and broker stopped, files removed", file=sys.stderr)
         raise typer.Exit(code=130) from None
-    except HostError as exc:
+    except (HostError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(code=1) from exc
     print(json.dumps(summary.as_dict(), indent=2) if as_json else format_summary(summary), file=out)

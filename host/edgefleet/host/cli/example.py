@@ -17,7 +17,7 @@ def mnist(
     qat_epochs: Annotated[int, typer.Option(min=1, help="QAT fine-tuning epochs.")] = 1,
 ) -> None:
     """Train the seed ConvNet on bundled MNIST (8,000 digits), quantize all modes, report."""
-    from edgefleet.host.errors import HostError  # noqa: PLC0415
+    from edgefleet.host.errors import HostError, ModelLoadError  # noqa: PLC0415
     from edgefleet.host.quantize import _report as report  # noqa: PLC0415 - keep `edgefleet --help` fast
     from edgefleet.host.training import run_mnist_example  # noqa: PLC0415
 
@@ -25,7 +25,7 @@ def mnist(
     try:
         result = run_mnist_example(out, epochs=epochs, qat_epochs=qat_epochs)
         json_path, png_path = report.write(result, out)
-    except HostError as exc:
+    except (HostError, ModelLoadError) as exc:
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc
     print(report.table(result))

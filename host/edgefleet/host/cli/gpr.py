@@ -25,10 +25,12 @@ def generate(
         print(f"{done}/{total} scans", flush=True)
 
     try:
-        paths = gpr.generate(out, n=n, seed=seed, workers=workers, progress=progress)
+        from edgefleet.host.datasets import _gprmax  # noqa: PLC0415 - the optional gpr extra
     except ImportError as exc:
-        print(f"error: gprMax is not installed ({exc}); pip install 'edgefleet[gpr]'")
+        print(f"error: gprMax is not installed ({exc}); pip install 'edgefleet-host[gpr]'")
         raise typer.Exit(code=1) from exc
+    try:
+        paths = _gprmax.generate(out, n=n, seed=seed, workers=workers, progress=progress)
     except HostError as exc:
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc
@@ -68,12 +70,12 @@ def evaluate(
     data: DataOption = None,
 ) -> None:
     """Convert to float32 and full int8; print held-out accuracy per class for both."""
-    from edgefleet.host.errors import HostError  # noqa: PLC0415 - keep CLI start fast
+    from edgefleet.host.errors import HostError, ModelLoadError  # noqa: PLC0415 - keep CLI start fast
     from edgefleet.host.training import evaluate as run_evaluation  # noqa: PLC0415
 
     try:
         result = run_evaluation(model, out, directory=data)
-    except HostError as exc:
+    except (HostError, ModelLoadError) as exc:
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc
     print(f"held-out scans: {result.count} {result.class_counts}")

@@ -69,7 +69,7 @@ def listen(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     try:
         ingestor.subscribe(shared=shared)
         typer.echo(
-            f"listening on {fl.conn.settings.url} (worker {worker}), storing into {store.path}",
+            f"listening on {fl.conn.url} (worker {worker}), storing into {store.path}",
             err=True,
         )
         stats = ingestor.run(stop=stop)

@@ -1,4 +1,4 @@
-"""`edgefleet init | provision | revoke | keys ...`: the fleet CA, device bundles, signing keys."""
+"""`edgefleet init | provision | revoke | wheelhouse | keys ...`: CA, bundles, wheels, keys."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ FleetDir = Annotated[
 ]
 _RELOAD_HINT = "reload the broker so it applies the new ACL and CRL: kill -HUP <mosquitto pid>"
 T = TypeVar("T")
+Platforms = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--platform",
+        help="pip platform tag of the devices (repeatable, most specific first; default: "
+        "Raspberry Pi OS Bookworm 64-bit, manylinux_2_36_aarch64 and older aarch64 tags).",
+    ),
+]
+PythonVersion = Annotated[str, typer.Option(help="The devices' Python version.")]
+Legacy = Annotated[
+    bool, typer.Option(help="Wheels for install-device.sh --legacy (tflite-runtime, numpy 1).")
+]
 
 keys_app = typer.Typer(
     help="Model-signing keys: list, rotate, activate, retire.", no_args_is_help=True
@@ -83,8 +95,19 @@ def provision(  # noqa: PLR0917 - a typer command: its parameters are the CLI op
     edgetpu: Annotated[
         str, typer.Option(help="Agent runtime.edgetpu: off, usb, pci or a device string.")
     ] = "off",
+    wheelhouse_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--wheelhouse",
+            help="Also download the agent's dependencies into this folder, for devices "
+            "without internet (install-device.sh --wheelhouse DIR).",
+        ),
+    ] = None,
+    platform: Platforms = None,
+    python_version: PythonVersion = "3.11",
+    legacy: Legacy = False,
 ) -> None:
-    """Issue a device certificate and write its install bundle (a tarball)."""
+    """Issue a device certificate and write its install bundle (a tarball with the agent)."""
     from edgefleet.host.provision import provision_device  # noqa: PLC0415
 
     bundle = _run(
@@ -94,7 +117,34 @@ def provision(  # noqa: PLR0917 - a typer command: its parameters are the CLI op
     )
     print(f"bundle: {bundle}  (holds the device's private key: copy it over a trusted channel)")
     print("on the device: tar xzf BUNDLE && cd edgefleet-* && sudo ./install-device.sh")
+    if wheelhouse_dir is not None:
+        wheelhouse(wheelhouse_dir, platform, python_version, legacy)
     print(_RELOAD_HINT)
+
+
+def wheelhouse(
+    directory: Annotated[Path, typer.Argument(help="The wheelhouse folder (created if missing).")],
+    platform: Platforms = None,
+    python_version: PythonVersion = "3.11",
+    legacy: Legacy = False,
+) -> None:
+    """Download the agent's dependencies as wheels for devices without internet."""
+    from edgefleet.host.provision import DEVICE_PLATFORMS, fill_wheelhouse  # noqa: PLC0415
+
+    extras = ("legacy",) if legacy else ("litert",)
+    platforms = tuple(platform or DEVICE_PLATFORMS)
+    wheels = _run(
+        lambda: fill_wheelhouse(
+            directory, platforms=platforms, python_version=python_version, extras=extras
+        )
+    )
+    size = sum(w.stat().st_size for w in wheels) / 1e6
+    print(f"wheelhouse: {directory}  ({len(wheels)} wheels, {size:.1f} MB, {platforms[0]})")
+    flag = " --legacy" if legacy else ""
+    print(
+        f"copy it to the device next to the bundle; there: "
+        f"sudo ./install-device.sh{flag} --wheelhouse ../{directory.name}"
+    )
 
 
 def revoke(
@@ -172,8 +222,9 @@ def keys_retire(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `init`, `provision`, `revoke` and the `keys` group to the root app."""
+    """Add `init`, `provision`, `revoke`, `wheelhouse` and the `keys` group to the root app."""
     app.command("init")(init)
     app.command("provision")(provision)
     app.command("revoke")(revoke)
+    app.command("wheelhouse")(wheelhouse)
     app.add_typer(keys_app, name="keys")

@@ -28,7 +28,7 @@ def quantize(  # noqa: PLR0917 - typer maps each parameter to a CLI option
     runs: Annotated[int, typer.Option(min=1, help="Timed invokes per model.")] = 200,
 ) -> None:
     """Convert MODEL to every requested TFLite mode and measure size, accuracy, latency."""
-    from edgefleet.host.errors import HostError  # noqa: PLC0415
+    from edgefleet.host.errors import HostError, ModelLoadError  # noqa: PLC0415
     from edgefleet.host.quantize import _report as report  # noqa: PLC0415
     from edgefleet.host.quantize import _run as q  # noqa: PLC0415 - keep `edgefleet --help` fast
 
@@ -46,7 +46,7 @@ def quantize(  # noqa: PLR0917 - typer maps each parameter to a CLI option
             run_edgetpu=edgetpu,
         )
         json_path, png_path = report.write(result, out)
-    except HostError as exc:
+    except (HostError, ModelLoadError) as exc:
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc
     print(report.table(result))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from edgefleet.host.datasets._resolve import load_raw
@@ -36,7 +37,7 @@ def export_pngs(name: str, *, split: str, out_dir: Path) -> int:
     return len(ds.y)
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+def _to_uint8(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     if image.dtype == np.uint8:
         return image
     low, high = float(image.min()), float(image.max())

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgefleet.device.inputs import INPUT_SUFFIXES, load_input
 from edgefleet.host.datasets._mnist import Dataset
 from edgefleet.host.errors import DatasetError
 from edgefleet.shared.errors import InputError
-from edgefleet.shared.preprocess import INPUT_SUFFIXES, load_input
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -1,4 +1,4 @@
-"""Simulated GPR B-scans (gprMax FDTD): a seeded, resumable generator and the bundled set.
+"""Simulated GPR B-scans (gprMax FDTD): scan parameters, gprMax input files, the bundled set.
 
 Each scan is a 2-D (TM) model of a soil half-space with an antenna pair stepping along the
 surface over one of four targets (:data:`CLASSES`): a perfectly conducting ``metal`` pipe,
@@ -9,20 +9,17 @@ seeded with the scan's own seed (``seed + index``), so any one scan can be rebui
 
 A scan is stored as ``<out>/<class>/<seed>.npy``: float32 ``(traces, samples)`` of the
 received ``Ez`` field, resampled (band-limited) from the FDTD time step to ``samples``.
-``manifest.jsonl`` holds one JSON object of parameters per finished scan.
+``manifest.jsonl`` holds one JSON object of parameters per finished scan. Running gprMax
+itself lives in ``_gprmax`` (the optional ``gpr`` extra).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from multiprocessing import get_context
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -30,9 +27,10 @@ import numpy.typing as npt
 
 from edgefleet.host.datasets._mnist import Dataset
 from edgefleet.host.errors import DatasetError
+from edgefleet.shared.atomic import write_atomic
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
 CLASSES = ("metal", "plastic", "concrete", "none")
 C0 = 299_792_458.0  # speed of light in vacuum, m/s
@@ -256,41 +254,6 @@ def _target_lines(p: ScanParams, soil_top: float) -> list[str]:
     return []
 
 
-def simulate(params: ScanParams) -> npt.NDArray[np.float32]:
-    """Run gprMax for one scan and return float32 ``(traces, samples)``."""
-    import gprMax  # noqa: PLC0415 - optional dependency (extra "gpr"), heavy import
-    import gprMax.contexts  # noqa: PLC0415
-    import h5py  # noqa: PLC0415 - comes with gprMax
-
-    # gprMax runs a full gc.collect() after every trace (model); for these small models that
-    # is ~30% of the run time, and a worker's memory stays small (maxtasksperchild bounds it).
-    saved_gc, gprMax.contexts.gc = gprMax.contexts.gc, SimpleNamespace(collect=lambda: 0)
-    try:
-        return _simulate(gprMax, h5py, params)
-    finally:
-        gprMax.contexts.gc = saved_gc
-
-
-def _simulate(gprmax: ModuleType, h5py: ModuleType, params: ScanParams) -> npt.NDArray[np.float32]:
-    with tempfile.TemporaryDirectory(prefix="edgefleet-gpr-") as tmp:
-        path = Path(tmp) / "scan.in"
-        path.write_text(input_file(params))
-        gprmax.run(
-            inputfile=str(path),
-            n=params.n_traces,
-            geometry_fixed=True,
-            log_level=40,
-            hide_progress_bars=True,
-            allow_underresolved=True,
-        )
-        traces = []
-        for k in range(1, params.n_traces + 1):
-            with h5py.File(Path(tmp) / f"scan{k}.h5", "r") as h5:
-                traces.append(np.asarray(h5["rxs/rx1/Ez"], dtype=np.float64))
-    raw = np.stack(traces)
-    return resample(raw, params.n_samples).astype(np.float32)
-
-
 def resample(traces: npt.NDArray[np.float64], n_samples: int) -> npt.NDArray[np.float64]:
     """Band-limited resampling of each row to ``n_samples`` (FFT, spectrum truncated)."""
     n_in = traces.shape[-1]
@@ -305,94 +268,12 @@ def scan_path(out_dir: Path, params: ScanParams) -> Path:
     return out_dir / params.label / f"{params.seed:07d}.npy"
 
 
-def _save_atomic(path: Path, array: npt.NDArray[np.float32]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _make_one(job: tuple[str, int]) -> int:
-    out_dir, scan_seed = Path(job[0]), job[1]
-    params = sample_params(scan_seed)
-    path = scan_path(out_dir, params)
-    if not path.exists():
-        _save_atomic(path, simulate(params))
-    return scan_seed
-
-
-def generate(
-    out_dir: Path,
-    *,
-    n: int,
-    seed: int,
-    workers: int = 1,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[Path]:
-    """Simulate scans ``seed .. seed + n - 1`` into ``out_dir``; finished scans are skipped.
-
-    Args:
-        out_dir: data set folder; gets ``<class>/<seed>.npy`` and ``manifest.jsonl``.
-        n: number of scans (classes cycle with the scan seed, so any 4 in a row are balanced).
-        seed: seed of the first scan.
-        workers: parallel processes (each runs gprMax on one thread).
-        progress: called with (done, total) after each scan.
-
-    Returns:
-        The paths of all ``n`` scans.
-    """
-    if n <= 0 or workers <= 0:
-        raise DatasetError(f"n and workers must be positive (got n={n}, workers={workers})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seeds = range(seed, seed + n)
-    todo = [s for s in seeds if not scan_path(out_dir, sample_params(s)).exists()]
-    done = n - len(todo)
-    if progress:
-        progress(done, n)
-    if todo:
-        done = _run_pool(out_dir, todo, workers=workers, done=done, n=n, progress=progress)
-    write_manifest(out_dir)
-    return [scan_path(out_dir, sample_params(s)) for s in seeds]
-
-
-def _run_pool(
-    out_dir: Path,
-    todo: list[int],
-    *,
-    workers: int,
-    done: int,
-    n: int,
-    progress: Callable[[int, int], None] | None,
-) -> int:
-    # Fresh worker processes now and then: gprMax keeps module-level state between runs.
-    with get_context("spawn").Pool(workers, maxtasksperchild=20) as pool:
-        for _ in pool.imap_unordered(_make_one, [(str(out_dir), s) for s in todo]):
-            done += 1
-            if progress:
-                progress(done, n)
-            if done % 25 == 0:
-                write_manifest(out_dir)
-    return done
-
-
 def write_manifest(out_dir: Path) -> Path:
     """Rewrite ``manifest.jsonl`` (atomically) from every finished scan in ``out_dir``."""
     seeds = sorted(int(p.stem) for p in out_dir.glob("*/*.npy") if not p.name.startswith("."))
     lines = [json.dumps(asdict(sample_params(s)), sort_keys=True) for s in seeds]
     path = out_dir / MANIFEST
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".jsonl")
-    with os.fdopen(fd, "w") as fh:
-        fh.write("".join(line + "\n" for line in lines))
-        fh.flush()
-        os.fsync(fh.fileno())
-    Path(tmp).replace(path)
+    write_atomic(path, "".join(line + "\n" for line in lines).encode())
     return path
 
 
@@ -440,7 +321,8 @@ def _load_scan(path: Path) -> npt.NDArray[np.float32]:
         raise DatasetError(f"GPR scan {path} is unreadable ({exc}); regenerate it") from exc
     if scan.ndim != 2 or scan.dtype != np.float32:  # noqa: PLR2004 - (traces, samples)
         raise DatasetError(f"GPR scan {path} has {scan.dtype} {scan.shape}; expected 2-D float32")
-    return scan
+    out: npt.NDArray[np.float32] = scan
+    return out
 
 
 def _object_array(items: Iterable[npt.NDArray[np.float32]]) -> npt.NDArray[np.object_]:

@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.device.config import MqttConfig
 from edgefleet.host.demo._brokers import die_with_parent
-from edgefleet.host.errors import HostError
+from edgefleet.host.errors import DemoError
+from edgefleet.host.fleetdir import dump_toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,10 +24,6 @@ if TYPE_CHECKING:
     from edgefleet.host.fleetdir import FleetConfig
 
 STOP_TIMEOUT_S = 10.0
-
-
-class DemoError(HostError):
-    """The demo could not run or did not complete (the message says which step)."""
 
 
 def agent_command() -> list[str]:
@@ -41,8 +39,6 @@ def agent_command() -> list[str]:
 
 def agent_speaks_mqtt311() -> bool:
     """True if the agent config offers ``mqtt.protocol`` (needed for a 3.1.1-only broker)."""
-    from edgefleet.device.config import MqttConfig  # noqa: PLC0415
-
     return "protocol" in MqttConfig.model_fields
 
 
@@ -91,8 +87,6 @@ class AgentGroup:
 
         ``mqtt311`` sets ``mqtt.protocol = "3.1.1"`` (for a broker that speaks nothing newer).
         """
-        from edgefleet.host.fleetdir import dump_toml  # noqa: PLC0415
-
         for device in device_ids:
             bundle = extract_bundle(
                 config.resolve(f"bundles/{device}.tar.gz"), self.root / device / "bundle"

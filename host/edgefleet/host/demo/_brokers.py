@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from edgefleet.host.errors import HostError
+from amqtt.broker import Broker
+
+from edgefleet.host.errors import BrokerError
+from edgefleet.shared.broker_url import BrokerUrl
 
 BrokerKind = Literal["auto", "mosquitto", "amqtt"]
 _PR_SET_PDEATHSIG = 1
-
-
-class BrokerError(HostError):
-    """A local broker could not be started."""
 
 
 class LocalBroker(Protocol):
@@ -148,7 +147,7 @@ class MosquittoProcess:
     @property
     def url(self) -> str:
         """The broker URL clients use."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+        return str(BrokerUrl("mqtts" if self.tls else "mqtt", "127.0.0.1", self.port))
 
     def start(self) -> MosquittoProcess:
         """Start it and wait until it listens.
@@ -209,7 +208,7 @@ class EmbeddedBroker:
     @property
     def url(self) -> str:
         """The broker URL clients use (plain MQTT 3.1.1)."""
-        return f"mqtt://127.0.0.1:{self.port}"
+        return str(BrokerUrl("mqtt", "127.0.0.1", self.port))
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -220,8 +219,6 @@ class EmbeddedBroker:
         }
 
     def _run(self) -> None:
-        from amqtt.broker import Broker  # noqa: PLC0415 - only when no mosquitto is used
-
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)

@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
+from edgefleet.host.datasets import CLASSES, load_gpr, load_mnist, prepare
 from edgefleet.host.errors import DatasetError
+from edgefleet.host.training import MNIST_SPEC, gpr_spec, train_gpr_convnet
+from edgefleet.host.training import _models as models
+from edgefleet.shared.gpr import render_png
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -94,8 +99,6 @@ def pick(name: str | None, *, train: bool = False) -> DemoData:
 
 
 def _mnist() -> DemoData:
-    from edgefleet.host.training import MNIST_SPEC  # noqa: PLC0415 - keeps TF out of import time
-
     return DemoData(
         name="mnist",
         labels=tuple(str(i) for i in range(10)),
@@ -110,10 +113,6 @@ def _mnist() -> DemoData:
 def _mnist_model(workdir: Path, _train: bool, epochs: int | None) -> tuple[Path, str]:
     # No MNIST model ships: the seed ConvNet is always trained, briefly, on the 8,000
     # digits; batches of 64 instead of the seed's 250 reach ~95% in one epoch.
-    from edgefleet.host.datasets import prepare  # noqa: PLC0415
-    from edgefleet.host.training import MNIST_SPEC  # noqa: PLC0415
-    from edgefleet.host.training import _models as models  # noqa: PLC0415 - loads TF
-
     n = epochs or MNIST_EPOCHS
     train = prepare("mnist", split="train", spec=MNIST_SPEC)
     model = models.build_seed_convnet((28, 28, 1), len(train.labels))
@@ -125,10 +124,6 @@ def _mnist_model(workdir: Path, _train: bool, epochs: int | None) -> tuple[Path,
 
 
 def _mnist_scans(n: int) -> list[Scan]:
-    from PIL import Image  # noqa: PLC0415
-
-    from edgefleet.host.datasets import load_mnist  # noqa: PLC0415
-
     data = load_mnist("eval")
     scans = []
     for i in _spread(len(data.y), n):
@@ -142,9 +137,6 @@ def _mnist_scans(n: int) -> list[Scan]:
 
 
 def _gpr() -> DemoData:
-    from edgefleet.host.datasets import CLASSES  # noqa: PLC0415
-    from edgefleet.host.training import gpr_spec  # noqa: PLC0415 - TensorFlow-heavy, only for GPR
-
     return DemoData(
         name="gpr",
         labels=CLASSES,
@@ -160,8 +152,6 @@ def _gpr_model(workdir: Path, train: bool, epochs: int | None) -> tuple[Path, st
     bundled = bundled_gpr_model()
     if bundled is not None and not train:
         return bundled, f"bundled GPR ConvNet ({bundled.name})"
-    from edgefleet.host.training import train_gpr_convnet  # noqa: PLC0415 - loads TF
-
     path = workdir / "model" / "gpr_convnet.keras"
     if epochs is None:
         train_gpr_convnet(path)
@@ -172,11 +162,6 @@ def _gpr_model(workdir: Path, train: bool, epochs: int | None) -> tuple[Path, st
 
 def _gpr_scans(n: int) -> list[Scan]:
     """Held-out B-scans, alternately as the raw ``.npy`` and as the 16-bit PNG a crew exports."""
-    from PIL import Image  # noqa: PLC0415
-
-    from edgefleet.host.datasets import load_gpr  # noqa: PLC0415
-    from edgefleet.shared.gpr import render_png  # noqa: PLC0415
-
     data = load_gpr("heldout")
     scans = []
     for k, i in enumerate(_spread(len(data.y), n)):

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgefleet.host.fleet import Ingestor, IngestStats, PredictionStore, SqliteStore
+from edgefleet.host.quantize import _measure as measure
+from edgefleet.shared.preprocess import preprocess
+from edgefleet.shared.tflite_model import read_model_info
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -171,10 +174,6 @@ class LiveRun:
 
     def _host_agreement(self, deployed: Path, records: list[PredictionRecord]) -> float | None:
         """Share of device predictions equal to the host's LiteRT run of the same file."""
-        from edgefleet.host.quantize import _measure as measure  # noqa: PLC0415 - LiteRT
-        from edgefleet.shared.preprocess import preprocess  # noqa: PLC0415
-        from edgefleet.shared.tflite_model import read_model_info  # noqa: PLC0415
-
         info = read_model_info(deployed.read_bytes())
         if info is None or not records:
             return None

@@ -25,15 +25,38 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.host.demo import _agents as demo_agents
 from edgefleet.host.demo import _data as demo_data
-from edgefleet.host.demo._agents import DemoError
-from edgefleet.host.demo._brokers import BrokerKind, LocalBroker, find_mosquitto, free_port
+from edgefleet.host.demo._brokers import (
+    BrokerKind,
+    EmbeddedBroker,
+    LocalBroker,
+    MosquittoProcess,
+    find_mosquitto,
+    free_port,
+)
+from edgefleet.host.demo._live import LiveRun
 from edgefleet.host.demo._summary import DeviceSummary, ModeSummary, Summary, format_summary
+from edgefleet.host.errors import DemoError
+from edgefleet.host.fleet import (
+    Fleet,
+    PushPlan,
+    connect,
+    load_model,
+    open_registry,
+    push,
+    settings_from,
+)
+from edgefleet.host.fleetdir import load_registry
+from edgefleet.host.provision import init_fleet, load_signing_key, provision_device
+from edgefleet.host.quantize import _run as quantize
+from edgefleet.shared.broker_url import BrokerUrl
+from edgefleet.shared.errors import BrokerUrlError
+from edgefleet.shared.topics import Topics
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from edgefleet.host.demo._data import DemoData
-    from edgefleet.host.fleet import Fleet, Progress
+    from edgefleet.host.fleet import Progress
     from edgefleet.host.fleetdir import FleetConfig
     from edgefleet.host.quantize import Report
 
@@ -135,6 +158,14 @@ def captured_output(log: Path) -> Iterator[None]:
         os.close(saved[1])
 
 
+def _given_broker(text: str) -> BrokerUrl:
+    """The ``--broker`` URL, or a DemoError saying what is wrong with it."""
+    try:
+        return BrokerUrl.parse(text)
+    except BrokerUrlError as exc:
+        raise DemoError(f"--broker: {exc}") from exc
+
+
 class _Demo:
     """One run's state; :meth:`close` releases everything it started."""
 
@@ -177,7 +208,7 @@ class _Demo:
             self.device_ids,
             config=config,
             url=url,
-            tls=url.startswith("mqtts"),
+            tls=BrokerUrl.parse(url).tls,
             mqtt311=self.summary.broker.get("kind") == "amqtt",
         )
         pids = ", ".join(f"{d} (pid {p})" for d, p in self.agents.pids().items())
@@ -197,8 +228,6 @@ class _Demo:
     # -- fleet and broker -----------------------------------------------------------------
 
     def setup_fleet(self) -> tuple[FleetConfig, str]:
-        from edgefleet.host.provision import init_fleet, provision_device  # noqa: PLC0415
-
         opts = self.options
         own_mosquitto = opts.broker is None and (
             opts.broker_kind == "mosquitto"
@@ -206,7 +235,7 @@ class _Demo:
         )
         if opts.tls and not own_mosquitto:
             raise DemoError("--tls needs the demo's own mosquitto (no --broker, not amqtt)")
-        if opts.broker is not None and not opts.broker.startswith("mqtt://"):
+        if opts.broker is not None and _given_broker(opts.broker).tls:
             raise DemoError(
                 f"--broker {opts.broker}: give a plain mqtt://HOST:PORT broker; the demo's "
                 "throwaway certificates would not be trusted by an existing TLS broker"
@@ -215,7 +244,7 @@ class _Demo:
         config = init_fleet(
             self.workdir / "fleet",
             name="edgefleet-demo",
-            broker_url=f"mqtts://127.0.0.1:{port}",
+            broker_url=str(BrokerUrl("mqtts", "127.0.0.1", port)),
             prefix=f"edgefleet-demo-{uuid.uuid4().hex[:8]}",
             bind_address="127.0.0.1",
             broker_user=getpass.getuser(),
@@ -228,12 +257,10 @@ class _Demo:
         )
         url = opts.broker or self.start_broker(config, port=port, own_mosquitto=own_mosquitto)
         self.summary.broker.setdefault("kind", "external")
-        self.summary.broker.update(url=url, prefix=config.prefix, tls=url.startswith("mqtts"))
+        self.summary.broker.update(url=url, prefix=config.prefix, tls=BrokerUrl.parse(url).tls)
         return config, url
 
     def start_broker(self, config: FleetConfig, *, port: int, own_mosquitto: bool) -> str:
-        from edgefleet.host.demo._brokers import EmbeddedBroker, MosquittoProcess  # noqa: PLC0415
-
         if own_mosquitto:
             conf = config.resolve(config.broker_conf) if self.options.tls else None
             mosquitto = MosquittoProcess(self.workdir / "broker", port=port, conf=conf).start()
@@ -258,8 +285,6 @@ class _Demo:
     # -- model ----------------------------------------------------------------------------
 
     def prepare_model(self) -> Path:
-        from edgefleet.host.quantize import _run as quantize  # noqa: PLC0415 - loads TensorFlow
-
         modes = list(self.options.modes or self.data.default_modes)
         if self.options.deploy_mode not in (*modes, "float32"):
             modes.append(self.options.deploy_mode)
@@ -304,17 +329,7 @@ class _Demo:
     # -- host side ------------------------------------------------------------------------
 
     def open_host(self, config: FleetConfig, url: str) -> Fleet:
-        from edgefleet.host.fleet import (  # noqa: PLC0415
-            Fleet,
-            connect,
-            open_registry,
-            settings_from,
-        )
-        from edgefleet.host.fleetdir import load_registry  # noqa: PLC0415
-        from edgefleet.host.provision import load_signing_key  # noqa: PLC0415
-        from edgefleet.shared.topics import Topics  # noqa: PLC0415
-
-        own_tls = url.startswith("mqtts")
+        own_tls = BrokerUrl.parse(url).tls
         settings = settings_from(broker=None if own_tls else url, fleet=config)
         # amqtt never answers an MQTT 5 CONNECT that carries properties: ask for 3.1.1.
         protocol = "3.1.1" if self.summary.broker.get("kind") == "amqtt" else "auto"
@@ -344,8 +359,6 @@ class _Demo:
         self.log(f"devices online: {', '.join(self.device_ids)}")
 
     def push(self, deploy: Path) -> None:
-        from edgefleet.host.fleet import PushPlan, load_model, push  # noqa: PLC0415
-
         assert self.fleet is not None  # noqa: S101 - set by run()
         model = load_model(deploy)
         variant = model.template.variants[0]
@@ -388,8 +401,6 @@ class _Demo:
     # -- inference ------------------------------------------------------------------------
 
     def classify(self, deploy: Path) -> None:
-        from edgefleet.host.demo._live import LiveRun  # noqa: PLC0415
-
         assert self.fleet is not None  # noqa: S101
         scans = self.data.scans(self.options.scans)
         live = LiveRun(

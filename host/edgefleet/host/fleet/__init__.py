@@ -2,8 +2,9 @@
 
 The data flow through this package, in the order a model travels:
 
-- ``_connection``: the MQTT connection (TLS from the fleet config, connect deadline) and the
-  ``Connection`` seam that push, status and ingest take;
+- ``_connection``: ``PahoConnection``, the real MQTT connection (TLS from the fleet config,
+  connect deadline); push, status and ingest take the ``Connection`` protocol
+  (``edgefleet.shared.connection``), so unit tests run them on an in-memory broker;
 - ``_fleet``: ``Fleet`` (connection + topics + push registry + what devices retain), ``open_fleet``;
 - ``_push``: sign a manifest, publish chunks once, roll out in waves or as a canary, roll back;
 - ``_rollout``: the rollout decisions as pure functions (phases, waves, abort rules);
@@ -17,8 +18,7 @@ from __future__ import annotations
 
 from edgefleet.host.fleet._connection import (
     BrokerSettings,
-    Connection,
-    Message,
+    PahoConnection,
     connect,
     settings_from,
 )
@@ -45,6 +45,7 @@ from edgefleet.host.fleet._pushes import (
 from edgefleet.host.fleet._rollout import Phase, Progress, Verdict
 from edgefleet.host.fleet._status import DeviceRow, device_rows, format_table
 from edgefleet.host.fleet._store import PredictionStore, SqliteStore, export
+from edgefleet.shared.connection import Connection, Message, PublishHandle
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -58,9 +59,11 @@ __all__ = [
     "Message",
     "ModelFiles",
     "OnProgress",
+    "PahoConnection",
     "Phase",
     "PredictionStore",
     "Progress",
+    "PublishHandle",
     "PushPlan",
     "PushRecord",
     "Registry",

@@ -1,8 +1,10 @@
-"""The host's MQTT connection: broker URL parsing, TLS from the fleet config, a connect deadline.
+"""The host's MQTT connection: broker settings, TLS from the fleet config, a connect deadline.
 
-Every host command talks to the broker through :class:`Connection`: a paho-mqtt 2.x client
+Every host command talks to the broker through :class:`PahoConnection`: a paho-mqtt 2.x client
 (``CallbackAPIVersion.VERSION2``) whose network loop runs in paho's thread and hands every
 message to a thread-safe queue, so command code stays a plain loop over ``next_message``.
+Fleet code takes the :class:`edgefleet.shared.connection.Connection` protocol instead, which
+``PahoConnection`` satisfies and the unit tests' in-memory broker implements too.
 Only standard MQTT is used (retained messages, QoS 1, persistent sessions and, where
 offered, MQTT 5 shared subscriptions), so any 3.1.1 or 5 broker works.
 """
@@ -14,20 +16,26 @@ import ssl
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edgefleet.host.errors import FleetError
+from edgefleet.shared.broker_url import BrokerUrl
+from edgefleet.shared.connection import Message
+from edgefleet.shared.errors import BrokerUrlError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from edgefleet.host.fleetdir import FleetConfig
+    from edgefleet.shared.connection import PublishHandle
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 SESSION_EXPIRY_S = 7 * 24 * 3600
@@ -36,7 +44,15 @@ _UNSUPPORTED_PROTOCOL = (1, 132)  # 3.1.1 CONNACK rc / MQTT 5 reason code
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    """Where and how to connect: URL, TLS files, credentials, topic prefix."""
+    """Where and how to connect: URL, TLS files, credentials, topic prefix.
+
+    ``url`` is parsed into ``broker`` (``host``, ``port`` and ``tls`` are its parts) and then
+    kept in its canonical form without the password, so error messages can show it; a user
+    name and password in the URL are used unless ``username`` is given.
+
+    Raises:
+        FleetError: ``url`` is not a broker URL.
+    """
 
     url: str
     prefix: str = "edgefleet"
@@ -44,44 +60,25 @@ class BrokerSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    broker: BrokerUrl = field(init=False, repr=False)
     host: str = field(init=False)
     port: int = field(init=False)
     tls: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        host, port, tls, user, password = parse_broker_url(self.url)
-        object.__setattr__(self, "host", host)
-        object.__setattr__(self, "port", port)
-        object.__setattr__(self, "tls", tls)
-        if self.username is None and user is not None:
-            object.__setattr__(self, "username", user)
-            object.__setattr__(self, "password", password)
-
-
-def parse_broker_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
-    """Split ``mqtt://[user:pass@]host[:port]`` or ``mqtts://...`` into its parts.
-
-    Returns:
-        (host, port, tls, username, password); the port defaults to 1883 / 8883.
-
-    Raises:
-        FleetError: Not such a URL.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname or parts.path not in ("", "/"):
-        raise FleetError(
-            f"broker URL {url!r} is not mqtt://HOST:PORT or mqtts://HOST:PORT "
-            "(for example mqtt://127.0.0.1:1883 or mqtts://broker.example:8883)"
-        )
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise FleetError(f"broker URL {url!r} has an invalid port") from exc
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    return parts.hostname, port, tls, user, password
+        try:
+            broker = BrokerUrl.parse(self.url)
+        except BrokerUrlError as exc:
+            raise FleetError(str(exc)) from exc
+        object.__setattr__(self, "broker", broker)
+        object.__setattr__(self, "url", str(broker))
+        object.__setattr__(self, "host", broker.host)
+        object.__setattr__(self, "port", broker.port)
+        object.__setattr__(self, "tls", broker.tls)
+        if self.username is None and broker.username is not None:
+            object.__setattr__(self, "username", broker.username)
+            object.__setattr__(self, "password", broker.password)
 
 
 def settings_from(
@@ -99,11 +96,10 @@ def settings_from(
                 "`edgefleet init`), or set EDGEFLEET_BROKER"
             )
         return BrokerSettings(url=broker, prefix=prefix or "edgefleet")
-    url = broker or fleet.broker_url
-    tls = url.startswith("mqtts://")
-    ca, cert, key = fleet.tls_files() if tls else (None, None, None)
-    return BrokerSettings(
-        url=url,
+    settings = BrokerSettings(url=broker or fleet.broker_url)
+    ca, cert, key = fleet.tls_files() if settings.tls else (None, None, None)
+    return replace(
+        settings,
         prefix=prefix or fleet.prefix,
         ca_file=ca,
         cert_file=cert if cert is not None and cert.exists() else None,
@@ -111,18 +107,10 @@ def settings_from(
     )
 
 
-@dataclass(frozen=True)
-class Message:
-    """One received message, copied out of paho's thread."""
-
-    topic: str
-    payload: bytes
-    retain: bool
-    received_at: float
-
-
-class Connection:
+class PahoConnection:
     """A connected paho client whose messages arrive on a queue (see the module docstring).
+
+    It satisfies the :class:`edgefleet.shared.connection.Connection` protocol.
 
     Use :func:`connect` to make one; close it with :meth:`close` or a ``with`` block.
     """
@@ -141,16 +129,21 @@ class Connection:
         """True if the session speaks MQTT 5."""
         return self.protocol == MQTTProtocolVersion.MQTTv5
 
+    @property
+    def url(self) -> str:
+        """The broker URL, for messages to the user."""
+        return self.settings.url
+
     def _on_reconnect(
         self,
         client: mqtt.Client,
         _u: object,
-        flags: Any,  # noqa: ANN401 - paho's ConnectFlags
-        rc: Any,  # noqa: ANN401 - paho's ReasonCode
-        _p: object,
+        flags: mqtt.ConnectFlags,
+        rc: ReasonCode,
+        _p: Properties | None,
     ) -> None:
         # paho reconnects by itself; a broker that lost the session also lost our subscriptions.
-        if _code(rc) == 0 and not getattr(flags, "session_present", False) and self.filters:
+        if _code(rc) == 0 and not flags.session_present and self.filters:
             client.subscribe(list(self.filters.items()))
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -163,9 +156,11 @@ class Connection:
             FleetError: The broker refused or did not answer.
         """
         done = threading.Event()
-        granted: list[Any] = []
+        granted: list[ReasonCode] = []
 
-        def on_subscribe(_c: object, _u: object, _mid: int, codes: list[Any], _p: object) -> None:
+        def on_subscribe(
+            _c: mqtt.Client, _u: object, _mid: int, codes: list[ReasonCode], _p: Properties | None
+        ) -> None:
             granted.extend(codes)
             done.set()
 
@@ -194,22 +189,23 @@ class Connection:
             raise FleetError(f"publishing to {topic} failed: {mqtt.error_string(info.rc)}")
         return info
 
-    def wait_published(self, infos: list[mqtt.MQTTMessageInfo], *, timeout: float = 60.0) -> None:
-        """Block until the broker acknowledged every QoS 1 publish in ``infos``.
+    def wait_published(self, handles: Sequence[PublishHandle], *, timeout: float = 60.0) -> None:
+        """Block until the broker acknowledged every QoS 1 publish in ``handles``.
 
         Raises:
             FleetError: Not all were acknowledged within ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
-        for info in infos:
+        for info in handles:
             remaining = deadline - time.monotonic()
             try:
                 info.wait_for_publish(timeout=max(0.0, remaining))
             except (RuntimeError, ValueError) as exc:
                 raise FleetError(f"publish failed: {exc}; is the broker still up?") from exc
             if not info.is_published():
+                n = len(handles)
                 raise FleetError(
-                    f"the broker did not acknowledge {len(infos)} publishes within {timeout:.0f} s"
+                    f"the broker did not acknowledge {n} publishes within {timeout:.0f} s"
                 )
 
     def next_message(self, timeout: float) -> Message | None:
@@ -235,15 +231,16 @@ class Connection:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def __enter__(self) -> Connection:  # noqa: PYI034 - a final class
+    def __enter__(self) -> PahoConnection:  # noqa: PYI034 - a final class
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
 
-def _code(code: Any) -> int:  # noqa: ANN401 - paho gives ReasonCode (v5) or int (3.1.1)
-    return int(getattr(code, "value", code))
+def _code(code: ReasonCode | int) -> int:
+    # paho's VERSION2 callbacks give ReasonCode for MQTT 5 and 3.1.1 alike; int for safety.
+    return code.value if isinstance(code, ReasonCode) else int(code)
 
 
 def connect(
@@ -253,7 +250,7 @@ def connect(
     persistent: bool = False,
     timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
     protocol: str = "auto",
-) -> Connection:
+) -> PahoConnection:
     """Connect to the broker, or fail with a clear FleetError within about ``timeout`` seconds.
 
     Args:
@@ -331,17 +328,25 @@ def _connect_once(
     *,
     persistent: bool,
     timeout: float,
-) -> Connection:
+) -> PahoConnection:
     client = _make_client(settings, cid, version, persistent=persistent)
-    conn = Connection(client, settings, version)
-    result: dict[str, Any] = {}
+    conn = PahoConnection(client, settings, version)
+    result: dict[str, ReasonCode] = {}
     connected = threading.Event()
 
-    def on_connect(_c: object, _u: object, _f: object, rc: Any, _p: object) -> None:  # noqa: ANN401
+    def on_connect(
+        _c: mqtt.Client, _u: object, _f: mqtt.ConnectFlags, rc: ReasonCode, _p: Properties | None
+    ) -> None:
         result["rc"] = rc
         connected.set()
 
-    def on_disconnect(_c: object, _u: object, _f: object, rc: Any, _p: object) -> None:  # noqa: ANN401
+    def on_disconnect(
+        _c: mqtt.Client,
+        _u: object,
+        _f: mqtt.DisconnectFlags,
+        rc: ReasonCode,
+        _p: Properties | None,
+    ) -> None:
         result.setdefault("disconnect", rc)
         conn.disconnected.set()
         connected.set()
@@ -371,7 +376,7 @@ def _tcp_connect(
     timeout: float,
 ) -> None:
     properties = None
-    clean_start: Any = mqtt.MQTT_CLEAN_START_FIRST_ONLY
+    clean_start: mqtt.CleanStartOption = mqtt.MQTT_CLEAN_START_FIRST_ONLY
     if version == MQTTProtocolVersion.MQTTv5:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = SESSION_EXPIRY_S if persistent else 0
@@ -401,7 +406,7 @@ def _tcp_connect(
         ) from exc
 
 
-def _check_connack(conn: Connection, rc: Any) -> Connection:  # noqa: ANN401 - paho ReasonCode
+def _check_connack(conn: PahoConnection, rc: ReasonCode) -> PahoConnection:
     code = _code(rc)
     if code == 0:
         return conn

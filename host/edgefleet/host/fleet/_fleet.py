@@ -24,7 +24,7 @@ from edgefleet.shared.topics import CHUNK_REQUEST, REPORTED, STATUS, Topics
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from edgefleet.host.fleet._connection import Connection, Message
+    from edgefleet.shared.connection import Connection, Message
 
 OnProgress = Callable[[list[Progress]], None]
 

@@ -13,8 +13,8 @@ from edgefleet.shared.messages import (
 )
 
 if TYPE_CHECKING:
-    from edgefleet.host.fleet._connection import Connection
     from edgefleet.host.fleet._fleet import Fleet
+    from edgefleet.shared.connection import Connection
 
 log = logging.getLogger(__name__)
 

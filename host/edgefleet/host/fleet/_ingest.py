@@ -30,9 +30,9 @@ from edgefleet.shared.topics import CHUNK_REQUEST, PREDICTIONS
 if TYPE_CHECKING:
     import threading
 
-    from edgefleet.host.fleet._connection import Connection, Message
     from edgefleet.host.fleet._fleet import Fleet
     from edgefleet.host.fleet._store import PredictionStore
+    from edgefleet.shared.connection import Connection, Message
 
 log = logging.getLogger(__name__)
 

@@ -19,19 +19,34 @@ _TERMINAL_FAIL = (UpdateState.REJECTED, UpdateState.FAILED)
 
 
 class Phase(str, Enum):
-    """Where one target device stands in a rollout."""
+    """Where one target device stands in a rollout: the protocol's update state, or pending.
 
+    Every phase but the host-only one takes its value from the device's :class:`UpdateState`
+    of the same name (:meth:`of` maps a reported state to its phase; a unit test checks that
+    every state has one), so the host adds only what no device reports. The members are
+    spelled out, not generated, so type checkers see them. ``idle`` has no phase: a device
+    that is idle, or busy with another rollout, is pending for this one.
+    """
+
+    # Host-only: the device has not started on this rollout (never reported, idle, or still
+    # on another version); it is never a state in a device's `reported` message.
     PENDING = "pending"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    HEALTH_CHECK = "health_check"
-    ACTIVATING = "activating"
-    ACTIVE = "active"
-    REJECTED = "rejected"
-    FAILED = "failed"
+    # The protocol's update states (edgefleet.shared.messages.UpdateState), idle excepted.
+    DOWNLOADING = UpdateState.DOWNLOADING.value
+    VERIFYING = UpdateState.VERIFYING.value
+    HEALTH_CHECK = UpdateState.HEALTH_CHECK.value
+    ACTIVATING = UpdateState.ACTIVATING.value
+    ACTIVE = UpdateState.ACTIVE.value
+    REJECTED = UpdateState.REJECTED.value
+    FAILED = UpdateState.FAILED.value
 
     def __str__(self) -> str:
         return self.value
+
+    @classmethod
+    def of(cls, state: UpdateState) -> Phase:
+        """The phase of a device reporting ``state`` about this rollout (idle: pending)."""
+        return cls.PENDING if state is UpdateState.IDLE else cls(state.value)
 
     @property
     def done(self) -> bool:
@@ -113,7 +128,7 @@ def classify(
         report, version=version, shas=shas, started_at=started_at, live=live
     ):
         return Progress(device_id, Phase.PENDING, active_version=active, online=online)
-    phase = Phase(report.state.value) if report.state != UpdateState.IDLE else Phase.PENDING
+    phase = Phase.of(report.state)
     if phase == Phase.ACTIVE:  # active, but on something older than the target
         phase = Phase.PENDING
     return Progress(

@@ -3,7 +3,8 @@
 - ``_provision``: ``init_fleet``, ``provision_device``, ``revoke_device``, signing-key rotation;
 - ``_pki``: X.509 and key-file helpers;
 - ``_brokerconf``: the deploy/ templates rendered (mosquitto.conf, ACL, agent.toml);
-- ``_bundle``: the device bundle tarball.
+- ``_bundle``: the device bundle tarball;
+- ``_wheels``: the agent's wheels for the bundle, a wheelhouse of their dependencies.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ from edgefleet.host.provision._provision import (
     signing_key_id,
     trusted_key_files,
 )
+from edgefleet.host.provision._wheels import DEVICE_PLATFORMS, agent_wheels, fill_wheelhouse
 
 __all__ = [
+    "DEVICE_PLATFORMS",
     "activate_signing_key",
+    "agent_wheels",
     "deploy_files",
+    "fill_wheelhouse",
     "init_fleet",
     "load_signing_key",
     "provision_device",

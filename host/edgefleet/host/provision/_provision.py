@@ -16,6 +16,7 @@ Every file is written atomically; changes to an existing fleet hold an exclusive
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import re
 import shutil
@@ -48,6 +49,7 @@ from edgefleet.host.provision._brokerconf import render_acl, render_mosquitto_co
 from edgefleet.host.provision._bundle import write_bundle
 from edgefleet.shared.atomic import write_atomic
 from edgefleet.shared.errors import TopicError
+from edgefleet.shared.manifest import key_id_for
 from edgefleet.shared.topics import validate_id
 
 _KEY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -196,8 +198,6 @@ def _issue_to_files(
 
 def signing_key_id(public_key: ed25519.Ed25519PublicKey) -> str:
     """Return the protocol's key id for ``public_key`` (also its file name)."""
-    from edgefleet.shared.manifest import key_id_for  # noqa: PLC0415 - protocol module
-
     key_id = key_id_for(public_key)
     if not _KEY_ID_RE.fullmatch(key_id):
         raise ProvisionError(f"key id {key_id!r} is not usable as a file name")
@@ -409,8 +409,8 @@ def _write_crl(config: FleetConfig, registry: Registry) -> Path:
     return path
 
 
-def _utc(ts: int) -> pki.dt.datetime:
-    return pki.dt.datetime.fromtimestamp(ts, tz=pki.dt.timezone.utc)
+def _utc(ts: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
 
 
 def _write_acl(config: FleetConfig, registry: Registry) -> None:

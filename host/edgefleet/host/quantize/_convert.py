@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import io
 import os
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras
 
 from edgefleet.host.errors import ModelLoadError, QuantizationError
 from edgefleet.shared.tflite_model import read_flat_model
@@ -55,8 +59,6 @@ def load_model(path: Path) -> Any:  # noqa: ANN401 - keras models are untyped
 
 
 def _load_with(module_name: str, path: Path) -> Any:  # noqa: ANN401
-    import importlib  # noqa: PLC0415
-
     module = importlib.import_module(module_name)
     try:
         model = module.models.load_model(str(path), compile=False)
@@ -70,8 +72,6 @@ def _load_with(module_name: str, path: Path) -> Any:  # noqa: ANN401
 
 def is_keras2(model: Any) -> bool:  # noqa: ANN401
     """True for a tf-keras (Keras 2) model, False for Keras 3."""
-    import tf_keras  # noqa: PLC0415
-
     return isinstance(model, tf_keras.Model)
 
 
@@ -96,7 +96,6 @@ def static_input_shape(model: Any) -> tuple[int, int, int]:  # noqa: ANN401
 def _batch_one(model: Any, shape: tuple[int, int, int]) -> Any:  # noqa: ANN401
     # A batch-1 input makes every shape static, so no SHAPE/PACK ops end up in the graph
     # (the Edge TPU needs static shapes, and the device runs one image at a time).
-    import importlib  # noqa: PLC0415
 
     module = importlib.import_module("tf_keras" if is_keras2(model) else "keras")
     inp = module.Input(shape, batch_size=1)
@@ -121,8 +120,6 @@ def convert(
     Raises:
         QuantizationError: the converter failed, or an int8 model kept float ops.
     """
-    import tensorflow as tf  # noqa: PLC0415
-
     static = _batch_one(model, static_input_shape(model))
     converter = tf.lite.TFLiteConverter.from_keras_model(static)
     _configure(converter, mode, tf, _representative(representative, mode))
@@ -207,7 +204,6 @@ def keras2_clone(model: Any) -> Any:  # noqa: ANN401
     """
     if is_keras2(model):
         return model
-    import tf_keras  # noqa: PLC0415
 
     if model.__class__.__name__ != "Sequential":
         raise QuantizationError(
@@ -257,8 +253,6 @@ def qat_fine_tune(
     Raises:
         QuantizationError: the model cannot be cloned into Keras 2 or quantized by tfmot.
     """
-    import tensorflow_model_optimization as tfmot  # noqa: PLC0415
-
     keras2 = keras2_clone(model)
     try:
         qat = tfmot.quantization.keras.quantize_model(keras2)

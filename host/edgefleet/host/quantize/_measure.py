@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from edgefleet.shared.preprocess import dequantize_output, to_input_tensor
 
@@ -28,8 +29,6 @@ def interpreter(path: Path, *, threads: int = 1, xnnpack: bool = True) -> Any:  
         threads: CPU threads for the kernels.
         xnnpack: False selects the builtin kernels without the default XNNPACK delegate.
     """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415
-
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     interp = Interpreter(
         model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver

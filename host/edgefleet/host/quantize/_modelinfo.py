@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+import flatbuffers  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
+from ai_edge_litert import schema_py_generated as schema
 
 from edgefleet.host.errors import QuantizationError
 from edgefleet.shared.spec import DType, ModelInfo, PreprocessSpec, TensorSpec
@@ -87,9 +89,6 @@ def embed_model_info(tflite: bytes, info: ModelInfo) -> bytes:
     An existing entry of that name is replaced; other metadata (the converter's
     ``min_runtime_version`` and conversion metadata) is kept.
     """
-    import flatbuffers  # type: ignore[import-untyped]  # noqa: PLC0415 - host-only, on use
-    from ai_edge_litert import schema_py_generated as schema  # noqa: PLC0415
-
     model = schema.ModelT.InitFromPackedBuf(bytearray(tflite), 0)
     payload = np.frombuffer(info.model_dump_json().encode(), dtype=np.uint8)
     existing = [m for m in (model.metadata or []) if _decode(m.name) == MODEL_INFO_KEY]
@@ -119,15 +118,15 @@ def _aligned_builder_class(base: type[Any]) -> type[Any]:
     tensors in place; the stock builder would align byte vectors to 1.
     """
 
-    class AlignedBuilder(base):  # type: ignore[misc,valid-type]
+    class AlignedBuilder(base):  # type: ignore[misc]
         def CreateNumpyVector(self, x: npt.NDArray[Any]) -> int:  # noqa: N802 - flatbuffers API
             if x.dtype != np.uint8 or x.ndim != 1:
-                return super().CreateNumpyVector(x)
+                return int(super().CreateNumpyVector(x))
             self.StartVector(1, x.size, _BUFFER_ALIGNMENT)
             payload = x.tobytes()
             self.head -= len(payload)
             self.Bytes[self.head : self.head + len(payload)] = payload
             self.vectorNumElems = x.size
-            return self.EndVector()
+            return int(self.EndVector())
 
     return AlignedBuilder

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING
+
+from matplotlib.figure import Figure
 
 from edgefleet.shared.atomic import write_atomic
 
@@ -68,12 +71,9 @@ def table(report: Report) -> str:
 
 def plot(report: Report, path: Path) -> None:
     """Size vs accuracy, one labelled point per mode; marker area grows with latency."""
-    import matplotlib as mpl  # noqa: PLC0415 - matplotlib is slow to import
-
-    mpl.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    # A bare Figure renders with Agg: no pyplot, no GUI backend, no global figure state.
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
     fastest = min(r.latency_ms for r in report.results) or 1e-9
     for r in report.results:
         area = 60 * min(r.latency_ms / fastest, 40)
@@ -91,9 +91,9 @@ def plot(report: Report, path: Path) -> None:
     ax.set_title(f"{report.model}: size vs accuracy (marker area ~ latency, 1 thread)")
     ax.grid(visible=True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path.with_suffix(".tmp.png"))
-    plt.close(fig)
-    path.with_suffix(".tmp.png").replace(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_atomic(path, png.getvalue())
 
 
 def write(report: Report, out_dir: Path) -> tuple[Path, Path]:

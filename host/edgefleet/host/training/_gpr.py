@@ -7,9 +7,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import keras
 import numpy as np
 
 from edgefleet.host.datasets import CLASSES, load_gpr
+from edgefleet.host.quantize import _convert as convert
+from edgefleet.host.quantize import _edgetpu as edgetpu
+from edgefleet.host.quantize import _measure as measure
+from edgefleet.host.quantize import describe, embed_model_info
+from edgefleet.host.training._models import build_gpr_convnet, train
+from edgefleet.shared.atomic import write_atomic
 from edgefleet.shared.preprocess import preprocess
 from edgefleet.shared.spec import GprOptions, PreprocessSpec
 
@@ -107,10 +114,6 @@ def train_gpr_convnet(
     honest data. Adam's learning rate decays along a cosine: without it, validation
     accuracy peaked around epoch 15-20 and then fell back by 3-5 points (docs/gpr.md).
     """
-    import keras  # noqa: PLC0415 - loads TF
-
-    from edgefleet.host.training._models import build_gpr_convnet, train  # noqa: PLC0415
-
     x, y = prepared("train", directory=directory, limit=limit)
     x_aug = shifted_copies(
         np.concatenate([x, x[:, :, ::-1, :]]), SHIFTED_COPIES, np.random.default_rng(seed)
@@ -168,12 +171,6 @@ def evaluate(
     calibration_samples: int = 300,
 ) -> GprEvaluation:
     """Convert to float32 and full int8, embed ModelInfo, and score both on held-out scans."""
-    from edgefleet.host.quantize import _convert as convert  # noqa: PLC0415 - loads TF
-    from edgefleet.host.quantize import _edgetpu as edgetpu  # noqa: PLC0415
-    from edgefleet.host.quantize import _measure as measure  # noqa: PLC0415
-    from edgefleet.host.quantize import describe, embed_model_info  # noqa: PLC0415
-    from edgefleet.shared.atomic import write_atomic  # noqa: PLC0415
-
     out_dir.mkdir(parents=True, exist_ok=True)
     model = convert.load_model(model_path)
     x_cal, _ = prepared("train", directory=directory, limit=calibration_samples)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import keras
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -17,8 +19,6 @@ def build_seed_convnet(input_shape: tuple[int, int, int], num_classes: int) -> A
     Conv 32 3x3 relu, MaxPool, Dropout .25, Conv 64 3x3 relu, MaxPool, Dropout .25,
     Flatten, Dense 256 relu, Dense ``num_classes`` softmax.
     """
-    import keras  # noqa: PLC0415 - TensorFlow loads only when a model is built
-
     model = keras.Sequential(
         [
             keras.Input(input_shape),
@@ -53,8 +53,6 @@ def build_gpr_convnet(input_shape: tuple[int, int, int], num_classes: int) -> An
     wherever the target is, and it cuts the weights from 1.4 M to 0.26 M (docs/gpr.md).
     Every op (conv, max pool, mean, dense, softmax) maps to the Edge TPU.
     """
-    import keras  # noqa: PLC0415 - TensorFlow loads only when a model is built
-
     layers = keras.layers
     return keras.Sequential(
         [
@@ -85,7 +83,5 @@ def train(
     seed: int = 0,
 ) -> None:
     """Fit ``model`` on preprocessed ``x`` (n, H, W, C) and class indices ``y``."""
-    import keras  # noqa: PLC0415
-
     keras.utils.set_random_seed(seed)
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)

@@ -1,0 +1,149 @@
+"""The retained reports of an update: what the device tells the host at every step.
+
+Each report is a :class:`~edgefleet.shared.messages.Reported` on the device's ``reported``
+topic, retained, so the host (and a host that connects later) sees where the device
+stands. :class:`Reporter` builds them and remembers the update state and the last report,
+which the agent publishes again on every reconnect; the
+:class:`~edgefleet.device.updater.Updater` decides when to report what.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.device.actions import Publish
+from edgefleet.shared.errors import ManifestError
+from edgefleet.shared.manifest import select_variant
+from edgefleet.shared.messages import Reported, UpdateState, encode
+
+if TYPE_CHECKING:
+    from edgefleet.device.store import Pointer, StateStore
+    from edgefleet.shared.manifest import Manifest, ModelVariant
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 4000  # characters of an error message in a report
+MAX_BAD_MESSAGE = 1000  # characters of it kept in the bad-model record
+
+
+@dataclass
+class Reporter:
+    """Builds one device's update reports (see the module docstring)."""
+
+    device_id: str
+    topic: str  # the device's ``reported`` topic
+    store: StateStore  # the active model, named in every report
+    clock: Callable[[], float]
+    accelerators: tuple[str, ...]
+    state: UpdateState = UpdateState.IDLE
+    last: Reported | None = None
+
+    def report(
+        self,
+        state: UpdateState,
+        manifest: Manifest | None = None,
+        variant: ModelVariant | None = None,
+        **extra: Any,  # noqa: ANN401 - Reported's optional fields
+    ) -> Publish:
+        """Enter ``state`` and report it, naming the model it is about, if any."""
+        return self._publish(self._build(state, manifest, variant, **extra))
+
+    def active(self, pointer: Pointer) -> Publish:
+        """Enter ``active`` and report the model serving now."""
+        named = {"model_name": pointer.name, "version": pointer.version, "sha256": pointer.sha256}
+        return self._publish(self._build(UpdateState.ACTIVE).model_copy(update=named))
+
+    def rejected(self, exc: ManifestError, manifest: Manifest | None = None) -> Publish:
+        """Report a refused manifest; ``manifest`` only if its signature verified."""
+        log.warning("manifest rejected (%s): %s", exc.reason, exc)
+        message = str(exc)[:MAX_MESSAGE]
+        variant = None
+        if manifest is not None:
+            try:
+                variant = select_variant(manifest, self.accelerators)
+            except ManifestError:
+                variant = None  # refused for its accelerator: no variant to name
+        return self.report(
+            UpdateState.REJECTED,
+            manifest,
+            variant,
+            step="verifying",
+            reason=exc.reason,
+            message=message,
+        )
+
+    def known_bad(
+        self, manifest: Manifest, variant: ModelVariant, bad: Mapping[str, Any]
+    ) -> Publish:
+        """Report a model that failed before without downloading or checking it again."""
+        message = (
+            f"this model failed at {bad['step']} before (as v{bad['version']}: "
+            f"{bad['message']}); not tried again - publish it with a higher version to retry"
+        )
+        log.warning("update to %s v%s refused: %s", manifest.name, manifest.version, message)
+        return self.report(
+            UpdateState.FAILED,
+            manifest,
+            variant,
+            step=str(bad["step"]),
+            reason=str(bad["reason"]),
+            message=message[:MAX_MESSAGE],
+        )
+
+    def failed(
+        self, manifest: Manifest, variant: ModelVariant, step: str, reason: str, exc: Exception
+    ) -> Publish:
+        """Report an update that failed at ``step`` (the previous model keeps serving)."""
+        log.warning("update to %s v%s failed at %s: %s", manifest.name, manifest.version, step, exc)
+        return self.report(
+            UpdateState.FAILED,
+            manifest,
+            variant,
+            step=step,
+            reason=reason,
+            message=str(exc)[:MAX_MESSAGE],
+        )
+
+    def remember_bad(
+        self, manifest: Manifest, variant: ModelVariant, step: str, reason: str, exc: Exception
+    ) -> None:
+        """Record a model that failed its check or activation, so it is not tried again."""
+        record = {
+            "version": manifest.version,
+            "name": manifest.name,
+            "step": step,
+            "reason": reason,
+            "message": str(exc)[:MAX_BAD_MESSAGE],
+        }
+        try:
+            self.store.remember_bad_model(variant.sha256, record)
+        except OSError as err:
+            log.warning("cannot remember the failed model %s: %s", variant.sha256, err)
+
+    def _build(
+        self,
+        state: UpdateState,
+        manifest: Manifest | None = None,
+        variant: ModelVariant | None = None,
+        **extra: Any,  # noqa: ANN401 - Reported's optional fields
+    ) -> Reported:
+        self.state = state
+        active = self.store.active()
+        fields: dict[str, Any] = {
+            "device_id": self.device_id,
+            "state": state,
+            "active_version": active.version if active else None,
+            "ts": self.clock(),
+        }
+        if manifest is not None:
+            fields |= {"model_name": manifest.name, "version": manifest.version}
+        if variant is not None:
+            fields["sha256"] = variant.sha256
+        return Reported.model_validate(fields | extra)
+
+    def _publish(self, report: Reported) -> Publish:
+        self.last = report
+        return Publish(self.topic, encode(report), retain=True)

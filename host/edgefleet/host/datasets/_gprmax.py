@@ -1,0 +1,132 @@
+"""Run gprMax (the optional ``gpr`` extra): simulate labelled GPR B-scans, in parallel, resumable.
+
+Imported only by ``edgefleet gpr generate`` and the tests that simulate: gprMax is heavy and
+optional, and the bundled data set does not need it.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Callable
+from multiprocessing import get_context
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import gprMax
+import gprMax.contexts
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet.host.datasets._gpr import (
+    ScanParams,
+    input_file,
+    resample,
+    sample_params,
+    scan_path,
+    write_manifest,
+)
+from edgefleet.host.errors import DatasetError
+from edgefleet.shared.atomic import write_atomic
+
+
+def simulate(params: ScanParams) -> npt.NDArray[np.float32]:
+    """Run gprMax for one scan and return float32 ``(traces, samples)``."""
+    # gprMax runs a full gc.collect() after every trace (model); for these small models that
+    # is ~30% of the run time, and a worker's memory stays small (maxtasksperchild bounds it).
+    saved_gc, gprMax.contexts.gc = gprMax.contexts.gc, SimpleNamespace(collect=lambda: 0)
+    try:
+        return _simulate(gprMax, h5py, params)
+    finally:
+        gprMax.contexts.gc = saved_gc
+
+
+def _simulate(gprmax: ModuleType, h5py: ModuleType, params: ScanParams) -> npt.NDArray[np.float32]:
+    with tempfile.TemporaryDirectory(prefix="edgefleet-gpr-") as tmp:
+        path = Path(tmp) / "scan.in"
+        path.write_text(input_file(params))
+        gprmax.run(
+            inputfile=str(path),
+            n=params.n_traces,
+            geometry_fixed=True,
+            log_level=40,
+            hide_progress_bars=True,
+            allow_underresolved=True,
+        )
+        traces = []
+        for k in range(1, params.n_traces + 1):
+            with h5py.File(Path(tmp) / f"scan{k}.h5", "r") as h5:
+                traces.append(np.asarray(h5["rxs/rx1/Ez"], dtype=np.float64))
+    raw = np.stack(traces)
+    return resample(raw, params.n_samples).astype(np.float32)
+
+
+def _save_atomic(path: Path, array: npt.NDArray[np.float32]) -> None:
+    # A scan is written whole or not at all, so an interrupted run resumes cleanly.
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    write_atomic(path, buf.getvalue())
+
+
+def _make_one(job: tuple[str, int]) -> int:
+    out_dir, scan_seed = Path(job[0]), job[1]
+    params = sample_params(scan_seed)
+    path = scan_path(out_dir, params)
+    if not path.exists():
+        _save_atomic(path, simulate(params))
+    return scan_seed
+
+
+def generate(
+    out_dir: Path,
+    *,
+    n: int,
+    seed: int,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
+    """Simulate scans ``seed .. seed + n - 1`` into ``out_dir``; finished scans are skipped.
+
+    Args:
+        out_dir: data set folder; gets ``<class>/<seed>.npy`` and ``manifest.jsonl``.
+        n: number of scans (classes cycle with the scan seed, so any 4 in a row are balanced).
+        seed: seed of the first scan.
+        workers: parallel processes (each runs gprMax on one thread).
+        progress: called with (done, total) after each scan.
+
+    Returns:
+        The paths of all ``n`` scans.
+    """
+    if n <= 0 or workers <= 0:
+        raise DatasetError(f"n and workers must be positive (got n={n}, workers={workers})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seeds = range(seed, seed + n)
+    todo = [s for s in seeds if not scan_path(out_dir, sample_params(s)).exists()]
+    done = n - len(todo)
+    if progress:
+        progress(done, n)
+    if todo:
+        done = _run_pool(out_dir, todo, workers=workers, done=done, n=n, progress=progress)
+    write_manifest(out_dir)
+    return [scan_path(out_dir, sample_params(s)) for s in seeds]
+
+
+def _run_pool(
+    out_dir: Path,
+    todo: list[int],
+    *,
+    workers: int,
+    done: int,
+    n: int,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    # Fresh worker processes now and then: gprMax keeps module-level state between runs.
+    with get_context("spawn").Pool(workers, maxtasksperchild=20) as pool:
+        for _ in pool.imap_unordered(_make_one, [(str(out_dir), s) for s in todo]):
+            done += 1
+            if progress:
+                progress(done, n)
+            if done % 25 == 0:
+                write_manifest(out_dir)
+    return done
