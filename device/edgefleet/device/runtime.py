@@ -98,7 +98,7 @@ def discover_backend(preference: str = "auto") -> Backend:
     raise RuntimeUnavailableError(
         "no TFLite interpreter can be imported ("
         + "; ".join(problems)
-        + "): install the device extra, e.g. `pip install 'edgefleet[device]'`"
+        + "): install a runtime, e.g. `pip install 'edgefleet-device[litert]'`"
     )
 
 

@@ -37,7 +37,7 @@ def test_auto_picks_litert_first_and_reports_its_version():
 
 
 def test_a_missing_backend_says_how_to_install():
-    with pytest.raises(RuntimeUnavailableError, match=rf"{ABSENT}: .*edgefleet\[device\]"):
+    with pytest.raises(RuntimeUnavailableError, match=rf"{ABSENT}: .*edgefleet-device\[litert\]"):
         discover_backend(ABSENT)
 
 

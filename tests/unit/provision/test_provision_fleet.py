@@ -160,6 +160,8 @@ def test_provision_writes_a_complete_private_bundle(fleet_dir, tmp_path):
         "edgefleet-agent.service",
         "99-coral-edgetpu.rules",
         f"signing-keys/{config.signing_key_id}.pub",
+        "wheels/edgefleet_device-0.2.0-py3-none-any.whl",
+        "wheels/edgefleet_shared-0.2.0-py3-none-any.whl",
     }
     assert {n.removeprefix(f"{top}/") for n, m in members.items() if m.isfile()} == expected
     assert members[f"{top}/device.key"].mode == 0o600

@@ -64,7 +64,7 @@ def init(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     ] = None,
 ) -> None:
     """Create a fleet: CA, broker and host certificates, signing key, mosquitto.conf and ACL."""
-    from edgefleet.host.provision import init_fleet  # noqa: PLC0415 - keep CLI start fast
+    from edgefleet.host.provision import init_fleet
 
     config = _run(
         lambda: init_fleet(
@@ -108,7 +108,7 @@ def provision(  # noqa: PLR0917 - a typer command: its parameters are the CLI op
     legacy: Legacy = False,
 ) -> None:
     """Issue a device certificate and write its install bundle (a tarball with the agent)."""
-    from edgefleet.host.provision import provision_device  # noqa: PLC0415
+    from edgefleet.host.provision import provision_device
 
     bundle = _run(
         lambda: provision_device(
@@ -129,7 +129,7 @@ def wheelhouse(
     legacy: Legacy = False,
 ) -> None:
     """Download the agent's dependencies as wheels for devices without internet."""
-    from edgefleet.host.provision import DEVICE_PLATFORMS, fill_wheelhouse  # noqa: PLC0415
+    from edgefleet.host.provision import DEVICE_PLATFORMS, fill_wheelhouse
 
     extras = ("legacy",) if legacy else ("litert",)
     platforms = tuple(platform or DEVICE_PLATFORMS)
@@ -155,7 +155,7 @@ def revoke(
     ] = False,
 ) -> None:
     """Revoke a device: its certificate goes on the CRL and its ACL block is removed."""
-    from edgefleet.host.provision import _provision as prov  # noqa: PLC0415
+    from edgefleet.host.provision import _provision as prov
 
     if refresh_crl:
         path = _run(lambda: prov.refresh_crl(fleet_dir))
@@ -172,8 +172,8 @@ def revoke(
 @keys_app.command("list")
 def keys_list(fleet_dir: FleetDir = Path("fleet")) -> None:
     """List the trusted signing keys; the active one is marked with '*'."""
-    from edgefleet.host.fleetdir import load_fleet_config  # noqa: PLC0415
-    from edgefleet.host.provision import trusted_key_files  # noqa: PLC0415
+    from edgefleet.host.fleetdir import load_fleet_config
+    from edgefleet.host.provision import trusted_key_files
 
     config = _run(lambda: load_fleet_config(fleet_dir))
     for key_id, path in _run(lambda: trusted_key_files(config)).items():
@@ -189,7 +189,7 @@ def keys_rotate(
     ] = False,
 ) -> None:
     """Create a new signing key (the old one stays trusted until `keys retire`)."""
-    from edgefleet.host.provision import rotate_signing_key  # noqa: PLC0415
+    from edgefleet.host.provision import rotate_signing_key
 
     key_id = _run(lambda: rotate_signing_key(fleet_dir, activate=not stage))
     state = "staged (trusted, not yet signing)" if stage else "active"
@@ -203,7 +203,7 @@ def keys_activate(
     fleet_dir: FleetDir = Path("fleet"),
 ) -> None:
     """Sign manifests with KEY_ID from now on."""
-    from edgefleet.host.provision import activate_signing_key  # noqa: PLC0415
+    from edgefleet.host.provision import activate_signing_key
 
     _run(lambda: activate_signing_key(fleet_dir, key_id))
     print(f"signing with {key_id}")
@@ -215,7 +215,7 @@ def keys_retire(
     fleet_dir: FleetDir = Path("fleet"),
 ) -> None:
     """Stop trusting KEY_ID in new bundles; its private key moves to signing/retired/."""
-    from edgefleet.host.provision import retire_signing_key  # noqa: PLC0415
+    from edgefleet.host.provision import retire_signing_key
 
     _run(lambda: retire_signing_key(fleet_dir, key_id))
     print(f"retired {key_id}")

@@ -378,7 +378,8 @@ def _tcp_connect(
     properties = None
     clean_start: mqtt.CleanStartOption = mqtt.MQTT_CLEAN_START_FIRST_ONLY
     if version == MQTTProtocolVersion.MQTTv5:
-        properties = Properties(PacketTypes.CONNECT)
+        # paho's Properties.__init__ carries no annotations; --strict would call it untyped.
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S if persistent else 0
         clean_start = not persistent
     try:

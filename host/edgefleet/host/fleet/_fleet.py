@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.host.errors import FleetError
-from edgefleet.host.fleet._pushes import Registry
+from edgefleet.host.fleet._connection import connect, settings_from
+from edgefleet.host.fleet._pushes import Registry, open_registry
 from edgefleet.host.fleet._rollout import (
     Progress,
 )
+from edgefleet.host.fleetdir import load_fleet_config, load_registry
 from edgefleet.shared.chunks import split_model
-from edgefleet.shared.errors import DecodeError, TopicError
+from edgefleet.shared.errors import DecodeError, KeyFormatError, TopicError
+from edgefleet.shared.manifest import load_private_key
 from edgefleet.shared.messages import ChunkRequest, Reported, Status, decode
 from edgefleet.shared.topics import CHUNK_REQUEST, REPORTED, STATUS, Topics
 
@@ -155,11 +158,6 @@ def open_fleet(
         FleetError: Unreachable broker, unreadable fleet config or key.
         ProvisionError: The fleet config is invalid.
     """
-    from edgefleet.host.fleet._connection import connect, settings_from  # noqa: PLC0415
-    from edgefleet.host.fleet._pushes import open_registry  # noqa: PLC0415
-    from edgefleet.host.fleetdir import load_fleet_config, load_registry  # noqa: PLC0415
-    from edgefleet.shared.topics import Topics  # noqa: PLC0415
-
     config = load_fleet_config(fleet_dir) if fleet_dir is not None else None
     settings = settings_from(broker=broker, fleet=config, prefix=prefix)
     if key_file is None and config is not None:
@@ -179,8 +177,6 @@ def open_fleet(
 
 
 def _load_key(path: Path | None) -> Any:  # noqa: ANN401 - Ed25519PrivateKey, imported lazily
-    from edgefleet.shared.errors import KeyFormatError  # noqa: PLC0415
-    from edgefleet.shared.manifest import load_private_key  # noqa: PLC0415
 
     if path is None:
         raise FleetError(
