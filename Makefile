@@ -51,8 +51,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict -p edgefleet.shared -p edgefleet.device
-	$(BIN)/mypy -p edgefleet.host
+	$(BIN)/mypy --strict -p edgefleet.shared -p edgefleet.device -p edgefleet.host
 
 # The fleet load test runs at a reduced size here (10 agents); run it by hand with
 # EDGEFLEET_LOAD_AGENTS=100 for the full figure (see docs/testing.md).

@@ -19,8 +19,8 @@ def _run(argv: list[str]) -> int | None:
     """Run the agent for ``run --config PATH`` / ``run -c PATH``; None for anything else."""
     if len(argv) != 3 or argv[0] != "run" or argv[1] not in _RUN_FLAGS:  # noqa: PLR2004
         return None
-    from edgefleet.device.errors import DeviceError  # noqa: PLC0415
-    from edgefleet.device.tools import run_agent  # noqa: PLC0415
+    from edgefleet.device.errors import DeviceError
+    from edgefleet.device.tools import run_agent
 
     try:
         return run_agent(Path(argv[2]))
@@ -34,14 +34,14 @@ def main() -> None:
     code = _run(sys.argv[1:])
     if code is not None:
         raise SystemExit(code)
-    from edgefleet.device._cli_app import app  # noqa: PLC0415
+    from edgefleet.device._cli_app import app
 
     app()
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - the Typer app, loaded on demand
     if name == "app":
-        from edgefleet.device._cli_app import app  # noqa: PLC0415
+        from edgefleet.device._cli_app import app
 
         return app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,7 @@ Tree (under ``edgefleet.shared.errors.EdgefleetError``)::
     ├── ModelLoadError           a model could not be loaded or run in this process (the one
     │                            ModelLoadError: the host raises it for Keras models too)
     ├── HealthCheckError         a staged model failed its child-process health check
+    ├── WorkerGoneError          the warm health-check worker ended before it answered
     └── StoreError               the state directory is unusable (layout, permissions)
 """
 
@@ -70,6 +71,10 @@ class HealthCheckError(DeviceError):
     def verdict(self) -> bool:
         """True if the model itself failed (remember it); False for a transient failure."""
         return self.reason in VERDICT_REASONS
+
+
+class WorkerGoneError(DeviceError):
+    """The warm health-check worker ended before it answered (the check is run cold instead)."""
 
 
 class StoreError(DeviceError):

@@ -33,7 +33,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import IO, Any, Final
 
-from edgefleet.device.errors import HealthCheckError
+from edgefleet.device.errors import HealthCheckError, WorkerGoneError
 from edgefleet.device.health_worker import child_main, neutral_sample, serve_main, spec_mismatch
 from edgefleet.shared.spec import TensorSpec
 
@@ -60,10 +60,6 @@ CRASH_CODES = frozenset(
     -s for s in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
 )
 KILLED_EXIT = 128 + signal.SIGKILL  # how a wrapper (or the fault point) reports a SIGKILL
-
-
-class _WorkerGoneError(Exception):
-    """The warm worker ended before it answered."""
 
 
 class _Worker:
@@ -136,7 +132,7 @@ class _Worker:
                 del _workers[self.key]
             pending, self.pending = self.pending, {}
         for outcome in pending.values():
-            outcome.set_exception(_WorkerGoneError(returncode))
+            outcome.set_exception(WorkerGoneError(returncode))
 
     @property
     def key(self) -> str:
@@ -254,7 +250,7 @@ def run_health_check(
         worker.cancel(request)
         msg = f"the health check did not finish in {timeout_s:g} s (killed)"
         raise HealthCheckError(msg, reason="timeout") from exc
-    except _WorkerGoneError as exc:
+    except WorkerGoneError as exc:
         # Killed with the agent's shutdown, or by the OOM killer: no verdict on the model.
         rc = exc.args[0]
         name = _signal_name(rc) if rc < 0 else f"status {rc}"

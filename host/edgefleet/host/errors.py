@@ -9,6 +9,7 @@ Tree::
     │   ├── EdgeTPUError           edgetpu_compiler missing, failed or mapped nothing
     │   ├── ProvisionError         fleet directory, keys, certificates
     │   ├── FleetError             broker unreachable, rollout failed
+    │   │   └── UnsupportedProtocolError  the broker refused MQTT 5 (the connection retries 3.1.1)
     │   └── DemoError              ``edgefleet demo`` could not run or did not complete
     │       └── BrokerError        the demo's local broker (mosquitto, amqtt) did not start
     └── DeviceError                (edgefleet.device.errors)
@@ -61,6 +62,10 @@ class ProvisionError(HostError):
 
 class FleetError(HostError):
     """The broker cannot be reached or a rollout did not complete."""
+
+
+class UnsupportedProtocolError(FleetError):
+    """The broker refused the MQTT protocol version asked for; the caller falls back to 3.1.1."""
 
 
 class DemoError(HostError):

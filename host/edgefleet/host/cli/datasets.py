@@ -17,8 +17,8 @@ def info(
     name: Annotated[str, typer.Argument(help="Data set name: mnist.")] = "mnist",
 ) -> None:
     """Print the size and label counts of a bundled data set."""
-    from edgefleet.host.datasets import load_mnist  # noqa: PLC0415 - keep CLI start fast
-    from edgefleet.host.errors import HostError  # noqa: PLC0415
+    from edgefleet.host.datasets import load_mnist
+    from edgefleet.host.errors import HostError
 
     if name != "mnist":
         print(f"error: unknown data set {name!r}; bundled: mnist")
@@ -40,8 +40,8 @@ def export(
     split: Annotated[str, typer.Option(help="train or eval.")] = "eval",
 ) -> None:
     """Write a bundled split as DIR/<label>/<index>.png (the Keras folder convention)."""
-    from edgefleet.host.datasets import export_pngs  # noqa: PLC0415
-    from edgefleet.host.errors import HostError  # noqa: PLC0415
+    from edgefleet.host.datasets import export_pngs
+    from edgefleet.host.errors import HostError
 
     try:
         count = export_pngs(name, split=split, out_dir=out)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, TextIO
 
@@ -20,6 +23,29 @@ def _console(fd: int) -> TextIO:
     # A private copy of the terminal: the demo sends fds 1 and 2 to a log file while
     # TensorFlow converts models, and its own lines must still reach the user.
     return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _quiet_fds() -> Iterator[None]:
+    """Hide what C++ libraries write to fds 1 and 2; show it if the block raises."""
+    with tempfile.TemporaryFile() as log:
+        saved = (os.dup(1), os.dup(2))
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            _restore(saved)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        _restore(saved)
+
+
+def _restore(saved: tuple[int, int]) -> None:
+    for target, fd in zip((1, 2), saved, strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
 
 
 def demo(  # noqa: PLR0917 - typer maps each parameter to a CLI option
@@ -59,8 +85,9 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to a CLI option
 ) -> None:
     """Quantize a model, push it over MQTT to N local agents, classify held-out scans live."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from edgefleet.host.demo import DemoOptions, format_summary, run_demo  # noqa: PLC0415
-    from edgefleet.host.errors import HostError, ModelLoadError  # noqa: PLC0415
+    with _quiet_fds():  # TensorFlow prints CUDA and CPU-feature notes to fd 2 on import
+        from edgefleet.host.demo import DemoOptions, format_summary, run_demo
+    from edgefleet.host.errors import HostError, ModelLoadError
 
     if local_broker not in {"auto", "mosquitto", "amqtt"}:
         typer.echo("error: --local-broker is auto, mosquitto or amqtt", err=True)

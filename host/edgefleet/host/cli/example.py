@@ -17,9 +17,9 @@ def mnist(
     qat_epochs: Annotated[int, typer.Option(min=1, help="QAT fine-tuning epochs.")] = 1,
 ) -> None:
     """Train the seed ConvNet on bundled MNIST (8,000 digits), quantize all modes, report."""
-    from edgefleet.host.errors import HostError, ModelLoadError  # noqa: PLC0415
-    from edgefleet.host.quantize import _report as report  # noqa: PLC0415 - keep `edgefleet --help` fast
-    from edgefleet.host.training import run_mnist_example  # noqa: PLC0415
+    from edgefleet.host.errors import HostError, ModelLoadError
+    from edgefleet.host.quantize import _report as report
+    from edgefleet.host.training import run_mnist_example
 
     print(f"training the seed ConvNet ({epochs} epochs, 8,000 digits), then every mode...")
     try:

@@ -29,7 +29,7 @@ def status(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     state_dir: StateDir = None,
 ) -> None:
     """Devices: online/offline, last seen, model, runtime, latency, outbox, update state."""
-    from edgefleet.host.fleet import close_fleet, device_rows, format_table, open_fleet  # noqa: PLC0415
+    from edgefleet.host.fleet import close_fleet, device_rows, format_table, open_fleet
 
     try:
         fl = open_fleet(broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir)
@@ -62,8 +62,8 @@ def send_image(  # noqa: PLR0917 - a typer command: its parameters are the CLI o
     state_dir: StateDir = None,
 ) -> None:
     """Send images to a device's image topic for inference (try a device from the office)."""
-    from edgefleet.host.fleet import close_fleet, open_fleet, send_images  # noqa: PLC0415
-    from edgefleet.shared.topics import validate_id  # noqa: PLC0415
+    from edgefleet.host.fleet import close_fleet, open_fleet, send_images
+    from edgefleet.shared.topics import validate_id
 
     try:
         validate_id(device)

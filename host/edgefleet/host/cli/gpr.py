@@ -18,14 +18,14 @@ def generate(
     workers: Annotated[int, typer.Option(help="Parallel gprMax processes.")] = 1,
 ) -> None:
     """Simulate N labelled B-scans; rerun the same command to resume after an interruption."""
-    from edgefleet.host.datasets import _gpr as gpr  # noqa: PLC0415 - keep CLI start fast
-    from edgefleet.host.errors import HostError  # noqa: PLC0415
+    from edgefleet.host.datasets import _gpr as gpr
+    from edgefleet.host.errors import HostError
 
     def progress(done: int, total: int) -> None:
         print(f"{done}/{total} scans", flush=True)
 
     try:
-        from edgefleet.host.datasets import _gprmax  # noqa: PLC0415 - the optional gpr extra
+        from edgefleet.host.datasets import _gprmax
     except ImportError as exc:
         print(f"error: gprMax is not installed ({exc}); pip install 'edgefleet-host[gpr]'")
         raise typer.Exit(code=1) from exc
@@ -52,8 +52,8 @@ def train(
     data: DataOption = None,
 ) -> None:
     """Train the GPR ConvNet (the seed ConvNet adapted) on the GPR scans (bundled, or --data)."""
-    from edgefleet.host.errors import HostError  # noqa: PLC0415 - keep CLI start fast
-    from edgefleet.host.training import train_gpr_convnet  # noqa: PLC0415
+    from edgefleet.host.errors import HostError
+    from edgefleet.host.training import train_gpr_convnet
 
     try:
         path = train_gpr_convnet(out, epochs=epochs, seed=seed, directory=data)
@@ -70,8 +70,8 @@ def evaluate(
     data: DataOption = None,
 ) -> None:
     """Convert to float32 and full int8; print held-out accuracy per class for both."""
-    from edgefleet.host.errors import HostError, ModelLoadError  # noqa: PLC0415 - keep CLI start fast
-    from edgefleet.host.training import evaluate as run_evaluation  # noqa: PLC0415
+    from edgefleet.host.errors import HostError, ModelLoadError
+    from edgefleet.host.training import evaluate as run_evaluation
 
     try:
         result = run_evaluation(model, out, directory=data)

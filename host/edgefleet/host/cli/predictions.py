@@ -25,7 +25,7 @@ Db = Annotated[
 
 
 def _db_path(db: Path | None, state_dir: Path | None) -> Path:
-    from edgefleet.host.fleet import DEFAULT_STATE_DIR  # noqa: PLC0415
+    from edgefleet.host.fleet import DEFAULT_STATE_DIR
 
     return db or (state_dir or DEFAULT_STATE_DIR) / "predictions.sqlite"
 
@@ -43,7 +43,7 @@ def listen(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     state_dir: StateDir = None,
 ) -> None:
     """Store every prediction record exactly once, then ack it; also serve chunk re-requests."""
-    from edgefleet.host.fleet import (  # noqa: PLC0415
+    from edgefleet.host.fleet import (
         Ingestor,
         SqliteStore,
         close_fleet,
@@ -95,7 +95,7 @@ def tail(
     state_dir: StateDir = None,
 ) -> None:
     """Print the latest prediction records."""
-    from edgefleet.host.fleet import SqliteStore  # noqa: PLC0415
+    from edgefleet.host.fleet import SqliteStore
 
     try:
         store = SqliteStore(_db_path(db, state_dir))
@@ -132,7 +132,7 @@ def export_cmd(  # noqa: PLR0917 - a typer command: its parameters are the CLI o
     state_dir: StateDir = None,
 ) -> None:
     """Export every stored record as CSV or JSON lines."""
-    from edgefleet.host.fleet import SqliteStore, export  # noqa: PLC0415
+    from edgefleet.host.fleet import SqliteStore, export
 
     if csv_format == jsonl:
         raise fail("choose one of --csv or --jsonl")

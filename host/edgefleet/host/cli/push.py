@@ -41,7 +41,7 @@ class ProgressPrinter:
 
     def __call__(self, progress: list[Progress]) -> None:
         """Show the latest progress of every target."""
-        from edgefleet.host.fleet._rollout import bar  # noqa: PLC0415
+        from edgefleet.host.fleet._rollout import bar
 
         lines = {
             p.device_id: f"{p.device_id:<20} {bar(p.fraction if not p.phase.done else 1.0)}"
@@ -97,7 +97,7 @@ def _roll_out(
     key: Path | None,
 ) -> NoReturn:
     """Open the fleet with its signing key, run a push or rollback, print it and exit."""
-    from edgefleet.host.fleet import close_fleet, open_fleet  # noqa: PLC0415
+    from edgefleet.host.fleet import close_fleet, open_fleet
 
     try:
         fl = open_fleet(
@@ -141,8 +141,8 @@ def push(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     key: KeyFile = None,
 ) -> None:
     """Sign a model and roll it out to devices or a group over MQTT."""
-    from edgefleet.host.fleet import PushPlan, load_model  # noqa: PLC0415
-    from edgefleet.host.fleet import push as do_push  # noqa: PLC0415
+    from edgefleet.host.fleet import PushPlan, load_model
+    from edgefleet.host.fleet import push as do_push
 
     try:
         plan = PushPlan(
@@ -180,8 +180,8 @@ def rollback(  # noqa: PLR0917 - a typer command: its parameters are the CLI opt
     key: KeyFile = None,
 ) -> None:
     """Return a device or group to its previous model, signed as a new, higher version."""
-    from edgefleet.host.fleet import PushPlan  # noqa: PLC0415
-    from edgefleet.host.fleet import rollback as do_rollback  # noqa: PLC0415
+    from edgefleet.host.fleet import PushPlan
+    from edgefleet.host.fleet import rollback as do_rollback
 
     try:
         plan = PushPlan(devices=tuple(device or ())[:1], group=group, wait=wait)
@@ -209,8 +209,8 @@ def rollout_status(  # noqa: PLR0917 - a typer command: its parameters are the C
     state_dir: StateDir = None,
 ) -> None:
     """Where each target of the latest push stands (from the devices' retained reports)."""
-    from edgefleet.host.fleet import close_fleet, device_target, group_target, open_fleet  # noqa: PLC0415  # noqa: PLC0415
-    from edgefleet.host.fleet import rollout_status as status  # noqa: PLC0415
+    from edgefleet.host.fleet import close_fleet, device_target, group_target, open_fleet
+    from edgefleet.host.fleet import rollout_status as status
 
     target = group_target(group) if group else device_target(device) if device else None
     try:

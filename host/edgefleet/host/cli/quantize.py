@@ -28,9 +28,9 @@ def quantize(  # noqa: PLR0917 - typer maps each parameter to a CLI option
     runs: Annotated[int, typer.Option(min=1, help="Timed invokes per model.")] = 200,
 ) -> None:
     """Convert MODEL to every requested TFLite mode and measure size, accuracy, latency."""
-    from edgefleet.host.errors import HostError, ModelLoadError  # noqa: PLC0415
-    from edgefleet.host.quantize import _report as report  # noqa: PLC0415
-    from edgefleet.host.quantize import _run as q  # noqa: PLC0415 - keep `edgefleet --help` fast
+    from edgefleet.host.errors import HostError, ModelLoadError
+    from edgefleet.host.quantize import _report as report
+    from edgefleet.host.quantize import _run as q
 
     modes = mode or ["all"]
     try:

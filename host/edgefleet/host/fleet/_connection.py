@@ -26,7 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgefleet.host.errors import FleetError
+from edgefleet.host.errors import FleetError, UnsupportedProtocolError
 from edgefleet.shared.broker_url import BrokerUrl
 from edgefleet.shared.connection import Message
 from edgefleet.shared.errors import BrokerUrlError
@@ -270,16 +270,12 @@ def connect(
     for attempt, version in enumerate(attempts):
         try:
             return _connect_once(settings, cid, version, persistent=persistent, timeout=timeout)
-        except _UnsupportedProtocolError:
+        except UnsupportedProtocolError:
             if attempt == len(attempts) - 1:
                 raise FleetError(
                     f"the broker at {settings.url} refused MQTT protocol version {protocol}"
                 ) from None
     raise AssertionError  # pragma: no cover - the loop returns or raises
-
-
-class _UnsupportedProtocolError(Exception):
-    pass
 
 
 def _make_client(
@@ -414,6 +410,6 @@ def _check_connack(conn: PahoConnection, rc: ReasonCode) -> PahoConnection:
     conn.client.loop_stop()
     conn.client.disconnect()
     if code in _UNSUPPORTED_PROTOCOL and conn.protocol == MQTTProtocolVersion.MQTTv5:
-        raise _UnsupportedProtocolError
+        raise UnsupportedProtocolError
     hint = "check the user name/password or client certificate, and the broker's ACL"
     raise FleetError(f"the broker at {conn.settings.url} refused the connection: {rc}; {hint}")

@@ -315,14 +315,15 @@ def _machine(platforms: Sequence[str]) -> str:
 
 
 def _run_pip(args: list[str], *, what: str, advice: str) -> None:
-    if importlib.util.find_spec("pip") is None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0 and "No module named pip" in done.stderr:
+        # Not checked up front: importlib's find_spec("pip") trips setuptools' distutils hack.
         raise ProvisionError(
             f"{what} needs pip, which this Python ({sys.executable}) lacks: "
             f"{sys.executable} -m ensurepip"
         )
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False
-    )
     if done.returncode != 0:
         missing = re.search(r"No matching distribution found for (\S+)", done.stderr)
         culprit = f" (no wheel of {missing[1]})" if missing else ""
