@@ -95,6 +95,13 @@ def test_no_prediction_lost_or_stored_twice_through_kills(
         batch(1)
         listener.start()
         wait_until(all_processed, what="batch 1 classified")
+        # The broker dies next: the listener must have connected first (it exits with an
+        # error when the broker is unreachable at start, as a service manager expects).
+        wait_until(
+            lambda: "listening on" in listener.log_path.read_text(errors="replace"),
+            timeout=30,
+            what="listener connected",
+        )
 
         own_broker.kill()  # 2. the broker dies (SIGKILL) with records in flight
         batch(2)

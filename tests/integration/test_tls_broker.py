@@ -28,6 +28,7 @@ from edgefleet.device.trust import load_trusted_keys
 from edgefleet.host.fleetdir import FleetConfig
 from edgefleet.host.provision import _pki as pki
 from edgefleet.host.provision import init_fleet, load_signing_key, provision_device, revoke_device
+from edgefleet.shared.broker_url import BrokerUrl
 from edgefleet.shared.chunks import MemoryChunkStore, Reassembler, split_model
 from edgefleet.shared.errors import UnknownKeyError
 from edgefleet.shared.manifest import (
@@ -172,8 +173,10 @@ def device_client(fleet: Fleet, device: str, *, client_id: str | None = None, **
 
 
 def host_client(fleet: Fleet, client_id: str = "host-test") -> Client:
+    """A host client on the host-only listener (host certificates are refused elsewhere)."""
     ca, cert, key = fleet.config.tls_files()
-    return Client(fleet.port, ca=ca, cert=cert, key=key, client_id=client_id)
+    port = BrokerUrl.parse(fleet.config.host_url).port
+    return Client(port, ca=ca, cert=cert, key=key, client_id=client_id)
 
 
 def bundle_trust(fleet: Fleet, device: str) -> dict[str, Ed25519PublicKey]:
@@ -327,10 +330,11 @@ def test_session_takeover_by_client_id_leaks_nothing(fleet):
     host = host_client(fleet)
     host.publish(T.desired_device("devB"), b"queued-for-B")  # queued in devB's session
     host.publish(T.desired_device("devA"), b"sentinel-a", retain=True)
-    # devA reuses devB's client id: Mosquitto hands it devB's session, but read access
-    # is checked against devA's certificate identity when messages are delivered.
+    # devA asks for devB's client id: the device listener replaces it with devA's CN
+    # (use_username_as_clientid), so devA never sees devB's session
+    # (tests/security/test_trust.py covers the takeover in full).
     a = device_client(fleet, "devA", client_id="devB-persistent", clean_session=False)
-    assert a.session_present
+    assert not a.session_present
     a.subscribe(T.desired_device("devA"))
     before = a.until(T.desired_device("devA"), b"sentinel-a")
     assert all(payload != b"queued-for-B" for _, payload in before)

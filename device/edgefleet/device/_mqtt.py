@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgefleet.shared.errors import TopicError
-from edgefleet.shared.messages import Status, encode
+from edgefleet.shared.messages import MAX_MESSAGE_BYTES, Status, encode
 from edgefleet.shared.topics import Topics
 
 if TYPE_CHECKING:
@@ -98,6 +98,10 @@ class MqttLink:
 
     def __init__(self, config: AgentConfig, events: EventQueue, stopping: threading.Event) -> None:
         self.config = config.mqtt
+        # MQTT 5: the broker does not deliver larger packets to this client at all (a huge
+        # image message never reaches memory); 64 KiB over the largest message for topic
+        # and properties; never below the protocol's messages and chunks (1 MiB).
+        self.max_packet = max(config.limits.max_image_message_bytes, MAX_MESSAGE_BYTES) + 2**16
         self.topics = Topics(config.mqtt.prefix)
         self.events = events
         self.stopping = stopping
@@ -147,6 +151,7 @@ class MqttLink:
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.config.session_expiry_s
+        props.MaximumPacketSize = self.max_packet
         return props
 
     def _connect(self) -> None:

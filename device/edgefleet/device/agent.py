@@ -29,7 +29,7 @@ from edgefleet.device.errors import DeviceError, ModelLoadError
 from edgefleet.device.faults import fault
 from edgefleet.device.health import run_health_check, stop_running_checks, warm_up
 from edgefleet.device.inference import Classifier, LatencyStats
-from edgefleet.device.inputs import decode_input, load_input
+from edgefleet.device.intake import Intake
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.runtime import (
     Backend,
@@ -38,15 +38,16 @@ from edgefleet.device.runtime import (
     discover_backend,
     open_model,
 )
+from edgefleet.device.safety import Guard
 from edgefleet.device.sources import FolderWatcher
 from edgefleet.device.store import Pointer, StateStore
 from edgefleet.device.system import cpu_temp_c, rss_bytes
 from edgefleet.device.trust import load_trusted_keys
 from edgefleet.device.updater import Action, Publish, Subscribe, Updater, UpdaterSettings
 from edgefleet.shared import __version__
-from edgefleet.shared.errors import DecodeError, InputError, TopicError
+from edgefleet.shared.errors import TopicError
 from edgefleet.shared.manifest import Manifest, select_variant
-from edgefleet.shared.messages import ImageMessage, PredictionRecord, Status, TopK, decode, encode
+from edgefleet.shared.messages import PredictionRecord, Status, TopK, encode
 from edgefleet.shared.topics import DESIRED_DEVICE, DESIRED_GROUP, Topics
 
 if TYPE_CHECKING:
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGE_MESSAGE = 24 * 2**20
 FOLDER_BATCH = 256  # records per outbox transaction (one fsync) at most
 HEALTH_DONE = "_health_done"  # internal event: a health-check worker has finished
 
@@ -74,6 +74,8 @@ class Agent:
         self.boot_id = uuid.uuid4().hex[:16]
         self.started = time.monotonic()
         self.store = StateStore(config.state_dir)
+        # Counts this start if the last run did not stop in order (safe mode: docs/agent.md).
+        self.guard = Guard(self.store.root, config.safety)
         self.outbox = Outbox(
             self.store.outbox_path,
             max_records=config.outbox.max_records,
@@ -88,7 +90,9 @@ class Agent:
             FolderWatcher(
                 config.inference.watch_dir,
                 after=config.inference.after,
-                settle_s=config.inference.poll_s,
+                settle_s=config.inference.settle_s,
+                incomplete_timeout_s=config.inference.incomplete_timeout_s,
+                max_bytes=config.limits.max_input_bytes,
             )
             if config.inference.watch_dir
             else None
@@ -102,6 +106,10 @@ class Agent:
                 accelerators=self.accel.accelerators,
                 max_model_bytes=config.trust.max_model_bytes,
                 chunk_timeout_s=config.update.chunk_timeout_s,
+                max_chunks=config.safety.max_chunks,
+                min_chunk_size=config.safety.min_chunk_size,
+                max_outputs=config.safety.max_outputs,
+                max_labels=config.safety.max_labels,
             ),
             store=self.store,
             health_check=self._health_check,
@@ -119,6 +127,15 @@ class Agent:
             link=self.link,
         )
         self._images: list[Callable[[int], bytes]] = []  # classified, not yet committed
+        self.inference_failures = 0  # unexpected errors while classifying (model's side)
+        self.intake = Intake(
+            config.limits,
+            lambda array, *, source: self._predict(array, source=source),
+            lambda exc: self.on_inference_failure(exc),  # noqa: PLW0108 - late-bound
+            self.watcher,
+        )
+        if self.guard.safe_mode:
+            self.guard.enter_safe_mode(self.store, self.updater, self.watcher)
         self._load_active()
 
     # -- model --------------------------------------------------------------------------
@@ -167,7 +184,9 @@ class Agent:
             labels=manifest.labels,
             preprocess_spec=manifest.preprocess,
             top_k=self.config.inference.top_k,
+            max_outputs=self.config.safety.max_outputs,
         )
+        self.guard.model.reset()  # a new model: its own record of failures
         self.accelerator_note = self._note_for(manifest)
 
     def _note_for(self, manifest: Manifest) -> str:
@@ -194,6 +213,17 @@ class Agent:
         document = {k: v for k, v in pointer.manifest.items() if not k.startswith("_")}
         manifest = Manifest.model_validate(document)
         self._load_classifier(self.store.model_path(pointer.sha256), manifest)
+
+    # -- safety (docs/agent.md, "Never crash-loop") ---------------------------------------
+
+    def _model_outcome(self, failure: str | None) -> None:
+        """Count one input against the active model; revert once it has failed too often."""
+        summary = self.guard.model_result(failure)
+        if summary is None:
+            return
+        self._apply(self.updater.serving_failed("failed_on_inputs", summary))
+        self.classifier = None
+        self._load_active()  # the model now active (the previous one), if any
 
     # -- MQTT ---------------------------------------------------------------------------
 
@@ -249,16 +279,13 @@ class Agent:
             self._on_image(payload)
 
     def _on_image(self, payload: bytes) -> None:
+        # Contained per message, like a folder file (docs/agent.md, "Per-input containment").
         try:
-            image = decode(ImageMessage, payload, max_bytes=MAX_IMAGE_MESSAGE)
-            array = decode_input(image.data(), image.format)
-        except (DecodeError, InputError) as exc:
-            log.warning("ignoring an unreadable image message: %s", exc)
+            build = self.intake.image_message(payload)
+        except ModelLoadError as exc:
+            log.warning("cannot classify an image message: %s", exc)
             return
-        try:
-            build = self._predict(array, source=f"mqtt:{image.name}")
-        except DeviceError as exc:
-            log.warning("cannot classify image message %s: %s", image.name, exc)
+        if build is None:
             return
         # Committed in one transaction per drained batch (see _idle), like the folder's;
         # still committed before anything is published.
@@ -294,8 +321,10 @@ class Agent:
         classifier = self.classifier
         if classifier is None:
             raise ModelLoadError("no model is active yet")
-        prediction = classifier.classify(array)
+        prediction = classifier.classify(array)  # an InferenceError: on_inference_failure
         self.stats.add(prediction.latency_ms)
+        # NaN / infinite scores: the record says so (error), and it counts against the model.
+        self._model_outcome(f"non-finite scores for {source[:200]}" if prediction.error else None)
         ts = time.time()
 
         def build(seq: int) -> bytes:
@@ -312,6 +341,7 @@ class Agent:
                     model_name=classifier.name,
                     model_version=classifier.version,
                     ts=ts,
+                    error=prediction.error,
                 )
             )
 
@@ -343,15 +373,31 @@ class Agent:
         assert self.watcher is not None  # noqa: S101 - checked by the caller
         builds, done = [], []
         for path in paths:
-            try:
-                builds.append(self._predict(load_input(path), source=path.name))
+            self.guard.journal.add(path.name)  # quarantined in safe mode if the agent dies now
+            build = self._classify_file(path)
+            if build is not None:
+                builds.append(build)
                 done.append(path)
-            except InputError as exc:
-                log.warning("cannot classify %s: %s", path.name, exc)
-                self.watcher.done(path, error=str(exc))
         self._commit(builds)
         for path in done:
             self.watcher.done(path)
+        self.guard.journal.clear()
+
+    def _classify_file(self, path: Path) -> Callable[[int], bytes] | None:
+        try:  # contained per file (docs/agent.md, "Per-input containment")
+            return self.intake.folder_file(path)
+        except ModelLoadError:
+            return None  # no model (yet): the file stays for the next poll
+
+    def on_inference_failure(self, exc: BaseException) -> None:
+        """Hook: one input failed in the model's part (preprocess, invoke, its record).
+
+        The input itself is already contained (moved to rejected/ or counted). Counted
+        here; the model-failure policy (``[safety] model_failures``) hooks in here.
+        """
+        self.inference_failures += 1
+        log.warning("inference failed (%d this boot): %r", self.inference_failures, exc)
+        self._model_outcome(f"{type(exc).__name__}: {exc}")
 
     def status(self) -> Status:
         """The current status / heartbeat."""
@@ -375,6 +421,9 @@ class Agent:
             outbox_depth=self.outbox.depth(),
             dropped=self.outbox.dropped(),
             ignored_manifests=int(self.store.ignored()["count"]),
+            rejected_inputs=self.intake.rejected_total,
+            safe_mode=self.guard.safe_mode,
+            unclean_exits=self.guard.start.unclean,
             uptime_s=round(time.monotonic() - self.started, 1),
             rss_bytes=rss_bytes(),
             cpu_temp_c=cpu_temp_c(),
@@ -420,10 +469,12 @@ class Agent:
                 self._apply(self.updater.tick())
             if now >= next_beat:
                 next_beat = now + self.config.status.heartbeat_s
+                self.guard.beat(self.store)
                 if self.link.connected.is_set():
                     self.publish_status()
                     self.inflight.drain()
             now = time.monotonic()
+        self.guard.served = True  # stopped in order (an exception never gets here)
 
     def _shutdown(self, net: threading.Thread) -> None:
         self._flush_images()  # their MQTT messages are acknowledged already
@@ -443,3 +494,4 @@ class Agent:
         self.stopping.set()
         net.join(timeout=5)
         self.outbox.close()
+        self.guard.stopped(self.store)  # the clean-exit marker, if stopped in order

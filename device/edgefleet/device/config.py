@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgefleet.device.errors import ConfigError
 from edgefleet.shared.broker_url import BrokerUrl
+from edgefleet.shared.chunks import DEFAULT_MIN_CHUNK_SIZE, MAX_CHUNKS
 from edgefleet.shared.errors import TopicError
 from edgefleet.shared.topics import validate_id
 
@@ -112,6 +113,18 @@ class InferenceConfig(_Section):
     )
     top_k: int = Field(default=3, ge=1, le=100, description="How many classes each record lists.")
     poll_s: float = Field(default=0.2, gt=0, description="Watched-folder poll interval, seconds.")
+    settle_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="A file written in place is taken once its size and mtime have not changed "
+        "for this long (a file renamed into the folder is taken at the next poll).",
+    )
+    incomplete_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="An empty (0-byte) or undecodable file is retried while it changes; once it "
+        "has not changed for this long it is moved to rejected/ with the reason.",
+    )
     after: Literal["move", "delete"] = Field(
         default="move",
         description="What to do with a classified file: move it to processed/ or delete it.",
@@ -153,6 +166,82 @@ class UpdateConfig(_Section):
     )
 
 
+class LimitsConfig(_Section):
+    """What one input may cost (memory): larger inputs are refused before they are decoded."""
+
+    max_input_bytes: int = Field(
+        default=8 * 2**20,
+        ge=1,
+        description="Largest input file (watched folder, image topic, predict), bytes.",
+    )
+    max_pixels: int = Field(
+        default=2**20,
+        ge=1,
+        description="Largest PNG/JPEG, width x height from the image header (checked before "
+        "decoding).",
+    )
+    max_array_elements: int = Field(
+        default=2 * 2**20,
+        ge=1,
+        description="Largest .npy input, elements (product of the shape in its header).",
+    )
+    max_array_bytes: int = Field(
+        default=8 * 2**20,
+        ge=1,
+        description="Largest .npy input, bytes of data its header announces.",
+    )
+    max_image_message_bytes: int = Field(
+        default=4 * 2**20,
+        ge=1,
+        description="Largest image-topic message (the base64 JSON of `edgefleet send-image`); "
+        "over MQTT 5 the broker is told not to deliver larger packets at all.",
+    )
+
+
+class SafetyConfig(_Section):
+    """Hostile models and manifests, failing models, crash loops (docs/agent.md)."""
+
+    max_chunks: int = Field(
+        default=MAX_CHUNKS,
+        ge=1,
+        le=MAX_CHUNKS,
+        description="Refuse a manifest whose model is cut into more chunks (too_many_chunks).",
+    )
+    min_chunk_size: int = Field(
+        default=DEFAULT_MIN_CHUNK_SIZE,
+        ge=1,
+        description="Refuse a manifest of several chunks of fewer bytes (too_many_chunks).",
+    )
+    max_outputs: int = Field(
+        default=100_000,
+        ge=1,
+        description="Refuse a model with more output values (too_many_outputs).",
+    )
+    max_labels: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000,
+        description="Refuse a manifest with more labels (too_many_outputs).",
+    )
+    model_failures: int = Field(
+        default=3,
+        ge=1,
+        description="A model that fails (invoke error, NaN/Inf scores) on this many of the last "
+        "model_failure_window inputs counts as failed: the agent reverts to the previous model.",
+    )
+    model_failure_window: int = Field(
+        default=10, ge=1, description="How many recent inputs model_failures counts over."
+    )
+    crash_restarts: int = Field(
+        default=3,
+        ge=1,
+        description="This many unclean exits within crash_window_s start the agent in safe mode.",
+    )
+    crash_window_s: float = Field(
+        default=600.0, gt=0, description="The window of crash_restarts, seconds."
+    )
+
+
 class StatusConfig(_Section):
     """Heartbeat."""
 
@@ -177,6 +266,8 @@ class AgentConfig(_Section):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Outbox.")
     update: UpdateConfig = Field(default_factory=UpdateConfig, description="OTA updates.")
     status: StatusConfig = Field(default_factory=StatusConfig, description="Heartbeat.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Input limits.")
+    safety: SafetyConfig = Field(default_factory=SafetyConfig, description="Model safety.")
 
     @field_validator("device_id")
     @classmethod

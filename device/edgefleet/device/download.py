@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgefleet.device.store import PartFileChunkStore, atomic_write, grow_in_place, sha256_file
-from edgefleet.shared.chunks import Reassembler
+from edgefleet.shared.chunks import MAX_CHUNKS, Reassembler
 from edgefleet.shared.errors import ChunkError, DecodeError, IntegrityError
 from edgefleet.shared.messages import ChunkRequest
 
@@ -68,12 +68,18 @@ class Download:
         *,
         directory: Path,
         now: float,
+        max_chunks: int = MAX_CHUNKS,
     ) -> Download:
         """Begin, or resume from what ``directory`` holds, the download of ``variant``.
 
         Raises:
             OSError: the directory or the manifest cannot be written.
+            ValueError: the variant has more than ``max_chunks`` chunks (checked first, so
+                nothing is written for it).
         """
+        if variant.chunk_count > min(max_chunks, MAX_CHUNKS):
+            msg = f"{variant.chunk_count} chunks exceed the limit of {min(max_chunks, MAX_CHUNKS)}"
+            raise ValueError(msg)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write(directory / MANIFEST_FILE, envelope)
         reassembler = _reassembler(variant, directory)

@@ -8,14 +8,18 @@ Tree (under ``edgefleet.shared.errors.EdgefleetError``)::
     ├── DelegateError            the Edge TPU delegate (libedgetpu) could not be loaded
     ├── ModelLoadError           a model could not be loaded or run in this process (the one
     │                            ModelLoadError: the host raises it for Keras models too)
+    ├── InferenceError           the active model failed on one input (its invoke raised)
     ├── HealthCheckError         a staged model failed its child-process health check
     ├── WorkerGoneError          the warm health-check worker ended before it answered
     └── StoreError               the state directory is unusable (layout, permissions)
+
+    InputError (edgefleet.shared)
+    └── InputLimitError          an input is over a ``[limits]`` setting (refused, not retried)
 """
 
 from __future__ import annotations
 
-from edgefleet.shared.errors import EdgefleetError
+from edgefleet.shared.errors import EdgefleetError, InputError
 
 
 class DeviceError(EdgefleetError):
@@ -50,6 +54,14 @@ class ModelLoadError(DeviceError):
     """
 
 
+class InferenceError(DeviceError):
+    """The loaded model failed on one real input (the interpreter's invoke raised).
+
+    Not a ModelLoadError: the model is loaded and may work on the next input; the agent
+    contains it per input and counts it against the model (``[safety] model_failures``).
+    """
+
+
 # Health-check outcomes that say the model is bad; a timeout or a kill under load does not.
 VERDICT_REASONS = frozenset({"crashed", "load", "spec_mismatch", "invoke"})
 
@@ -79,3 +91,15 @@ class WorkerGoneError(DeviceError):
 
 class StoreError(DeviceError):
     """The agent's state directory cannot be used."""
+
+
+class InputLimitError(InputError):
+    """An input is over one of the ``[limits]`` of agent.toml; the message names the key.
+
+    Attributes:
+        key: the setting to raise, e.g. ``limits.max_pixels``.
+    """
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from edgefleet.device.errors import ModelLoadError
+from edgefleet.device.errors import InferenceError, ModelLoadError
 from edgefleet.device.runtime import Backend, Model, open_model
 from edgefleet.shared.errors import ModelFormatError
 from edgefleet.shared.preprocess import dequantize_output, preprocess, to_input_tensor
@@ -22,16 +22,23 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 _NHWC = 4
+DEFAULT_MAX_OUTPUTS = 100_000  # output values a classifier accepts (``[safety] max_outputs``)
+NON_FINITE = "non_finite"  # Prediction.error: NaN or infinity among the scores
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One classification: best label, its score, the top-k, and the time it took."""
+    """One classification: best label, its score, the top-k, and the time it took.
+
+    ``error`` is set (``"non_finite"``) when the model gave NaN or infinite scores: there
+    is no usable class then (``label`` is empty, ``score`` 0, ``topk`` empty).
+    """
 
     label: str
     score: float
     topk: list[tuple[str, float]]
     latency_ms: float
+    error: str | None = None
 
 
 class Classifier:
@@ -46,29 +53,57 @@ class Classifier:
         labels: Sequence[str],
         preprocess_spec: PreprocessSpec,
         top_k: int = 3,
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> None:
         self.model = model
         self.name = name
         self.version = version
         self.preprocess_spec = preprocess_spec
         self.top_k = top_k
-        classes = int(np.prod(model.output_spec.shape))
-        self.labels = [labels[i] if i < len(labels) else str(i) for i in range(classes)]
+        classes = 1
+        for dim in model.output_spec.shape:
+            classes *= max(int(dim), 0)
+        if classes > max_outputs:
+            raise ModelLoadError(
+                f"model {name} v{version} has {classes} output values; this agent accepts at "
+                f"most {max_outputs} ([safety] max_outputs)"
+            )
+        self.classes = classes
+        # Only the names given; an output without one is named by its index when reported
+        # (never millions of strings built up front).
+        self.labels = list(labels[:classes])
+
+    def label(self, index: int) -> str:
+        """The name of output ``index`` (its number if the manifest names none)."""
+        return self.labels[index] if index < len(self.labels) else str(index)
 
     def classify(self, array: npt.NDArray[np.generic]) -> Prediction:
         """Classify one decoded input (image array or GPR B-scan).
 
+        A model whose scores are NaN or infinite gives a Prediction with ``error`` set
+        (never an exception: the caller counts it against the model).
+
         Raises:
             InputError: the input cannot be preprocessed into the model's input.
-            ModelLoadError: the interpreter failed.
+            InferenceError: the interpreter failed on this input.
         """
         start = time.perf_counter()
         x = to_input_tensor(preprocess(array, self.preprocess_spec), self.model.input_spec)
-        y = self.model.run(x)
-        scores = dequantize_output(y, self.model.output_spec).reshape(-1)
+        try:
+            y = self.model.run(x)
+        except ModelLoadError as exc:
+            raise InferenceError(f"model {self.name} v{self.version}: {exc}") from exc
+        scores = np.asarray(dequantize_output(y, self.model.output_spec)).reshape(-1)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        order = np.argsort(-scores, kind="stable")[: self.top_k]
-        topk = [(self.labels[i], float(scores[i])) for i in order]
+        if scores.size == 0 or not np.all(np.isfinite(scores)):
+            return Prediction("", 0.0, [], latency_ms, error=NON_FINITE)
+        k = min(self.top_k, scores.size)
+        if scores.size > 4 * k:  # a partial sort: large outputs stay cheap
+            best = np.argpartition(-scores, k - 1)[:k]
+            order = best[np.argsort(-scores[best], kind="stable")]
+        else:
+            order = np.argsort(-scores, kind="stable")[:k]
+        topk = [(self.label(int(i)), float(scores[i])) for i in order]
         return Prediction(topk[0][0], topk[0][1], topk, latency_ms)
 
 

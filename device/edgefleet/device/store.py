@@ -7,7 +7,10 @@ Layout::
       active.json                  pointer to the serving model (written atomically)
       previous.json                pointer to the model served before (kept for rollback)
       antirollback.json            highest activated version + signing-time floor
-      bad_models.json              models that failed their health check / activation
+      bad_models.json              models that failed their health check / activation /
+                                   real inputs (reverted)
+      restarts.json                running marker, unclean exits, known-good model (safety)
+      inflight.txt                 watched-folder files being classified (safety)
       ignored.json                 count of signed manifests not newer than the active one
       downloads/<sha256>/          partial download: manifest, reassembler state, model.part
       outbox.sqlite                prediction outbox
@@ -259,6 +262,26 @@ class StateStore:
             atomic_write(self.root / "previous.json", old.to_json())
         atomic_write(self.root / "active.json", pointer.to_json(), fault_point="during_activate")
         self.prune_models()
+
+    def revert(self) -> Pointer | None:
+        """Serve the previous model again (the active one failed); return it, or None.
+
+        ``previous.json`` becomes ``active.json`` (atomically) and is removed, so the failed
+        model is no fallback any more; with no usable previous model nothing is active
+        afterwards. The anti-rollback floor is left as it is.
+        """
+        previous = self.previous()
+        if previous is not None and self.has_model(previous.sha256):
+            atomic_write(self.root / "active.json", previous.to_json())
+            (self.root / "previous.json").unlink(missing_ok=True)
+            fsync_dir(self.root)
+            self.prune_models()
+            return previous
+        (self.root / "active.json").unlink(missing_ok=True)
+        (self.root / "previous.json").unlink(missing_ok=True)
+        fsync_dir(self.root)
+        self.prune_models()
+        return None
 
     def prune_models(self) -> None:
         """Delete model files that are neither active nor previous."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.device.agent import Agent
 from edgefleet.device.config import load_config
+from edgefleet.device.errors import InferenceError
 from edgefleet.device.inference import classifier_from_file
 from edgefleet.device.inputs import load_input
 from edgefleet.device.outbox import Outbox
@@ -80,8 +81,11 @@ def predict_files(
     for path in files:
         try:
             p = classifier.classify(load_input(path))
-        except InputError as exc:
+        except (InputError, InferenceError) as exc:  # this file only; the rest go on
             yield {"source": str(path), "error": str(exc)}
+            continue
+        if p.error:  # NaN / infinite scores: no class to give
+            yield {"source": str(path), "error": f"the model gave {p.error} scores"}
             continue
         yield {
             "source": str(path),

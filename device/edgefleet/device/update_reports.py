@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.device.actions import Publish
+from edgefleet.device.errors import DeviceError
 from edgefleet.shared.errors import ManifestError
-from edgefleet.shared.manifest import select_variant
+from edgefleet.shared.manifest import Manifest, select_variant
 from edgefleet.shared.messages import Reported, UpdateState, encode
 
 if TYPE_CHECKING:
     from edgefleet.device.store import Pointer, StateStore
-    from edgefleet.shared.manifest import Manifest, ModelVariant
+    from edgefleet.shared.manifest import ModelVariant
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,36 @@ class Reporter:
             reason=reason,
             message=str(exc)[:MAX_MESSAGE],
         )
+
+    def serving_failed(self, reason: str, message: str) -> Publish | None:
+        """The active model failed while serving (``failed_on_inputs``, ``crash_loop``).
+
+        It is remembered as bad (its retained manifest is not installed again), the
+        previous model serves again (``StateStore.revert``; none left: nothing is active)
+        and the failure is reported: state ``failed``, step ``serving``. The caller loads
+        the model now active. None if nothing was active.
+        """
+        active = self.store.active()
+        if active is None:
+            return None
+        document = {k: v for k, v in active.manifest.items() if not k.startswith("_")}
+        try:
+            manifest = Manifest.model_validate(document)
+            variant = next(v for v in manifest.variants if v.sha256 == active.sha256)
+        except (ValueError, StopIteration):
+            manifest, variant = None, None
+        try:
+            previous = self.store.revert()
+        except OSError as err:
+            log.error("cannot switch away from the failed model: %s", err)  # noqa: TRY400
+            previous = None
+        now = f"v{previous.version} serves again" if previous else "no model is active now"
+        exc = DeviceError(f"{active.name} v{active.version}: {message}; {now}")
+        if manifest is None or variant is None:  # a pointer the agent did not write
+            log.error("stored model %s failed while serving: %s", active.sha256, exc)
+            return None
+        self.remember_bad(manifest, variant, "serving", reason, exc)
+        return self.failed(manifest, variant, "serving", reason, exc)
 
     def remember_bad(
         self, manifest: Manifest, variant: ModelVariant, step: str, reason: str, exc: Exception

@@ -35,7 +35,8 @@ from edgefleet.device.errors import DeviceError, HealthCheckError
 from edgefleet.device.faults import fault
 from edgefleet.device.store import Pointer, StateStore
 from edgefleet.device.update_reports import Reporter
-from edgefleet.shared.errors import IntegrityError, ManifestError
+from edgefleet.shared.chunks import MAX_CHUNKS
+from edgefleet.shared.errors import IntegrityError, ManifestError, TooManyChunksError
 from edgefleet.shared.manifest import (
     Manifest,
     ModelVariant,
@@ -91,6 +92,10 @@ class UpdaterSettings:
     accelerators: tuple[str, ...] = ("cpu",)
     max_model_bytes: int = 64 * 2**20
     chunk_timeout_s: float = 5.0
+    max_chunks: int = MAX_CHUNKS  # [safety]: bounds a manifest asks the device to track
+    min_chunk_size: int = 1
+    max_outputs: int | None = 100_000
+    max_labels: int | None = 10_000
 
 
 @dataclass
@@ -121,6 +126,8 @@ class Updater:
     # Envelopes handled in this run; an LRU, so a flood of distinct ones cannot grow it.
     _seen: RecentSet = field(default_factory=lambda: RecentSet(SEEN_ENVELOPES))
     _reports: Reporter = field(init=False, repr=False)
+    # A model replaced at start-up (safe mode): start() reports that instead of "active".
+    _held: Publish | None = None
 
     def __post_init__(self) -> None:
         device_id = self.settings.device_id
@@ -159,6 +166,8 @@ class Updater:
 
     def start(self) -> list[Action]:
         """Report where the device stands after a (re)start."""
+        if self._held is not None:
+            return [self._held]
         active = self.store.active()
         if active is None:
             return [self._reports.report(UpdateState.IDLE)]
@@ -178,8 +187,9 @@ class Updater:
             manifest = open_envelope(data, trusted_keys=self.settings.trusted_keys)
         except ManifestError as exc:
             return [self._reports.rejected(exc)]
-        if self._not_news(manifest):
-            return []
+        skip = self._skip(manifest)
+        if skip is not None:
+            return skip
         self.state = UpdateState.VERIFYING
         try:
             variant = self._verify(data)
@@ -253,6 +263,35 @@ class Updater:
             log.warning("cannot count the ignored manifest: %s", exc)
         return True
 
+    def _skip(self, manifest: Manifest) -> list[Action] | None:
+        """Instead of checking ``manifest``: [] (not news), a known-bad report, None (check).
+
+        Known-bad models come before the anti-rollback check: a model reverted after it
+        failed while serving is below the floor, yet is reported as failed, not rollback.
+        """
+        if self._not_news(manifest):
+            return []
+        try:
+            variant = select_variant(manifest, self.settings.accelerators)
+        except ManifestError:
+            return None  # refused by _verify, with its reason
+        bad = self.store.bad_models().get(variant.sha256)
+        if bad is not None and manifest.version <= bad["version"]:
+            return [self._reports.known_bad(manifest, variant, bad)]
+        return None
+
+    def serving_failed(self, reason: str, message: str, *, hold: bool = False) -> list[Action]:
+        """The active model failed while serving: revert and report (``Reporter.serving_failed``).
+
+        ``hold``: report it from ``start`` too (safe mode, before the agent runs).
+        """
+        report = self._reports.serving_failed(reason, message)
+        if report is None:
+            return []
+        if hold:
+            self._held = report
+        return [report]
+
     def _verify(self, data: bytes) -> ModelVariant:
         """The device's policy checks (signature again, then section 6 in order)."""
         version, time_floor = self.store.floor()
@@ -266,15 +305,16 @@ class Updater:
             accelerators=self.settings.accelerators,
             max_model_bytes=self.settings.max_model_bytes,
             time_floor=time_floor,
+            max_chunks=self.settings.max_chunks,
+            min_chunk_size=self.settings.min_chunk_size,
+            max_outputs=self.settings.max_outputs,
+            max_labels=self.settings.max_labels,
         )
         return select_variant(manifest, self.settings.accelerators)
 
     def _begin(
         self, manifest: Manifest, variant: ModelVariant, data: bytes, envelope_sha: str
     ) -> list[Action]:
-        bad = self.store.bad_models().get(variant.sha256)
-        if bad is not None and manifest.version <= bad["version"]:
-            return [self._reports.known_bad(manifest, variant, bad)]
         check = self._check
         if check and (check.variant.sha256, check.manifest.version) == (
             variant.sha256,
@@ -288,9 +328,19 @@ class Updater:
             self.store.drop_download(variant.sha256)
             return actions + self._install(manifest, variant, envelope_sha)
         directory = self.store.download_dir(variant.sha256)
-        job = Download.start(
-            manifest, variant, data, envelope_sha, directory=directory, now=self.clock()
-        )
+        try:
+            job = Download.start(
+                manifest,
+                variant,
+                data,
+                envelope_sha,
+                directory=directory,
+                now=self.clock(),
+                max_chunks=self.settings.max_chunks,
+            )
+        except ValueError as exc:  # the reassembler refuses the transfer (a bound)
+            self.store.drop_download(variant.sha256)
+            return [*actions, self._reports.rejected(TooManyChunksError(str(exc)), manifest)]
         self._job = job
         self.state = UpdateState.DOWNLOADING
         if job.complete:

@@ -57,10 +57,28 @@ class FleetConfig(BaseModel):
         DEFAULT_HOST_IDENTITY,
         description="CN of the host client certificate; the ACL grants it the whole prefix.",
     )
+    host_broker_url: str | None = Field(
+        default=None,
+        description="mqtts://host:port of the host-only listener (certificates of the host CA "
+        "only); None for a fleet made before it existed: the host then uses broker_url.",
+    )
     ca_file: str = Field(default="ca/ca.crt", description="Fleet CA certificate (PEM).")
+    host_ca_file: str | None = Field(
+        default=None, description="Host CA certificate: signs host client certificates only."
+    )
+    host_ca_key_file: str | None = Field(default=None, description="Host CA private key (0600).")
     ca_key_file: str = Field(default="ca/ca.key", description="Fleet CA private key (PEM, 0600).")
     crl_file: str = Field(default="ca/crl.pem", description="CRL of revoked device certificates.")
     crl_days: int = Field(default=400, ge=1, description="Days until the CRL must be re-signed.")
+    chunk_answer_interval_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=3600,
+        description="A re-requested chunk is republished at most once per this many seconds.",
+    )
+    chunk_requests_per_device_per_min: int = Field(
+        default=30, ge=1, description="Chunk re-requests answered per device per minute at most."
+    )
     cert_file: str = Field(default="host/host.crt", description="Host client certificate.")
     key_file: str = Field(default="host/host.key", description="Host client key (0600).")
     signing_key: str = Field(
@@ -85,11 +103,17 @@ class FleetConfig(BaseModel):
         except ProvisionError as exc:
             raise ValueError(str(exc)) from exc
 
-    @field_validator("broker_url")
+    @field_validator("broker_url", "host_broker_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
-        BrokerUrl.parse(value)  # a BrokerUrlError is a ValueError: pydantic names broker_url
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            BrokerUrl.parse(value)  # a BrokerUrlError is a ValueError: pydantic names the field
         return value
+
+    @property
+    def host_url(self) -> str:
+        """The URL host processes connect to: the host-only listener, else the device one."""
+        return self.host_broker_url or self.broker_url
 
     @property
     def root(self) -> Path:

@@ -36,7 +36,10 @@ DIGEST_SIZE: Final = 32
 HEADER_SIZE: Final = _PREFIX.size + DIGEST_SIZE  # 88
 MAX_MESSAGE_BYTES: Final = 128 * 1024
 DEFAULT_CHUNK_SIZE: Final = MAX_MESSAGE_BYTES - HEADER_SIZE  # 130984: header + payload = 128 KiB
-MAX_CHUNKS: Final = 1 << 16
+MAX_CHUNKS: Final = 1 << 16  # chunks per file a reassembler (and a device) accepts at most
+# Smallest chunk_size a device accepts by default for a file of several chunks: the header
+# alone is 88 bytes, and MAX_CHUNKS chunks of it still carry a 64 MiB model.
+DEFAULT_MIN_CHUNK_SIZE: Final = 1024
 _U32: Final = 2**32
 
 

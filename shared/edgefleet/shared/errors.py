@@ -18,7 +18,9 @@ Tree (each package adds its own branch under ``EdgefleetError``)::
     │       ├── ExpiredError              "expired"
     │       ├── RollbackError             "rollback"
     │       ├── AcceleratorError          "accelerator"
-    │       └── TooLargeError             "too_large"
+    │       ├── TooLargeError             "too_large"
+    │       ├── TooManyChunksError        "too_many_chunks"
+    │       └── TooManyOutputsError       "too_many_outputs"
     ├── BrokerUrlError                a broker URL is not mqtt(s)://HOST[:PORT] (also a ValueError)
     ├── InputError                    an input image cannot be shaped into the model's input
     ├── ModelFormatError              a .tflite file or its metadata is unreadable
@@ -137,6 +139,18 @@ class TooLargeError(ManifestError):
     """The model is larger than the device accepts."""
 
     reason = "too_large"
+
+
+class TooManyChunksError(ManifestError):
+    """The model is cut into more chunks, or smaller ones, than the device accepts."""
+
+    reason = "too_many_chunks"
+
+
+class TooManyOutputsError(ManifestError):
+    """The model has more outputs, or the manifest more labels, than the device accepts."""
+
+    reason = "too_many_outputs"
 
 
 class BrokerUrlError(EdgefleetError, ValueError):

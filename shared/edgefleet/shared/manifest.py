@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from edgefleet.shared.chunks import DEFAULT_CHUNK_SIZE, chunk_count
+from edgefleet.shared.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNKS, chunk_count
 from edgefleet.shared.errors import (
     AcceleratorError,
     BadSignatureError,
@@ -40,6 +40,8 @@ from edgefleet.shared.errors import (
     NotTargetedError,
     RollbackError,
     TooLargeError,
+    TooManyChunksError,
+    TooManyOutputsError,
     UnknownKeyError,
 )
 from edgefleet.shared.messages import DeviceId, GroupName, Sha256Hex
@@ -78,7 +80,7 @@ class ModelVariant(_Strict):
 
     accelerator: Accelerator = Field(description="What the device needs to run this variant.")
     sha256: Sha256Hex = Field(description="sha256 of the variant's file, lowercase hex.")
-    size: int = Field(ge=1, description="File size in bytes.")
+    size: int = Field(ge=1, lt=2**63, description="File size in bytes.")
     chunk_size: int = Field(
         default=DEFAULT_CHUNK_SIZE, ge=1, le=MAX_CHUNK_SIZE, description="Payload bytes per chunk."
     )
@@ -112,8 +114,8 @@ class Manifest(_Strict):
     v: Literal[1] = Field(default=1, description="Manifest schema version.")
     name: Name = Field(description="Model name, e.g. 'mnist_convnet'.")
     version: int = Field(ge=1, lt=2**63, description="Monotonic per fleet; anti-rollback.")
-    created_at: int = Field(ge=0, description="Unix seconds when signed.")
-    expires_at: int = Field(ge=0, description="Unix seconds after which it is refused.")
+    created_at: int = Field(ge=0, lt=2**63, description="Unix seconds when signed.")
+    expires_at: int = Field(ge=0, lt=2**63, description="Unix seconds after which it is refused.")
     targets: Targets = Field(description="Devices and groups that should install it.")
     variants: list[ModelVariant] = Field(min_length=1, max_length=4, description="Builds.")
     mode: Annotated[str, StringConstraints(max_length=32)] = Field(description="Quantization mode.")
@@ -239,6 +241,10 @@ def verify_manifest(
     accelerators: Collection[str] = ("cpu",),
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     time_floor: float = 0.0,
+    max_chunks: int = MAX_CHUNKS,
+    min_chunk_size: int = 1,
+    max_outputs: int | None = None,
+    max_labels: int | None = None,
 ) -> Manifest:
     """Decide whether a device accepts a manifest; checks run in the documented order.
 
@@ -254,6 +260,11 @@ def verify_manifest(
         time_floor: The persisted lower bound on the true time (``advance_time_floor``);
             expiry is judged at ``max(now, time_floor)`` so a clock that is behind cannot
             revive an expired manifest.
+        max_chunks: Most chunks the selected variant may be cut into (the reassembler's
+            bound, ``MAX_CHUNKS``, at most).
+        min_chunk_size: Smallest ``chunk_size`` of a variant of more than one chunk.
+        max_outputs: Most output values (product of the output shape); None: no limit.
+        max_labels: Most labels; None: only the schema's limit.
 
     Returns:
         The accepted manifest.
@@ -281,7 +292,41 @@ def verify_manifest(
         raise TooLargeError(
             f"{variant.accelerator} variant is {variant.size} bytes; limit {max_model_bytes}"
         )
+    _check_chunking(variant, max_chunks=min(max_chunks, MAX_CHUNKS), min_chunk_size=min_chunk_size)
+    _check_outputs(manifest, max_outputs=max_outputs, max_labels=max_labels)
     return manifest
+
+
+def _check_chunking(variant: ModelVariant, *, max_chunks: int, min_chunk_size: int) -> None:
+    """Check 10: a transfer the device can track (bounded chunk count, sane chunk size)."""
+    if variant.chunk_count > max_chunks:
+        raise TooManyChunksError(
+            f"{variant.accelerator} variant of {variant.size} bytes is cut into "
+            f"{variant.chunk_count} chunks of {variant.chunk_size} bytes; the device accepts at "
+            f"most {max_chunks} chunks: push it with a larger chunk_size"
+        )
+    if variant.chunk_count > 1 and variant.chunk_size < min_chunk_size:
+        raise TooManyChunksError(
+            f"{variant.accelerator} variant uses chunks of {variant.chunk_size} bytes; the device "
+            f"accepts at least {min_chunk_size} bytes per chunk: push it with a larger chunk_size"
+        )
+
+
+def _check_outputs(manifest: Manifest, *, max_outputs: int | None, max_labels: int | None) -> None:
+    """Check 11: an output the device can label without building millions of strings."""
+    outputs = 1
+    for dim in manifest.output.shape:
+        outputs *= max(int(dim), 0)
+    if max_outputs is not None and outputs > max_outputs:
+        raise TooManyOutputsError(
+            f"model {manifest.name} v{manifest.version} has {outputs} output values "
+            f"(shape {list(manifest.output.shape)}); the device accepts at most {max_outputs}"
+        )
+    if max_labels is not None and len(manifest.labels) > max_labels:
+        raise TooManyOutputsError(
+            f"model {manifest.name} v{manifest.version} has {len(manifest.labels)} labels; the "
+            f"device accepts at most {max_labels}"
+        )
 
 
 def select_variant(manifest: Manifest, accelerators: Collection[str]) -> ModelVariant:

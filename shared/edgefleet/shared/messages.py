@@ -1,8 +1,11 @@
 """Pydantic models of every JSON payload on the wire, with ``encode`` and a safe ``decode``.
 
 Every model forbids unknown fields, rejects NaN and infinity, and carries ``v`` (the schema
-version, currently 1). ``decode`` is the only way untrusted bytes become a message: it caps
-the size before parsing and raises nothing but ``DecodeError``.
+version, currently 1). Every integer a peer sends (sequence numbers, versions, counters,
+indexes) is bounded to 0 .. 2^63-1 (:data:`MAX_COUNT`, a signed 64-bit integer, what SQLite
+and most languages store without loss): anything outside is refused at decode time with the
+field's name. ``decode`` is the only way untrusted bytes become a message: it caps the size
+before parsing and raises nothing but ``DecodeError``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import binascii
 from collections.abc import Sequence
 from enum import Enum
 from functools import cache
-from typing import Annotated, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Final, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -28,12 +31,16 @@ from pydantic import (
 
 from edgefleet.shared.errors import DecodeError
 
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
 SCHEMA_VERSION: Final = 1
 MAX_MESSAGE_BYTES: Final = 1_048_576
 MAX_INDEXES: Final = 4096
 MAX_SEQS: Final = 10_000
 MAX_BATCH_RECORDS: Final = 1000
 MAX_IMAGE_B64: Final = 16 * 2**20
+MAX_COUNT: Final = 2**63 - 1  # every integer on the wire is within 0 .. MAX_COUNT
 
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 GroupName = DeviceId
@@ -42,7 +49,7 @@ Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Code = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
 LongText = Annotated[str, StringConstraints(max_length=4096)]
-Count = Annotated[int, Field(ge=0)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 NonNeg = Annotated[float, Field(ge=0)]
 
 
@@ -72,10 +79,22 @@ REJECT_REASONS: Final = (
     "rollback",
     "accelerator",
     "too_large",
+    "too_many_chunks",
+    "too_many_outputs",
 )
 # ... and with state "failed", together with the step that failed.
-FAIL_REASONS: Final = ("integrity", "health_check", "disk_full", "io_error", "timeout")
-FAIL_STEPS: Final = ("downloading", "verifying", "health_check", "activating")
+FAIL_REASONS: Final = (
+    "integrity",
+    "health_check",
+    "disk_full",
+    "io_error",
+    "timeout",
+    "failed_on_inputs",
+    "crash_loop",
+)
+# "serving": an active model that failed on real inputs (or crash-looped the agent) and
+# was replaced by the last-known-good one (docs/protocol.md 8.2).
+FAIL_STEPS: Final = ("downloading", "verifying", "health_check", "activating", "serving")
 
 
 class _Closed(BaseModel):
@@ -113,6 +132,18 @@ class Status(Message):
     ignored_manifests: Count | None = Field(
         default=None,
         description="Signed manifests ignored as older than the active model (ever, persisted).",
+    )
+    rejected_inputs: Count | None = Field(
+        default=None,
+        description="Inputs refused this boot (over a limit, undecodable, or failed in the "
+        "pipeline): folder files moved to rejected/, image-topic messages dropped.",
+    )
+    safe_mode: bool | None = Field(
+        default=None,
+        description="True while the agent runs in safe mode after repeated unclean exits.",
+    )
+    unclean_exits: Count | None = Field(
+        default=None, description="Unclean exits of the agent within its crash window."
     )
     uptime_s: NonNeg | None = Field(default=None, description="Seconds since agent start.")
     rss_bytes: Count | None = Field(default=None, description="Resident memory.")
@@ -179,6 +210,13 @@ class PredictionRecord(Message):
     model_name: ShortText = Field(description="Model that produced it.")
     model_version: Count = Field(description="Its manifest version (0: not from a manifest).")
     ts: float = Field(description="Unix time of the inference.")
+    error: Code | None = Field(
+        default=None,
+        description=(
+            "Set when the model gave no usable class: 'non_finite' (NaN or infinity in its "
+            "scores); label is then empty, score 0 and topk empty."
+        ),
+    )
 
 
 class PredictionBatch(Message):
@@ -326,8 +364,18 @@ def batch_payload(records: Sequence[bytes]) -> bytes:
     return b'{"v":1,"records":[' + b",".join(records) + b"]}"
 
 
+def _message(error: ErrorDetails) -> str:
+    ctx = error.get("ctx") or {}
+    if error["type"] == "less_than_equal" and ctx.get("le") == MAX_COUNT:
+        return (
+            f"out of range: integers on the wire are 0 .. 2^63-1 ({MAX_COUNT}); the sender "
+            "must keep its counters within a signed 64-bit integer"
+        )
+    return error["msg"]
+
+
 def _summary(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False, include_input=False)
-    parts = [f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in errors[:3]]
+    parts = [f"{'.'.join(map(str, e['loc'])) or '<root>'}: {_message(e)}" for e in errors[:3]]
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""  # noqa: PLR2004
     return "; ".join(parts) + more

@@ -114,7 +114,8 @@ def test_stale_records_are_sent_again_in_batches_and_a_lone_record_goes_plain(tm
 def test_acks_are_handled_between_folder_batches(tmp_path: Path):
     inbox = tmp_path / "inbox"
     agent, _sent = _publishing_agent(
-        tmp_path, f'batch_records = 50\n[inference]\nwatch_dir = "{inbox}"\npoll_s = 0.001'
+        tmp_path,
+        f'batch_records = 50\n[inference]\nwatch_dir = "{inbox}"\npoll_s = 0.001\nsettle_s = 0.001',
     )
     agent.classifier = object()  # type: ignore[assignment] - _predict is stubbed below
     agent._predict = lambda _a, *, source: _record_builder(source)  # type: ignore[method-assign]
@@ -134,7 +135,7 @@ def test_acks_are_handled_between_folder_batches(tmp_path: Path):
             classify_files(paths)
 
         agent._classify_files = recording  # type: ignore[method-assign]
-        time.sleep(0.01)  # older than poll_s: taken at the first poll
+        time.sleep(0.01)  # older than settle_s: taken at the first poll
         agent._poll_folder()
         # the ack that waited in the queue was applied before the second batch, not after all
         assert depths == [3, FOLDER_BATCH]

@@ -5,13 +5,18 @@ from pathlib import Path
 from edgefleet.device.sources import FolderWatcher
 
 
-def test_file_is_taken_only_once_stable(tmp_path: Path):
-    watcher = FolderWatcher(tmp_path / "in", settle_s=3600)  # mtimes here are all "now"
+def test_file_is_taken_only_once_stable_for_the_settle_time(tmp_path: Path):
+    now = [0.0]
+    watcher = FolderWatcher(tmp_path / "in", settle_s=5, monotonic=lambda: now[0])
     f = tmp_path / "in" / "scan.png"
     f.write_bytes(b"abc")
-    assert watcher.poll() == []  # first sighting
+    assert watcher.poll() == []  # first sighting (its mtime is "now": maybe still copied)
+    now[0] = 4.0
     f.write_bytes(b"abcdef")  # still growing
     assert watcher.poll() == []
+    now[0] = 8.0
+    assert watcher.poll() == []  # unchanged for 4 s only
+    now[0] = 9.5
     assert watcher.poll() == [f]
 
 

@@ -86,7 +86,9 @@ def test_init_server_certificate_has_requested_sans_and_chains_to_the_ca(fleet_d
 def test_init_host_certificate_uses_the_host_identity(fleet_dir):
     config = load_fleet_config(fleet_dir)
     host = _cert(config.resolve(config.cert_file))
-    host.verify_directly_issued_by(_cert(config.resolve(config.ca_file)))
+    # signed by the host CA, which only the host listener trusts (not the device CA)
+    assert config.host_ca_file is not None
+    host.verify_directly_issued_by(_cert(config.resolve(config.host_ca_file)))
     cn = host.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     assert cn == config.host_identity == "edgefleet:host"
 

@@ -1,4 +1,4 @@
-"""`edgefleet fleet status` and `edgefleet send-image`."""
+"""`edgefleet fleet status`, `edgefleet fleet reassert` and `edgefleet send-image`."""
 
 from __future__ import annotations
 
@@ -28,8 +28,18 @@ def status(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     prefix: Prefix = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Devices: online/offline, last seen, model, runtime, latency, outbox, update state."""
-    from edgefleet.host.fleet import close_fleet, device_rows, format_table, open_fleet
+    """Devices: online/offline, last seen, model, runtime, latency, outbox, update state.
+
+    Groups and REVOKED come from the fleet directory's device registry (--fleet); a device
+    whose status claims other groups is listed under the table as a warning.
+    """
+    from edgefleet.host.fleet import (
+        close_fleet,
+        device_rows,
+        format_table,
+        format_warnings,
+        open_fleet,
+    )
 
     try:
         fl = open_fleet(broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir)
@@ -39,10 +49,14 @@ def status(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
         fl.observe()
         while True:
             rows = device_rows(fl)
+            warnings = format_warnings(rows, verified=fl.view.provisioned)
             if as_json:
+                # Each row carries its warnings, groups_verified and revoked.
                 typer.echo(json.dumps([r.as_json() for r in rows], indent=None if watch else 2))
             else:
                 typer.echo(("\x1b[H\x1b[J" if watch else "") + format_table(rows))
+                if warnings:
+                    typer.echo(warnings)
             if not watch:
                 return
             fl.pump(1.0)
@@ -50,6 +64,32 @@ def status(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
         return
     finally:
         close_fleet(fl)
+
+
+@fleet_app.command("reassert")
+def reassert_cmd(
+    broker: Broker = None,
+    fleet: FleetDir = None,
+    prefix: Prefix = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Put back desired manifests and chunks a broker crash lost (from the push registry).
+
+    Compares what the broker retains with what this host's registry says is current and
+    republishes only what is missing or stale; `predictions listen` does the same on start
+    and every few minutes.
+    """
+    from edgefleet.host.fleet import close_fleet, open_fleet, reassert
+
+    try:
+        fl = open_fleet(broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir)
+        try:
+            report = reassert(fl.conn, fl.topics, fl.registry)
+        finally:
+            close_fleet(fl)
+    except EdgefleetError as exc:
+        raise fail(exc) from exc
+    typer.echo(report.summary())
 
 
 @app.command("send-image")

@@ -7,12 +7,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgefleet.host.cli._options import Broker, FleetDir, Prefix, StateDir, fail
 from edgefleet.shared.errors import EdgefleetError
+
+if TYPE_CHECKING:
+    from edgefleet.host.fleet import Fleet, ReassertReport
 
 app = typer.Typer(help="Collect and read prediction records.", no_args_is_help=True)
 
@@ -41,23 +44,38 @@ def listen(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     fleet: FleetDir = None,
     prefix: Prefix = None,
     state_dir: StateDir = None,
+    reassert_every: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between re-asserts of the desired state a broker crash may have "
+            "lost (also done on start; see `edgefleet fleet reassert`).",
+            min=10.0,
+        ),
+    ] = 300.0,
 ) -> None:
     """Store every prediction record exactly once, then ack it; also serve chunk re-requests."""
     from edgefleet.host.fleet import (
+        DEFAULT_STATE_DIR,
         Ingestor,
         SqliteStore,
         close_fleet,
         open_fleet,
+        stable_client_id,
     )
 
     try:
         store = SqliteStore(_db_path(db, state_dir))
+        # Stable per worker (its persistent session survives a restart), unguessable by a
+        # device: an HMAC under a secret in the state dir (docs/fleet.md, "Client ids").
+        client_id = stable_client_id(
+            "ingest", f"{prefix or 'fleet'}/{worker}", state_dir=state_dir or DEFAULT_STATE_DIR
+        )
         fl = open_fleet(
             broker=broker,
             fleet_dir=fleet,
             prefix=prefix,
             state_dir=state_dir,
-            client_id=f"edgefleet-ingest-{(prefix or 'fleet').replace('/', '.')}-{worker}",
+            client_id=client_id,
             persistent=True,
         )
     except EdgefleetError as exc:
@@ -68,6 +86,7 @@ def listen(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     ingestor = Ingestor(fl.conn, fl, store)
     try:
         ingestor.subscribe(shared=shared)
+        _start_reassert(fl, state_dir, stop, reassert_every)
         typer.echo(
             f"listening on {fl.conn.url} (worker {worker}), storing into {store.path}",
             err=True,
@@ -81,6 +100,25 @@ def listen(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     typer.echo(
         f"stored {stats.stored} new, {stats.duplicates} duplicates, {stats.malformed} malformed",
         err=True,
+    )
+
+
+def _start_reassert(fl: Fleet, state_dir: Path | None, stop: threading.Event, every: float) -> None:
+    """Re-assert desired state on start and every ``every`` s, on a connection of its own."""
+    from edgefleet.host.fleet import PahoConnection
+    from edgefleet.host.fleet._reassert import start_periodic
+
+    if not isinstance(fl.conn, PahoConnection):
+        return
+
+    def report(result: ReassertReport | Exception) -> None:
+        if isinstance(result, Exception):
+            typer.echo(f"reassert: failed, retrying in {every:.0f} s: {result}", err=True)
+        elif result.changed or result.newer_elsewhere or result.missing_models:
+            typer.echo(f"reassert: {result.summary()}", err=True)
+
+    start_periodic(
+        fl.conn.settings, fl.topics, state_dir, stop=stop, interval_s=every, on_report=report
     )
 
 

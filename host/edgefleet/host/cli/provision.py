@@ -17,6 +17,22 @@ FleetDir = Annotated[
     ),
 ]
 _RELOAD_HINT = "reload the broker so it applies the new ACL and CRL: kill -HUP <mosquitto pid>"
+
+
+def _apply_hint(fleet_dir: Path, device_id: str) -> str:
+    return (
+        f"to apply it: the CRL and ACL in {fleet_dir} changed, but a broker reload (SIGHUP) "
+        f"only refuses NEW connections; {device_id}'s live session ends when the broker "
+        "restarts (other devices reconnect by themselves; retained state and sessions are "
+        "kept). Restart it with one of:\n"
+        f"  edgefleet revoke --apply --dir {fleet_dir} --systemd-unit mosquitto   "
+        "(Debian's package)\n"
+        f"  edgefleet revoke --apply --dir {fleet_dir} --broker-pid PID           "
+        "(mosquitto -c CONF)\n"
+        "then check: `edgefleet fleet status` shows it REVOKED and offline"
+    )
+
+
 T = TypeVar("T")
 Platforms = Annotated[
     list[str] | None,
@@ -50,6 +66,13 @@ def init(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     broker_url: Annotated[
         str, typer.Option(help="mqtts://HOST:PORT that the host and devices connect to.")
     ] = "mqtts://localhost:8883",
+    host_broker_url: Annotated[
+        str | None,
+        typer.Option(
+            help="mqtts://HOST:PORT of the host-only listener (host certificates only; "
+            "default: the broker URL's port + 1)."
+        ),
+    ] = None,
     prefix: Annotated[str, typer.Option(help="MQTT topic prefix.")] = "edgefleet",
     name: Annotated[str, typer.Option(help="Fleet name (the CA's organization).")] = "edgefleet",
     san: Annotated[
@@ -62,6 +85,17 @@ def init(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     broker_user: Annotated[
         str | None, typer.Option(help="`user` line for mosquitto.conf (default: mosquitto).")
     ] = None,
+    autosave_interval: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Broker autosave: seconds between saves (or changes, with "
+            "--autosave-on-changes); see docs/provisioning.md for the trade-off.",
+        ),
+    ] = 10,
+    autosave_on_changes: Annotated[
+        bool, typer.Option(help="Count changes instead of seconds for the autosave.")
+    ] = False,
 ) -> None:
     """Create a fleet: CA, broker and host certificates, signing key, mosquitto.conf and ACL."""
     from edgefleet.host.provision import init_fleet
@@ -71,15 +105,19 @@ def init(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
             fleet_dir,
             name=name,
             broker_url=broker_url,
+            host_broker_url=host_broker_url,
             prefix=prefix,
             sans=san or None,
             bind_address=bind,
             broker_user=broker_user,
+            autosave_interval=autosave_interval,
+            autosave_on_changes=autosave_on_changes,
         )
     )
     print(f"fleet created in {config.root}")
     print(f"signing key: {config.signing_key_id}")
     print(f"start the broker: mosquitto -c {config.resolve(config.broker_conf)}")
+    print(f"devices connect to {config.broker_url}, host commands to {config.host_url}")
 
 
 def provision(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
@@ -147,26 +185,58 @@ def wheelhouse(
     )
 
 
-def revoke(
+def revoke(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     device_id: Annotated[str | None, typer.Argument(help="Device to revoke.")] = None,
     fleet_dir: FleetDir = Path("fleet"),
     refresh_crl: Annotated[
         bool, typer.Option(help="Only re-sign the CRL (do it well before crl_days run out).")
     ] = False,
+    apply: Annotated[
+        bool,
+        typer.Option(
+            "--apply",
+            help="Restart the broker so live sessions of revoked devices end (with "
+            "--systemd-unit, --broker-pid or --broker-pidfile). Alone: only restart.",
+        ),
+    ] = False,
+    systemd_unit: Annotated[
+        str | None, typer.Option(help="systemd unit of the broker (Debian: mosquitto).")
+    ] = None,
+    broker_pid: Annotated[
+        int | None, typer.Option(help="Pid of a `mosquitto -c CONF` broker on this machine.")
+    ] = None,
+    broker_pidfile: Annotated[
+        Path | None, typer.Option(help="Pid file of the broker (rewritten after the restart).")
+    ] = None,
 ) -> None:
-    """Revoke a device: its certificate goes on the CRL and its ACL block is removed."""
+    """Revoke a device: its certificate goes on the CRL and its ACL block is removed.
+
+    A reload only refuses new connections; --apply restarts the broker so the revoked
+    device's live session ends too (docs/provisioning.md, "Revoking a device").
+    """
     from edgefleet.host.provision import _provision as prov
+    from edgefleet.host.provision import restart_broker
 
     if refresh_crl:
         path = _run(lambda: prov.refresh_crl(fleet_dir))
         print(f"CRL re-signed: {path}")
-    elif device_id is None:
-        print("error: name the DEVICE to revoke, or pass --refresh-crl")
-        raise typer.Exit(code=1)
-    else:
+    elif device_id is not None:
         record = _run(lambda: prov.revoke_device(fleet_dir, device_id))
         print(f"revoked {record.device_id} (certificate serial {record.serial:x})")
-    print(_RELOAD_HINT)
+    elif not apply:
+        print("error: name the DEVICE to revoke, or pass --refresh-crl or --apply")
+        raise typer.Exit(code=1)
+    if not apply:
+        print(_apply_hint(fleet_dir, device_id) if device_id else _RELOAD_HINT)
+        return
+    done = _run(
+        lambda: restart_broker(
+            fleet_dir, pid=broker_pid, pidfile=broker_pidfile, systemd_unit=systemd_unit
+        )
+    )
+    pid = f"; new pid {done.pid}" if done.pid is not None else ""
+    print(f"broker restarted: {done.how}{pid}")
+    print("every client handshakes again: revoked certificates are refused from now on")
 
 
 @keys_app.command("list")

@@ -245,6 +245,7 @@ class _Demo:
             self.workdir / "fleet",
             name="edgefleet-demo",
             broker_url=str(BrokerUrl("mqtts", "127.0.0.1", port)),
+            host_broker_url=str(BrokerUrl("mqtts", "127.0.0.1", free_port())),
             prefix=f"edgefleet-demo-{uuid.uuid4().hex[:8]}",
             bind_address="127.0.0.1",
             broker_user=getpass.getuser(),
@@ -340,8 +341,7 @@ class _Demo:
             registry=open_registry(self.workdir / "host-state"),
             signing_key=load_signing_key(config),
         )
-        for record in load_registry(config.root).active():
-            fleet.view.known_groups.setdefault(record.device_id, set()).update(record.groups)
+        fleet.view.load_provisioned(load_registry(config.root))
         self.wait_online(fleet)
         return fleet
 

@@ -9,13 +9,17 @@ The data flow through this package, in the order a model travels:
 - ``_push``: sign a manifest, publish chunks once, roll out in waves or as a canary, roll back;
 - ``_rollout``: the rollout decisions as pure functions (phases, waves, abort rules);
 - ``_pushes``: the push registry (what was pushed where, for rollback and versions);
-- ``_status``: the ``fleet status`` table;
+- ``_status``: the ``fleet status`` table (groups and revocation from provisioning);
+- ``_reassert``: put back retained desired state and chunks a broker crash lost;
+- ``_clientid``: host client ids a device cannot predict (random, or stable via an HMAC);
+- ``_ratelimit``: limits on what devices can make the host do (chunk re-requests, status);
 - ``_ingest`` and ``_store``: prediction ingestion with acks into the prediction store;
 - ``_images``: remote input to a device's image topic.
 """
 
 from __future__ import annotations
 
+from edgefleet.host.fleet._clientid import random_client_id, stable_client_id
 from edgefleet.host.fleet._connection import (
     BrokerSettings,
     PahoConnection,
@@ -36,19 +40,28 @@ from edgefleet.host.fleet._push import (
 )
 from edgefleet.host.fleet._pushes import (
     DEFAULT_STATE_DIR,
+    MAX_VERSION_STEP,
     PushRecord,
     Registry,
+    choose_version,
     device_target,
     group_target,
     open_registry,
 )
+from edgefleet.host.fleet._reassert import (
+    DEFAULT_REASSERT_INTERVAL_S,
+    ReassertReport,
+    reassert,
+)
 from edgefleet.host.fleet._rollout import Phase, Progress, Verdict
-from edgefleet.host.fleet._status import DeviceRow, device_rows, format_table
+from edgefleet.host.fleet._status import DeviceRow, device_rows, format_table, format_warnings
 from edgefleet.host.fleet._store import PredictionStore, SqliteStore, export
 from edgefleet.shared.connection import Connection, Message, PublishHandle
 
 __all__ = [
+    "DEFAULT_REASSERT_INTERVAL_S",
     "DEFAULT_STATE_DIR",
+    "MAX_VERSION_STEP",
     "BrokerSettings",
     "Connection",
     "DeviceRow",
@@ -66,24 +79,30 @@ __all__ = [
     "PublishHandle",
     "PushPlan",
     "PushRecord",
+    "ReassertReport",
     "Registry",
     "RolloutResult",
     "SqliteStore",
     "Verdict",
+    "choose_version",
     "close_fleet",
     "connect",
     "device_rows",
     "device_target",
     "export",
     "format_table",
+    "format_warnings",
     "group_target",
     "image_message",
     "load_model",
     "open_fleet",
     "open_registry",
     "push",
+    "random_client_id",
+    "reassert",
     "rollback",
     "rollout_status",
     "send_images",
     "settings_from",
+    "stable_client_id",
 ]

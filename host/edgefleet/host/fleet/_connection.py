@@ -7,6 +7,9 @@ Fleet code takes the :class:`edgefleet.shared.connection.Connection` protocol in
 ``PahoConnection`` satisfies and the unit tests' in-memory broker implements too.
 Only standard MQTT is used (retained messages, QoS 1, persistent sessions and, where
 offered, MQTT 5 shared subscriptions), so any 3.1.1 or 5 broker works.
+
+A connection without an explicit client id gets :func:`random_client_id`
+(``edgefleet.host.fleet._clientid``, docs/fleet.md "Client ids").
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import queue
 import ssl
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgefleet.host.errors import FleetError, UnsupportedProtocolError
+from edgefleet.host.fleet._clientid import random_client_id
 from edgefleet.shared.broker_url import BrokerUrl
 from edgefleet.shared.connection import Message
 from edgefleet.shared.errors import BrokerUrlError
@@ -96,7 +99,8 @@ def settings_from(
                 "`edgefleet init`), or set EDGEFLEET_BROKER"
             )
         return BrokerSettings(url=broker, prefix=prefix or "edgefleet")
-    settings = BrokerSettings(url=broker or fleet.broker_url)
+    # The host-only listener if the fleet has one (docs/provisioning.md, client ids).
+    settings = BrokerSettings(url=broker or fleet.host_url)
     ca, cert, key = fleet.tls_files() if settings.tls else (None, None, None)
     return replace(
         settings,
@@ -122,6 +126,7 @@ class PahoConnection:
         self.messages: queue.Queue[Message] = queue.Queue()
         self.disconnected = threading.Event()
         self.filters: dict[str, int] = {}
+        self.resubscribes = 0  # subscriptions renewed after a reconnect
         client.on_message = self._on_message
 
     @property
@@ -138,13 +143,17 @@ class PahoConnection:
         self,
         client: mqtt.Client,
         _u: object,
-        flags: mqtt.ConnectFlags,
+        _flags: mqtt.ConnectFlags,
         rc: ReasonCode,
         _p: Properties | None,
     ) -> None:
-        # paho reconnects by itself; a broker that lost the session also lost our subscriptions.
-        if _code(rc) == 0 and not flags.session_present and self.filters:
+        # paho reconnects by itself. Subscribe again on every accepted (re)connect, whatever
+        # session-present says: a broker may restore a session without some of its
+        # subscriptions (mosquitto 2.0.11 drops $share ones from its persistence file), and a
+        # repeated SUBSCRIBE of the same filter only replaces the existing one.
+        if _code(rc) == 0 and self.filters:
             client.subscribe(list(self.filters.items()))
+            self.resubscribes += 1
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         self.messages.put(Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.time()))
@@ -255,7 +264,7 @@ def connect(
 
     Args:
         settings: Broker URL, TLS files, credentials.
-        client_id: MQTT client id; a random one if None.
+        client_id: MQTT client id; :func:`random_client_id` if None.
         persistent: Keep the session (subscriptions, queued QoS 1 messages) across reconnects.
         timeout: Seconds for TCP connect plus CONNACK.
         protocol: ``"5"``, ``"3.1.1"`` or ``"auto"`` (MQTT 5, falling back to 3.1.1 when the
@@ -264,7 +273,7 @@ def connect(
     Raises:
         FleetError: Unreachable, TLS failure, refused (bad credentials, not authorised).
     """
-    cid = client_id or f"edgefleet-host-{uuid.uuid4().hex[:12]}"
+    cid = client_id or random_client_id()
     versions = {"5": [MQTTProtocolVersion.MQTTv5], "3.1.1": [MQTTProtocolVersion.MQTTv311]}
     attempts = versions.get(protocol, [MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311])
     for attempt, version in enumerate(attempts):

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet._connection import connect, settings_from
 from edgefleet.host.fleet._pushes import Registry, open_registry
+from edgefleet.host.fleet._ratelimit import DeviceLimiter, DeviceLimits
 from edgefleet.host.fleet._rollout import (
     Progress,
 )
 from edgefleet.host.fleetdir import load_fleet_config, load_registry
-from edgefleet.shared.chunks import split_model
+from edgefleet.shared.chunks import chunk_at
 from edgefleet.shared.errors import DecodeError, KeyFormatError, TopicError
 from edgefleet.shared.manifest import load_private_key
 from edgefleet.shared.messages import ChunkRequest, Reported, Status, decode
@@ -27,6 +28,7 @@ from edgefleet.shared.topics import CHUNK_REQUEST, REPORTED, STATUS, Topics
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from edgefleet.host.fleetdir import Registry as DeviceRegistry
     from edgefleet.shared.connection import Connection, Message
 
 OnProgress = Callable[[list[Progress]], None]
@@ -34,18 +36,55 @@ OnProgress = Callable[[list[Progress]], None]
 
 @dataclass
 class FleetView:
-    """What the host knows about devices from retained and live status/reported messages."""
+    """What the host knows about devices: provisioning (trusted) and their messages (claims).
+
+    Group membership is trusted only from the fleet's device registry (devices.json, what
+    ``edgefleet provision`` wrote; see :meth:`load_provisioned`): ``known_groups`` then
+    holds the provisioned groups and ``provisioned`` is True. The groups a device's status
+    claims are kept apart in ``claimed_groups``, for display and mismatch warnings only.
+    Without a fleet directory (a bare ``--broker``) there is nothing to check claims
+    against: :meth:`members` falls back to them and ``provisioned`` stays False
+    (``fleet status`` and ``push`` say that membership is unverified).
+    """
 
     statuses: dict[str, Status] = field(default_factory=dict)
     reports: dict[str, Reported] = field(default_factory=dict)
     live: set[str] = field(default_factory=set)
     known_groups: dict[str, set[str]] = field(default_factory=dict)
+    claimed_groups: dict[str, set[str]] = field(default_factory=dict)
+    revoked: set[str] = field(default_factory=set)
+    provisioned: bool = False
+
+    def load_provisioned(self, registry: DeviceRegistry) -> None:
+        """Take group membership and revocations from the fleet's device registry."""
+        self.provisioned = True
+        for record in registry.devices.values():
+            if record.revoked_at is not None:
+                self.revoked.add(record.device_id)
+                self.known_groups.pop(record.device_id, None)
+            else:
+                self.known_groups[record.device_id] = set(record.groups)
 
     def members(self, group: str) -> list[str]:
-        """Devices known to belong to ``group`` (status messages, host registry, fleet dir)."""
-        found = {d for d, s in self.statuses.items() if s.groups and group in s.groups}
+        """Devices of ``group``: provisioned ones (never revoked) or, unverified, claimed ones."""
+        if self.provisioned:
+            found = {d for d, groups in self.known_groups.items() if group in groups}
+            return sorted(found - self.revoked)
+        found = {d for d, groups in self.claimed_groups.items() if group in groups}
         found |= {d for d, groups in self.known_groups.items() if group in groups}
         return sorted(found)
+
+    def claimed_versions(self, devices: list[str]) -> dict[str, int]:
+        """The highest model version each of ``devices`` claims to run (status or report)."""
+        claims: dict[str, int] = {}
+        for d in devices:
+            versions = [0]
+            if (s := self.statuses.get(d)) and s.model_version:
+                versions.append(s.model_version)
+            if (r := self.reports.get(d)) and r.active_version:
+                versions.append(r.active_version)
+            claims[d] = max(versions)
+        return claims
 
     def online(self) -> set[str]:
         """Devices whose retained status says online."""
@@ -72,6 +111,7 @@ class Fleet:
     signing_key: Ed25519PrivateKey | None = None
     view: FleetView = field(default_factory=FleetView)
     on_progress: OnProgress | None = None
+    limiter: DeviceLimiter = field(default_factory=DeviceLimiter)
 
     def observe(self) -> FleetView:
         """Subscribe to every status, report and chunk request and take in the retained state."""
@@ -80,7 +120,7 @@ class Fleet:
         for msg in self.conn.drain_retained():
             self.handle(msg, live=False)
         for device_id, (groups, _status, _seen) in self.registry.known_devices().items():
-            self.view.known_groups.setdefault(device_id, set()).update(groups)
+            self.view.claimed_groups.setdefault(device_id, set()).update(groups)
         return self.view
 
     def handle(self, msg: Message, *, live: bool = True) -> None:
@@ -98,7 +138,8 @@ class Fleet:
                     if live and not msg.retain:
                         self.view.live.add(parsed.device_id)
             elif parsed.kind == CHUNK_REQUEST:
-                self.answer_chunk_request(decode(ChunkRequest, msg.payload))
+                request = decode(ChunkRequest, msg.payload)
+                self.answer_chunk_request(request, device_id=parsed.device_id)
         except (DecodeError, TopicError):
             return  # a malformed message from one device must not stop the host
 
@@ -107,7 +148,11 @@ class Fleet:
         if status.device_id != device_id:
             return
         self.view.statuses[device_id] = status
-        if status.online:
+        if status.groups is not None:  # a claim: shown and checked, never trusted
+            self.view.claimed_groups[device_id] = set(status.groups)
+        # Rate-limited: an unchanged status is written at most every few seconds.
+        digest = status.model_dump_json(include={"groups", "model_name", "model_version"})
+        if status.online and self.limiter.allow_status_write(device_id, digest):
             self.registry.remember_device(
                 device_id,
                 groups=status.groups,
@@ -115,17 +160,41 @@ class Fleet:
                 seen=status.ts or msg.received_at,
             )
 
-    def answer_chunk_request(self, request: ChunkRequest) -> int:
-        """Publish the requested chunks again (not retained) if this host has the model."""
-        data = self.registry.model_bytes(request.sha256)
+    def answer_chunk_request(self, request: ChunkRequest, *, device_id: str | None = None) -> int:
+        """Publish the requested chunks again (not retained) if this host has the model.
+
+        Rate-limited (:mod:`edgefleet.host.fleet._ratelimit`): each index at most once per
+        few seconds per model, and a budget of requests per device and minute; what is
+        ignored is counted in ``self.limiter``. ``device_id`` is the device of the topic the
+        request came on (the one the broker authenticated); a request naming another device
+        is ignored. Returns how many chunks were published.
+        """
+        if device_id is not None and request.device_id != device_id:
+            self.limiter.ignored_requests += 1
+            return 0
+        if not self.limiter.allow_request(request.device_id):
+            return 0
         latest = {v.sha256: v for p in self.registry.latest_pushes() for v in p.manifest.variants}
         variant = latest.get(request.sha256)
-        if data is None or variant is None:
+        if variant is None:
             return 0  # superseded or unknown: the device will get a newer manifest
-        chunks = split_model(data, chunk_size=variant.chunk_size)
-        wanted = [i for i in sorted(set(request.indexes)) if i < len(chunks)]
-        for i in wanted:
-            self.conn.publish(self.topics.chunk(request.sha256, i), chunks[i])
+        indexes = [i for i in request.indexes if i < variant.chunk_count]
+        wanted = self.limiter.chunks_to_send(request.sha256, indexes)
+        if not wanted:
+            return 0
+        data = self.registry.model_bytes(request.sha256)
+        if data is None:
+            self.limiter.forget_chunks(request.sha256, wanted)
+            return 0
+        for n, i in enumerate(wanted):
+            try:
+                payload = chunk_at(
+                    data, i, chunk_size=variant.chunk_size, model_sha256=request.sha256
+                )
+                self.conn.publish(self.topics.chunk(request.sha256, i), payload)
+            except Exception:
+                self.limiter.forget_chunks(request.sha256, wanted[n:])
+                raise
         return len(wanted)
 
     def pump(self, seconds: float) -> None:
@@ -171,8 +240,14 @@ def open_fleet(
         raise
     fleet = Fleet(conn=conn, topics=Topics(settings.prefix), registry=registry, signing_key=key)
     if config is not None:
-        for record in load_registry(config.root).active():
-            fleet.view.known_groups.setdefault(record.device_id, set()).update(record.groups)
+        fleet.limiter = DeviceLimiter(
+            DeviceLimits(
+                chunk_interval_s=config.chunk_answer_interval_s,
+                device_requests_per_min=config.chunk_requests_per_device_per_min,
+            )
+        )
+    if config is not None:
+        fleet.view.load_provisioned(load_registry(config.root))
     return fleet
 
 

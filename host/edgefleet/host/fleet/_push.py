@@ -9,13 +9,14 @@ chunk re-requests. Rollout logic (waves, canary, abort) lives in ``edgefleet.hos
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgefleet.host.errors import FleetError
-from edgefleet.host.fleet._pushes import PushRecord, device_target, group_target
+from edgefleet.host.fleet._pushes import PushRecord, choose_version, device_target, group_target
 from edgefleet.host.fleet._rollout import (
     Phase,
     Progress,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 
 DEFAULT_EXPIRY_S = 365 * 24 * 3600
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -244,20 +246,29 @@ class _Rollout:
 
 
 def next_version(fleet: Fleet, targets: list[str], requested: int | None) -> int:
-    """The version to sign: ``requested`` if it is above what targets run, else max known + 1.
+    """The version to sign: the registry's record first, device claims within a bound.
+
+    See :func:`edgefleet.host.fleet._pushes.choose_version`; ignored claims are logged.
 
     Raises:
-        FleetError: ``requested`` is not above a version the targets already run.
+        FleetError: ``requested`` is out of range or not above a version a target runs.
     """
-    seen = fleet.view.highest_version(targets)
-    if requested is None:
-        return max(fleet.registry.max_version(), seen) + 1
-    if requested <= seen:
-        raise FleetError(
-            f"--version {requested} is not above version {seen} that a target already runs; "
-            "devices would refuse it (anti-rollback): omit --version or pass a higher one"
+    signed = fleet.registry.max_version()
+    choice = choose_version(signed, fleet.view.claimed_versions(targets), requested)
+    for line in choice.warnings(signed):
+        log.warning("warning: %s", line)
+    return choice.version
+
+
+def group_members(fleet: Fleet, group: str) -> list[str]:
+    """The group's targets; says so when membership is only what devices claim."""
+    if not fleet.view.provisioned:
+        log.warning(
+            "warning: no fleet directory (--fleet DIR): the members of group %r are what "
+            "devices claim in their status, UNVERIFIED; pass --fleet to use provisioning",
+            group,
         )
-    return requested
+    return fleet.view.members(group)
 
 
 def push(fleet: Fleet, model: ModelFiles, plan: PushPlan) -> RolloutResult:
@@ -270,7 +281,7 @@ def push(fleet: Fleet, model: ModelFiles, plan: PushPlan) -> RolloutResult:
     if fleet.signing_key is None:
         raise FleetError("no signing key: pass --fleet DIR (fleet.toml names it) or --key FILE")
     fleet.observe()
-    targets = list(plan.devices) if plan.devices else fleet.view.members(plan.group or "")
+    targets = list(plan.devices) if plan.devices else group_members(fleet, plan.group or "")
     version = next_version(fleet, targets, plan.version)
     return _roll_out(fleet, model.template, model.blobs, plan, targets, version, kind="push")
 
@@ -336,6 +347,7 @@ def _roll_out(  # noqa: PLR0917 - private orchestration shared by push and rollb
         if verdict == Verdict.ABORT and plan.group:
             # Devices that have not fetched the manifest yet (offline, slow) stay where they are.
             publish_desired(fleet, fleet.topics.desired_group(plan.group), b"")
+            fleet.registry.record_cleared(group_target(plan.group))  # never re-asserted
             result.aborted = _abort_reason(rollout.progress(), canary=False)
     result.progress = rollout.progress()
     return result
@@ -429,7 +441,7 @@ def rollback(fleet: Fleet, plan: PushPlan) -> RolloutResult:
             raise FleetError(f"model {v.sha256[:12]} is missing from {fleet.registry.state_dir}")
         blobs[v.accelerator] = data
     fleet.observe()
-    targets = list(plan.devices) if plan.devices else fleet.view.members(plan.group or "")
+    targets = list(plan.devices) if plan.devices else group_members(fleet, plan.group or "")
     version = next_version(fleet, targets, None)
     return _roll_out(fleet, previous.manifest, blobs, plan, targets, version, kind="rollback")
 

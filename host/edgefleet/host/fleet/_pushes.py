@@ -8,7 +8,13 @@ Layout of the state directory (``--state-dir``, default ``~/.local/share/edgefle
 A push row remembers the signed envelope, the target (``device:ID`` or ``group:NAME``), the
 variant hashes and whether it superseded, so that rollback can re-sign the model a target
 ran before, chunk retention can tell which models are still desired, and
-``edgefleet rollout status`` can say where each device stands.
+``edgefleet rollout status`` can say where each device stands. A ``cleared`` row per target
+remembers that the host emptied the target's retained desired topic (an aborted group push,
+a canary covered by its group), so nothing re-asserts a manifest the host withdrew.
+
+Versions: the registry's own record of what this host signed is the source of truth for the
+next version to sign (:func:`choose_version`); what devices claim to run counts only within
+``MAX_VERSION_STEP`` above it.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ CREATE TABLE IF NOT EXISTS pushes (
     members TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS pushes_target ON pushes(target, version);
+CREATE TABLE IF NOT EXISTS cleared (
+    target TEXT PRIMARY KEY,
+    up_to_id INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
     groups TEXT NOT NULL DEFAULT '[]',
@@ -49,6 +59,74 @@ CREATE TABLE IF NOT EXISTS devices (
 
 
 _PUSH_COLUMNS = "id, target, name, version, shas, manifest, envelope, created_at, kind, members"
+_CURRENT = (
+    "WHERE id IN (SELECT MAX(p.id) FROM pushes p GROUP BY p.target)"
+    " AND id > COALESCE((SELECT c.up_to_id FROM cleared c WHERE c.target = pushes.target), 0)"
+)
+
+# The highest version a manifest can carry (the protocol's integers are 0 .. 2**63-1).
+MAX_VERSION = 2**63 - 1
+# A device's claimed version counts for the next version only up to this far above the
+# highest version this host signed (a host whose state directory was lost still signs above
+# what its devices run); a claim beyond it is ignored and reported.
+MAX_VERSION_STEP = 1000
+
+
+@dataclass(frozen=True)
+class VersionChoice:
+    """The version to sign and the device claims that were not believed."""
+
+    version: int
+    ignored: dict[str, int]
+
+    def warnings(self, signed: int) -> list[str]:
+        """One line per ignored claim, for the operator."""
+        return [
+            f"{device} claims model version {claim}, more than {MAX_VERSION_STEP} above the "
+            f"highest version this host signed ({signed}): claim ignored (pass --version to "
+            "sign above it if that device really runs it)"
+            for device, claim in sorted(self.ignored.items())
+        ]
+
+
+def choose_version(signed: int, claims: dict[str, int], requested: int | None) -> VersionChoice:
+    """The version to sign, from this host's record first and device claims within a bound.
+
+    Args:
+        signed: The highest version this host ever signed (``Registry.max_version``).
+        claims: Device id -> the highest version it claims to run (status, reported).
+        requested: ``--version``, if given.
+
+    Returns:
+        ``requested`` if it is above every believed claim; otherwise one above the highest
+        of ``signed`` and the believed claims. A claim more than ``MAX_VERSION_STEP`` above
+        ``signed`` is not believed (a device reporting 2**63-2 must not make the host sign
+        2**63-1, after which no update could ever follow).
+
+    Raises:
+        FleetError: ``requested`` is out of range or not above a believed claim, or the
+            next version would pass ``MAX_VERSION``.
+    """
+    limit = signed + MAX_VERSION_STEP
+    believed = {d: v for d, v in claims.items() if 0 <= v <= limit}
+    ignored = {d: v for d, v in claims.items() if d not in believed}
+    seen = max(believed.values(), default=0)
+    if requested is not None:
+        if not 1 <= requested <= MAX_VERSION:
+            raise FleetError(f"--version {requested} is outside 1..{MAX_VERSION}")
+        if requested <= seen:
+            raise FleetError(
+                f"--version {requested} is not above version {seen} that a target already "
+                "runs; devices would refuse it (anti-rollback): omit --version or pass a "
+                "higher one"
+            )
+        return VersionChoice(requested, ignored)
+    version = max(signed, seen) + 1
+    if version > MAX_VERSION:
+        raise FleetError(
+            f"the next version would be {version}, above the protocol's limit {MAX_VERSION}"
+        )
+    return VersionChoice(version, ignored)
 
 
 def device_target(device_id: str) -> str:
@@ -207,21 +285,44 @@ class Registry:
         return int(row[0] or 0)
 
     def desired_shas(self) -> set[str]:
-        """Hashes of the variants some target's latest push still wants."""
-        rows = self._db.execute(
-            "SELECT p.shas FROM pushes p JOIN (SELECT target, MAX(id) AS id FROM pushes"
-            " GROUP BY target) l ON p.id = l.id"
-        ).fetchall()
-        return {sha for (shas,) in rows for sha in json.loads(shas)}
+        """Hashes of the variants some target's current (not withdrawn) push still wants."""
+        return {sha for record in self.current_desired() for sha in record.shas}
 
     def record_cleared(self, target: str) -> None:
         """Forget that ``target`` desires anything (its retained desired was cleared)."""
         with self._db:
             self._db.execute("DELETE FROM pushes WHERE target = ? AND kind = 'canary'", (target,))
+            self._db.execute(
+                "INSERT INTO cleared (target, up_to_id) SELECT ?, COALESCE(MAX(id), 0)"
+                " FROM pushes WHERE target = ? ON CONFLICT(target) DO UPDATE SET"
+                " up_to_id = excluded.up_to_id",
+                (target, target),
+            )
 
     def latest_pushes(self) -> list[PushRecord]:
         """The latest push of every target."""
         return self._rows("WHERE id IN (SELECT MAX(id) FROM pushes GROUP BY target)")
+
+    def current_desired(self) -> list[PushRecord]:
+        """The latest push of every target whose retained desired the host did not clear.
+
+        What the broker should be retaining on the desired topics right now (and the chunks
+        of their variants): the input of ``edgefleet fleet reassert``.
+        """
+        return self._rows(_CURRENT)
+
+    def cleared_targets(self) -> list[str]:
+        """Targets whose retained desired the host cleared (they may have pushes since)."""
+        return [r[0] for r in self._db.execute("SELECT target FROM cleared ORDER BY target")]
+
+    def all_pushes(self) -> list[PushRecord]:
+        """Every push row, oldest first."""
+        return self._rows()
+
+    def pushed_shas(self) -> set[str]:
+        """Every variant hash this host ever pushed (and still has a push row for)."""
+        rows = self._db.execute("SELECT shas FROM pushes").fetchall()
+        return {sha for (shas,) in rows for sha in json.loads(shas)}
 
     # -- devices ----------------------------------------------------------------------
 

@@ -1,4 +1,9 @@
-"""Fleet status: one row per device from the retained status and reported topics."""
+"""Fleet status: one row per device from the retained status and reported topics.
+
+Groups and revocation come from provisioning (the fleet's devices.json, see
+``FleetView.load_provisioned``); what a device's status claims is shown next to them and a
+mismatch becomes a warning, never a membership.
+"""
 
 from __future__ import annotations
 
@@ -39,10 +44,37 @@ class DeviceRow:
     dropped: int | None
     update: str | None
     groups: tuple[str, ...] = ()
+    claimed_groups: tuple[str, ...] | None = None
+    groups_verified: bool = False
+    revoked: bool = False
+    warnings: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         """A dict for ``--json``."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @property
+    def state(self) -> str:
+        """The STATE column: online/offline/?, and ``REVOKED`` first for a revoked device."""
+        text = {True: "online", False: "offline", None: "?"}[self.online]
+        return f"REVOKED ({text})" if self.revoked else text
+
+
+def _trust_warnings(
+    device_id: str, *, provisioned: set[str] | None, claimed: set[str] | None, revoked: bool
+) -> tuple[str, ...]:
+    """What does not match provisioning, for one device (``provisioned`` None: no fleet dir)."""
+    if provisioned is None and not revoked:
+        return ()
+    out = []
+    if revoked:
+        out.append(f"{device_id} is revoked (devices.json); it must not be connected")
+    elif provisioned is not None and claimed is not None and claimed != provisioned:
+        out.append(
+            f"{device_id} claims groups {sorted(claimed)} but is provisioned in "
+            f"{sorted(provisioned)}: the claim is ignored"
+        )
+    return tuple(out)
 
 
 def device_rows(fleet: Fleet) -> list[DeviceRow]:
@@ -50,13 +82,33 @@ def device_rows(fleet: Fleet) -> list[DeviceRow]:
     view = fleet.view
     known = fleet.registry.known_devices()
     rows = []
-    for device_id in sorted(set(view.statuses) | set(view.reports) | set(known)):
+    everyone = set(view.statuses) | set(view.reports) | set(known)
+    if view.provisioned:
+        everyone |= set(view.known_groups) | view.revoked
+    for device_id in sorted(everyone):
         status = view.statuses.get(device_id)
-        groups, last_json, last_seen = known.get(device_id, ([], None, None))
+        claimed_list, last_json, last_seen = known.get(device_id, ([], None, None))
         # An offline device's last will carries only its id: fill in from its last status.
         last = status if status is not None and status.online else _parse_status(last_json)
         report = view.reports.get(device_id)
         seen = status.ts if status is not None and status.online and status.ts else last_seen
+        claimed = view.claimed_groups.get(device_id)
+        if claimed is None and (last is not None and last.groups is not None):
+            claimed = set(last.groups)
+        if view.provisioned:
+            provisioned = view.known_groups.get(device_id)
+            groups = tuple(sorted(provisioned or ()))
+            warnings = _trust_warnings(
+                device_id,
+                provisioned=provisioned if device_id in view.known_groups else set(),
+                claimed=claimed,
+                revoked=device_id in view.revoked,
+            )
+            if device_id not in view.known_groups and device_id not in view.revoked:
+                warnings = (f"{device_id} is not provisioned in this fleet (devices.json)",)
+        else:
+            groups = tuple(sorted(claimed or claimed_list))
+            warnings = ()
         rows.append(
             DeviceRow(
                 device_id=device_id,
@@ -70,7 +122,11 @@ def device_rows(fleet: Fleet) -> list[DeviceRow]:
                 outbox_depth=last.outbox_depth if last else None,
                 dropped=last.dropped if last else None,
                 update=_update_text(report),
-                groups=tuple((last.groups if last and last.groups else None) or groups),
+                groups=groups,
+                claimed_groups=tuple(sorted(claimed)) if claimed is not None else None,
+                groups_verified=view.provisioned,
+                revoked=device_id in view.revoked,
+                warnings=warnings,
             )
         )
     return rows
@@ -115,7 +171,7 @@ def format_table(rows: list[DeviceRow], *, now: float | None = None) -> str:
     body = [
         (
             r.device_id,
-            {True: "online", False: "offline", None: "?"}[r.online],
+            r.state,
             _ago(r.last_seen, now),
             r.model or "-",
             _s(r.version),
@@ -134,6 +190,17 @@ def format_table(rows: list[DeviceRow], *, now: float | None = None) -> str:
         for row in (head, *body)
     ]
     return "\n".join(lines) if body else "no devices have reported yet"
+
+
+def format_warnings(rows: list[DeviceRow], *, verified: bool) -> str:
+    """The lines printed under the table: trust warnings, or that nothing could be checked."""
+    lines = [f"warning: {w}" for r in rows for w in r.warnings]
+    if not verified:
+        lines.append(
+            "warning: no fleet directory (--fleet DIR): groups are what devices claim, "
+            "UNVERIFIED, and revoked devices cannot be marked"
+        )
+    return "\n".join(lines)
 
 
 def _s(value: object) -> str:

@@ -3,6 +3,16 @@
 Records are unique on (device_id, boot_id, seq), so storing a record twice (a device resent
 it because an ack was lost, or two workers raced) changes nothing. ``add`` commits before it
 returns: callers publish the application-level ack only after that.
+
+``add`` tells two kinds of failure apart, and the Ingestor relies on it:
+
+- ``FleetError``: the database failed (disk full, locked too long, I/O error). Nothing is
+  acked; the devices keep the records and send them again.
+- any other exception (``ValueError`` with the reason from :func:`check_record`,
+  ``OverflowError``, ...): a record itself cannot be stored. Nothing of that call was
+  committed; the Ingestor then stores the batch record by record to find the bad one.
+
+The CSV export neutralises spreadsheet formulas in every text cell (:func:`csv_safe`).
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from edgefleet.host.errors import FleetError
-from edgefleet.shared.messages import PredictionRecord
+from edgefleet.shared.messages import MAX_COUNT, PredictionRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -49,11 +59,47 @@ _COLUMNS = (
 )
 
 
+# Text cells a spreadsheet would read as a formula (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Errors the sqlite3 module raises for what it was given (a value it cannot bind or store),
+# not for the state of the database: the record's own problem.
+_RECORD_SQL_ERRORS = (sqlite3.InterfaceError, sqlite3.DataError, sqlite3.IntegrityError)
+
+
+def check_record(record: PredictionRecord) -> None:
+    """Refuse a record the store cannot hold as is (the schema normally refused it already).
+
+    Raises:
+        ValueError: An integer outside 0 .. 2^63-1 (SQLite's INTEGER), naming the field.
+    """
+    for name in ("seq", "model_version"):
+        value = getattr(record, name)
+        if not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            raise ValueError(
+                f"record {record.device_id}/{record.boot_id} seq {record.seq}: {name} "
+                f"{value!r} is outside 0 .. 2^63-1"
+            )
+
+
+def csv_safe(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: ``'`` before a leading = + - @ tab or CR.
+
+    Numbers pass unchanged (a negative score stays a number); only strings are escaped.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 class PredictionStore(Protocol):
     """What ingestion and export need; a server database can implement it too."""
 
     def add(self, records: Iterable[PredictionRecord]) -> int:
-        """Store records durably (ignoring ones already stored); return how many were new."""
+        """Store records durably (ignoring ones already stored); return how many were new.
+
+        Raises ``FleetError`` only for a database failure; any other exception means a
+        record itself cannot be stored, and nothing of the call was committed.
+        """
 
     def count(self) -> int:
         """How many records are stored."""
@@ -98,7 +144,12 @@ class SqliteStore:
 
         Raises:
             FleetError: The database refused the write (disk full, locked too long).
+            ValueError: A record cannot be stored (see :func:`check_record`); nothing of
+                this call was committed.
         """
+        records = list(records)
+        for r in records:
+            check_record(r)
         rows = [
             (
                 r.device_id,
@@ -124,6 +175,8 @@ class SqliteStore:
                     rows,
                 )
                 return self._db.total_changes - before
+        except _RECORD_SQL_ERRORS as exc:
+            raise ValueError(f"a record cannot be stored: {exc}") from exc
         except sqlite3.Error as exc:
             raise FleetError(
                 f"storing {len(rows)} predictions in {self.path} failed: {exc}"
@@ -153,6 +206,9 @@ class SqliteStore:
 def export(store: PredictionStore, out: IO[str], *, fmt: str, device_id: str | None = None) -> int:
     """Write every record as CSV (flat columns) or JSON lines (full records); return the count.
 
+    CSV text cells that start like a formula get a leading ``'`` (:func:`csv_safe`): device
+    labels and sources are untrusted and must not run in a spreadsheet.
+
     Raises:
         FleetError: Unknown format.
     """
@@ -165,7 +221,7 @@ def export(store: PredictionStore, out: IO[str], *, fmt: str, device_id: str | N
     for _id, rec in store.iter_records(device_id=device_id):
         if writer is not None:
             topk = ";".join(f"{t.label}:{t.score:.4f}" for t in rec.topk)
-            writer.writerow([getattr(rec, c) for c in _COLUMNS] + [topk])
+            writer.writerow([csv_safe(getattr(rec, c)) for c in _COLUMNS] + [csv_safe(topk)])
         else:
             out.write(json.dumps(rec.model_dump(mode="json"), separators=(",", ":")) + "\n")
         n += 1

@@ -1,6 +1,7 @@
 """Provisioning: the fleet CA, certificates, signing keys, broker config and device bundles.
 
 - ``_provision``: ``init_fleet``, ``provision_device``, ``revoke_device``, signing-key rotation;
+- ``_restart``: ``restart_broker``, so a revocation ends live sessions (``revoke --apply``);
 - ``_pki``: X.509 and key-file helpers;
 - ``_brokerconf``: the deploy/ templates rendered (mosquitto.conf, ACL, agent.toml);
 - ``_bundle``: the device bundle tarball;
@@ -28,10 +29,12 @@ from edgefleet.host.provision._provision import (
     signing_key_id,
     trusted_key_files,
 )
+from edgefleet.host.provision._restart import Restarted, restart_broker
 from edgefleet.host.provision._wheels import DEVICE_PLATFORMS, agent_wheels, fill_wheelhouse
 
 __all__ = [
     "DEVICE_PLATFORMS",
+    "Restarted",
     "activate_signing_key",
     "agent_wheels",
     "deploy_files",
@@ -43,6 +46,7 @@ __all__ = [
     "render_acl",
     "render_agent_config",
     "render_mosquitto_conf",
+    "restart_broker",
     "retire_signing_key",
     "revoke_device",
     "rotate_signing_key",

@@ -7,7 +7,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from string import Template
 
-from edgefleet.host.fleetdir import DeviceRecord, FleetConfig, dump_toml
+from edgefleet.host.errors import ProvisionError
+from edgefleet.host.fleetdir import DeviceRecord, FleetConfig, dump_toml, parse_broker_url
 from edgefleet.shared.topics import Topics
 
 # The files shipped in every device bundle, next to the config and certificates.
@@ -47,36 +48,67 @@ def template_text(name: str) -> str:
     return (deploy_files() / name).read_text(encoding="utf-8")
 
 
+# Persistence defaults (docs/provisioning.md, "Broker persistence"): save every 10 s.
+# Mosquitto writes its whole in-memory database (retained model chunks, sessions) on each
+# save, so a shorter interval costs disk writes; the host re-asserts desired state after a
+# crash, so what a crash loses within the window is put back.
+DEFAULT_AUTOSAVE_INTERVAL = 10
+DEFAULT_AUTOSAVE_ON_CHANGES = False
+
+
 def render_mosquitto_conf(
     config: FleetConfig,
     *,
     bind_address: str | None = None,
     broker_user: str | None = None,
     paths_under: Path | None = None,
+    autosave_interval: int = DEFAULT_AUTOSAVE_INTERVAL,
+    autosave_on_changes: bool = DEFAULT_AUTOSAVE_ON_CHANGES,
 ) -> str:
-    """Render mosquitto.conf for the fleet's TLS listener.
+    """Render mosquitto.conf: the device listener, the host-only listener, persistence.
 
     Args:
-        config: The fleet (its broker URL gives the port).
+        config: The fleet (its broker URLs give the ports).
         bind_address: Listen on this address only (default: all interfaces).
         broker_user: Write ``user NAME`` (the account Mosquitto drops to when started as
             root; tests use their own user). None keeps Mosquitto's default ("mosquitto").
         paths_under: Absolute directory the fleet's files are found in on the broker
             machine (default: the fleet directory itself).
+        autosave_interval: Seconds between saves of the broker's database (or, with
+            ``autosave_on_changes``, the number of changes that triggers a save); >= 1.
+        autosave_on_changes: Count changes instead of seconds.
+
+    Raises:
+        ProvisionError: The fleet has no host CA / host listener (made by an older
+            ``edgefleet init``), or ``autosave_interval`` is below 1.
     """
+    if config.host_broker_url is None or config.host_ca_file is None:
+        raise ProvisionError(
+            f"fleet {config.root} has no host CA and host listener (made by an older "
+            "edgefleet init): create a new fleet with `edgefleet init` and re-provision"
+        )
+    if autosave_interval < 1:
+        raise ProvisionError(f"autosave interval must be at least 1, not {autosave_interval}")
     root = paths_under or config.root
 
     def path(relative: str) -> str:
         return str(root / relative)
 
-    listener = f"listener {config.broker.port}" + (f" {bind_address}" if bind_address else "")
+    bind = f" {bind_address}" if bind_address else ""
+    host_port = parse_broker_url(config.host_broker_url).port
     user_line = f"user {broker_user}" if broker_user else "# user mosquitto  (the default)"
+    unit = "changes" if autosave_on_changes else "seconds"
     return Template(template_text("mosquitto/mosquitto.conf.tmpl")).substitute(
         fleet_name=config.name,
         user_line=user_line,
         persistence_dir=path("broker/data"),
-        listener_line=listener,
+        autosave_what=f"after every {autosave_interval} {unit}",
+        autosave_interval=autosave_interval,
+        autosave_on_changes="true" if autosave_on_changes else "false",
+        listener_line=f"listener {config.broker.port}{bind}",
+        host_listener_line=f"listener {host_port}{bind}",
         ca_file=path(config.ca_file),
+        host_ca_file=path(config.host_ca_file),
         cert_file=path("broker/server.crt"),
         key_file=path("broker/server.key"),
         crl_file=path(config.crl_file),

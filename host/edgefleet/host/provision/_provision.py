@@ -45,10 +45,16 @@ from edgefleet.host.fleetdir import (
     validate_prefix,
 )
 from edgefleet.host.provision import _pki as pki
-from edgefleet.host.provision._brokerconf import render_acl, render_mosquitto_conf
+from edgefleet.host.provision._brokerconf import (
+    DEFAULT_AUTOSAVE_INTERVAL,
+    DEFAULT_AUTOSAVE_ON_CHANGES,
+    render_acl,
+    render_mosquitto_conf,
+)
 from edgefleet.host.provision._bundle import write_bundle
 from edgefleet.shared.atomic import write_atomic
-from edgefleet.shared.errors import TopicError
+from edgefleet.shared.broker_url import BrokerUrl
+from edgefleet.shared.errors import BrokerUrlError, TopicError
 from edgefleet.shared.manifest import key_id_for
 from edgefleet.shared.topics import validate_id
 
@@ -61,6 +67,7 @@ def init_fleet(
     *,
     name: str = "edgefleet",
     broker_url: str = "mqtts://localhost:8883",
+    host_broker_url: str | None = None,
     prefix: str = "edgefleet",
     sans: Sequence[str] | None = None,
     bind_address: str | None = None,
@@ -69,13 +76,17 @@ def init_fleet(
     ca_days: int = 3650,
     cert_days: int = 1825,
     crl_days: int = 400,
+    autosave_interval: int = DEFAULT_AUTOSAVE_INTERVAL,
+    autosave_on_changes: bool = DEFAULT_AUTOSAVE_ON_CHANGES,
 ) -> FleetConfig:
     """Create a new fleet directory; refuse if ``fleet_dir`` exists and is not empty.
 
     Args:
         fleet_dir: Where to create the fleet (must be missing or empty).
         name: Fleet name (the CA's organization).
-        broker_url: ``mqtts://HOST:PORT`` that the host and devices will connect to.
+        broker_url: ``mqtts://HOST:PORT`` that devices connect to (the device listener).
+        host_broker_url: ``mqtts://HOST:PORT`` of the host-only listener that host
+            processes connect to (default: the broker URL's host, port + 1).
         prefix: MQTT topic prefix.
         sans: Broker certificate SANs (default: the URL's host, localhost, 127.0.0.1).
         bind_address: Address the Mosquitto listener binds (default: all interfaces).
@@ -84,6 +95,8 @@ def init_fleet(
         ca_days: CA validity in days.
         cert_days: Broker and host certificate validity in days.
         crl_days: Days until the CRL must be re-signed.
+        autosave_interval: The broker's ``autosave_interval`` (docs/provisioning.md).
+        autosave_on_changes: The broker's ``autosave_on_changes``.
 
     Returns:
         The new fleet's config.
@@ -94,6 +107,16 @@ def init_fleet(
     address = parse_broker_url(broker_url)
     if not address.tls:
         raise ProvisionError(f"broker URL {broker_url!r} must be mqtts:// (devices use TLS)")
+    try:
+        host_url = host_broker_url or str(BrokerUrl("mqtts", address.host, address.port + 1))
+    except BrokerUrlError as exc:
+        raise ProvisionError(f"{exc}: pass --host-broker-url") from exc
+    host_address = parse_broker_url(host_url)
+    if not host_address.tls or host_address.port == address.port:
+        raise ProvisionError(
+            f"host broker URL {host_url!r} must be mqtts:// on another port than the "
+            f"device listener ({address.port}): host processes get a listener of their own"
+        )
     fleet_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=fleet_dir.parent, prefix=f".{fleet_dir.name}.init-"))
     try:
@@ -101,6 +124,7 @@ def init_fleet(
             staging,
             name=name,
             broker_url=broker_url,
+            host_broker_url=host_url,
             prefix=prefix,
             sans=list(sans or _default_sans(address.host)),
             host_identity=host_identity,
@@ -109,7 +133,12 @@ def init_fleet(
             crl_days=crl_days,
         )
         conf = render_mosquitto_conf(
-            config, bind_address=bind_address, broker_user=broker_user, paths_under=fleet_dir
+            config,
+            bind_address=bind_address,
+            broker_user=broker_user,
+            paths_under=fleet_dir,
+            autosave_interval=autosave_interval,
+            autosave_on_changes=autosave_on_changes,
         )
         write_atomic(staging / config.broker_conf, conf.encode())
         if fleet_dir.exists():
@@ -139,6 +168,7 @@ def _create_fleet_files(
     *,
     name: str,
     broker_url: str,
+    host_broker_url: str,
     prefix: str,
     sans: list[str],
     host_identity: str,
@@ -150,12 +180,20 @@ def _create_fleet_files(
     write_atomic(root / "ca/ca.key", pki.key_pem(ca.key), mode=PRIVATE)
     write_atomic(root / "ca/ca.crt", pki.cert_pem(ca.cert))
     _issue_to_files(ca, root / "broker/server", "broker", server=True, sans=sans, days=cert_days)
-    _issue_to_files(ca, root / "host/host", host_identity, days=cert_days)
+    # Host certificates come from a CA of their own, which only the host listener trusts:
+    # a device certificate cannot connect there, and a host one not on the device listener.
+    host_ca = pki.create_ca(name=f"{name} hosts", days=ca_days)
+    write_atomic(root / "ca/host-ca.key", pki.key_pem(host_ca.key), mode=PRIVATE)
+    write_atomic(root / "ca/host-ca.crt", pki.cert_pem(host_ca.cert))
+    _issue_to_files(host_ca, root / "host/host", host_identity, days=cert_days)
     key_id = _new_signing_key(root / "signing")
     config = FleetConfig(
         name=name,
         prefix=prefix,
         broker_url=broker_url,
+        host_broker_url=host_broker_url,
+        host_ca_file="ca/host-ca.crt",
+        host_ca_key_file="ca/host-ca.key",
         host_identity=host_identity,
         crl_days=crl_days,
         signing_key=f"signing/{key_id}.key",
@@ -368,7 +406,9 @@ def _check_ids(device_id: str, groups: Sequence[str]) -> list[str]:
 def revoke_device(fleet_dir: Path, device_id: str) -> DeviceRecord:
     """Revoke the device's certificate (CRL) and drop it from the ACL.
 
-    The running broker applies both after a reload: ``kill -HUP <mosquitto pid>``.
+    A broker reload (SIGHUP) applies both to NEW connections only; a session the device
+    already has goes on until the broker restarts (:func:`restart_broker`,
+    ``edgefleet revoke DEVICE --apply``; docs/provisioning.md, "Revoking a device").
     """
     with _locked(fleet_dir) as config:
         registry = load_registry(config.root)
