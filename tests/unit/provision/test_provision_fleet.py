@@ -234,6 +234,11 @@ def test_provision_rejects_bad_ids(fleet_dir, device, groups):
         provision_device(fleet_dir, device, groups=groups)
 
 
+def test_provision_refuses_the_hosts_reserved_client_id_prefix(fleet_dir):
+    with pytest.raises(ProvisionError, match="reserved for the host"):
+        provision_device(fleet_dir, "edgefleet-host-ingest-x", groups=[])
+
+
 def test_provision_without_a_fleet_says_how_to_make_one(tmp_path):
     with pytest.raises(ProvisionError, match="edgefleet init"):
         provision_device(tmp_path, "pi-1")

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edgefleet.host.errors import ProvisionError
+from edgefleet.host.fleet._clientid import HOST_CLIENT_PREFIX
 from edgefleet.host.fleetdir import (
     DEFAULT_HOST_IDENTITY,
     FLEET_FILE,
@@ -396,6 +397,12 @@ def provision_device(
 
 
 def _check_ids(device_id: str, groups: Sequence[str]) -> list[str]:
+    if device_id.startswith(HOST_CLIENT_PREFIX):
+        # The broker binds a device's client id to its id: this one could take a host's session.
+        raise ProvisionError(
+            f"device id {device_id!r} starts with {HOST_CLIENT_PREFIX!r}, which is reserved for "
+            "the host's own MQTT client ids: choose another id"
+        )
     try:
         validate_id(device_id)
         return list(dict.fromkeys(validate_id(g, what="group") for g in groups))
