@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -122,14 +123,18 @@ class LiveRun:
 
     def _feed_all(self, interval_s: float) -> None:
         devices = sorted(self.inboxes)
+        recorded = time.time() - 1.0  # as if the scans were recorded before the feed began
         for i, scan in enumerate(self.scans):
             if self._stop_feeding.is_set():
                 return
             device = devices[i % len(devices)]
             inbox = self.inboxes[device]
-            # Renamed into place, so the agent never reads a half-written file.
+            # Delivered as rsync does: written under a temp name with the scan's recording
+            # time as its mtime, then renamed into place. The agent sees a rename (ctime after
+            # mtime) and takes it at once instead of waiting for the file to settle.
             tmp = inbox / f".{scan.name}.tmp"
             tmp.write_bytes(scan.data)
+            os.utime(tmp, (recorded, recorded))
             self.fed[scan.name] = (device, time.time())
             tmp.rename(inbox / scan.name)
             time.sleep(interval_s)
