@@ -7,6 +7,7 @@ fsynced too, so the rename itself survives a power cut.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ def write_atomic(
     mode: int = 0o644,
     durable: bool = True,
     before_replace: Callable[[], None] | None = None,
+    overwrite: bool = True,
 ) -> None:
     """Write ``data`` to ``path`` via a temp file and a rename; create missing folders.
 
@@ -47,6 +49,9 @@ def write_atomic(
         before_replace: Called after the fsync, just before the rename; the device fires
             its named fault points here (a test can stop the write at that exact moment).
             If it raises, the temp file is removed and the target is untouched.
+        overwrite: False links the temp file into place instead of renaming it, so an
+            existing ``path`` is kept: of concurrent first writers one wins and the others
+            leave its complete file alone.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -59,7 +64,12 @@ def write_atomic(
                 os.fsync(f.fileno())
         if before_replace is not None:
             before_replace()
-        Path(tmp).replace(path)
+        if overwrite:
+            Path(tmp).replace(path)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+            Path(tmp).unlink()
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

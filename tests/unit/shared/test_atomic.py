@@ -62,3 +62,12 @@ def test_durable_fsyncs_file_and_folder_and_only_then(tmp_path: Path, monkeypatc
     atomic.write_atomic(tmp_path / "f", b"data", durable=durable)
     assert len(synced) == fsyncs
     assert (tmp_path / "f").read_bytes() == b"data"
+
+
+def test_without_overwrite_an_existing_file_is_kept_and_no_temp_file_is_left(tmp_path):
+    path = tmp_path / "secret"
+    atomic.write_atomic(path, b"first\n", mode=0o600, overwrite=False)
+    atomic.write_atomic(path, b"second\n", mode=0o600, overwrite=False)
+    assert path.read_bytes() == b"first\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]

@@ -11,15 +11,13 @@ off (a broker closes the older of two connections with one client id).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import os
 import secrets
-import tempfile
 from pathlib import Path
 
 from edgefleet.host.errors import FleetError
+from edgefleet.shared.atomic import write_atomic
 
 HOST_CLIENT_PREFIX = "edgefleet-host-"
 CLIENT_SECRET_FILE = "client-id.secret"  # noqa: S105 - a file name
@@ -50,19 +48,10 @@ def _client_secret(state_dir: Path) -> bytes:
     path = state_dir / CLIENT_SECRET_FILE
     try:
         if not path.exists():
-            state_dir.mkdir(parents=True, exist_ok=True)
-            # Written whole to a temp file, then hard-linked into place: a concurrent first
-            # start either wins or reads the winner's complete secret, never half a file.
-            fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".client-id.")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(_SECRET_HEX // 2) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                with contextlib.suppress(FileExistsError):
-                    os.link(tmp, path)
-            finally:
-                Path(tmp).unlink()
+            # Not overwritten: a concurrent first start either wins or reads the winner's
+            # complete secret, never half a file.
+            secret = secrets.token_hex(_SECRET_HEX // 2) + "\n"
+            write_atomic(path, secret.encode("ascii"), mode=0o600, overwrite=False)
         text = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeError) as exc:
         raise FleetError(
