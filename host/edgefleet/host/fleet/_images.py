@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,10 +15,8 @@ if TYPE_CHECKING:
     from edgefleet.host.fleet._fleet import Fleet
     from edgefleet.shared.connection import Connection
 
-log = logging.getLogger(__name__)
 
 IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".npy": "npy"}
-SHARE_GROUP = "edgefleet"
 
 
 def image_message(path: Path) -> ImageMessage:

@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".npy": "npy"}
 SHARE_GROUP = "edgefleet"
 DB_RETRY_S = 1.0  # pause after a database failure before taking more messages
 

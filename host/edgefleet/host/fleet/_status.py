@@ -7,7 +7,6 @@ mismatch becomes a warning, never a membership.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,11 +20,6 @@ from edgefleet.shared.messages import (
 
 if TYPE_CHECKING:
     from edgefleet.host.fleet._fleet import Fleet
-
-log = logging.getLogger(__name__)
-
-IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".npy": "npy"}
-SHARE_GROUP = "edgefleet"
 
 
 @dataclass(frozen=True)
