@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck pytest tools mosquitto clean
+.PHONY: demo test test-pi lint typecheck pytest tools mosquitto clean
 
 # One editable install of the three distributions (shared/, device/, host/) and the tools.
 $(STAMP): pyproject.toml shared/pyproject.toml device/pyproject.toml host/pyproject.toml
@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml shared/pyproject.toml device/pyproject.toml host/pyproj
 # The external commands the tests run are listed in tests/tools.txt with their Debian
 # packages: install the missing ones, then fail naming any command that is still absent.
 TOOLS_FILE := tests/tools.txt
-have = command -v $(1) >/dev/null 2>&1 || [ -x /usr/sbin/$(1) ]
+have = command -v $(1) >/dev/null 2>&1 || [ -x /usr/sbin/$(1) ] || \
+	ls /usr/lib/postgresql/*/bin/$(1) >/dev/null 2>&1
 
 tools:
 	@missing=$$(grep -v '^\#' $(TOOLS_FILE) | while read -r cmd pkg _; do \
@@ -60,6 +61,14 @@ pytest: $(STAMP) tools
 	EDGEFLEET_LOAD_AGENTS=$${EDGEFLEET_LOAD_AGENTS:-10} $(BIN)/pytest -m load tests/load
 
 test: lint typecheck pytest
+
+# The Raspberry Pi path (docs/testing.md): the agent installed from a real bundle into arm64
+# Debian 12 under qemu-user, updated from this host and checked against x86. Needs root;
+# without it (or binfmt) it skips, unless CI=true: then it fails. .ci/run runs it.
+PI_TOOLS := tests/pi/tools.txt
+test-pi: $(STAMP)
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory tools TOOLS_FILE=$(PI_TOOLS); fi
+	$(BIN)/python tests/pi/pi_check.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

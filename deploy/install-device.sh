@@ -8,8 +8,12 @@
 # /opt/edgefleet/venv with the agent from the bundle's wheels/ (edgefleet-device[litert]
 # and edgefleet-shared; their dependencies come from the package index, or from a
 # wheelhouse), the bundle's config, certificates and trusted signing keys in /etc/edgefleet,
-# the state directory /var/lib/edgefleet, the systemd unit and the Coral USB udev rule,
-# then starts the agent.
+# the state directory /var/lib/edgefleet, the inbox /var/spool/edgefleet/inbox, the systemd
+# unit and the Coral USB udev rule, then starts the agent.
+#
+# The inbox is where sensors drop scans: it belongs to the group "edgefleet-inbox" and is
+# setgid (mode 2770), so any member (the agent, a sensor process, the pi user) can drop
+# files without sudo. Add a user with --inbox-user or later: sudo usermod -aG edgefleet-inbox USER
 #
 # Options:
 #   --wheelhouse DIR  install offline: dependencies only from DIR (made on the host with
@@ -30,6 +34,8 @@
 #   --python PY       the Python that creates the virtualenv (default: python3)
 #   --bundle DIR      the unpacked bundle (default: the directory holding this script)
 #   --package SPEC    install this pip requirement instead of the bundle's wheels
+#   --inbox-user USER also add USER (e.g. pi, or a sensor service's user) to the group
+#                     edgefleet-inbox (repeatable; the user must exist)
 #   --no-start        install but do not enable or start the service
 #   -h, --help        this text
 set -eu
@@ -46,6 +52,8 @@ VENV=''
 VENV_ONLY=0
 PYTHON=python3
 SERVICE_USER=edgefleet
+INBOX_GROUP=edgefleet-inbox
+INBOX_USERS=''
 # Where a systemd-booted machine has its runtime directory (sd_booted(3)); tests override it.
 SYSTEMD_RUNDIR=${EDGEFLEET_SYSTEMD_RUNDIR:-/run/systemd/system}
 
@@ -69,6 +77,7 @@ while [ $# -gt 0 ]; do
         --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON=$2; shift 2 ;;
         --bundle) [ $# -ge 2 ] || die "--bundle needs a directory"; BUNDLE=$2; shift 2 ;;
         --package) [ $# -ge 2 ] || die "--package needs a pip requirement"; PACKAGE=$2; shift 2 ;;
+        --inbox-user) [ $# -ge 2 ] || die "--inbox-user needs a user name"; INBOX_USERS="$INBOX_USERS $2"; shift 2 ;;
         --no-start) START=0; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown option '$1' (try --help)" ;;
@@ -79,6 +88,7 @@ ROOT=${ROOT%/}
 ETC="$ROOT/etc/edgefleet"
 OPT="$ROOT/opt/edgefleet"
 STATE="$ROOT/var/lib/edgefleet"
+INBOX="$ROOT/var/spool/edgefleet/inbox"
 UNIT_DIR="$ROOT/etc/systemd/system"
 UDEV_DIR="$ROOT/etc/udev/rules.d"
 VENV=${VENV:-"$OPT/venv"}
@@ -134,6 +144,14 @@ check_bundle() {
     fi
 }
 
+check_inbox_users() {
+    # Users of another root (--root) or of a dry run are not this machine's to check.
+    [ -z "$ROOT" ] && [ "$DRY_RUN" -eq 0 ] || return 0
+    for user in $INBOX_USERS; do
+        id "$user" >/dev/null 2>&1 || die "--inbox-user $user: no such user; create it first (adduser $user) or add it later with usermod -aG $INBOX_GROUP $user"
+    done
+}
+
 check_platform() {
     if [ "$(id -u)" -ne 0 ] && [ "$DRY_RUN" -eq 0 ] && [ -z "$ROOT" ] && [ "$VENV_ONLY" -eq 0 ]; then
         die "run as root (sudo ./install-device.sh), or use --dry-run / --root DIR / --venv-only DIR"
@@ -157,7 +175,20 @@ choose_mode() {
     fi
 }
 
+SYSTEM_PACKAGES='python3-venv python3-pip ca-certificates'
+
+# True when every system package is installed already (no package index needed, e.g. offline).
+packages_installed() {
+    # shellcheck disable=SC2016,SC2086 # a dpkg-query format; the list splits into names
+    n=$(dpkg-query -W -f='${db:Status-Status}\n' $SYSTEM_PACKAGES 2>/dev/null | grep -c '^installed$')
+    [ "$n" -eq 3 ]
+}
+
 install_packages() {
+    if [ -z "$ROOT" ] && [ "$DRY_RUN" -eq 0 ] && packages_installed; then
+        echo "$SYSTEM_PACKAGES: installed already (no apt-get)"
+        return 0
+    fi
     sys_run apt-get update
     sys_run apt-get install -y --no-install-recommends python3-venv python3-pip ca-certificates
 }
@@ -170,6 +201,16 @@ create_user() {
             --shell /usr/sbin/nologin "$SERVICE_USER"
     fi
     sys_run usermod -a -G plugdev "$SERVICE_USER"
+    # The inbox group: the agent and every user that drops inputs (see the top of this file).
+    if getent group "$INBOX_GROUP" >/dev/null 2>&1; then
+        echo "group $INBOX_GROUP exists"
+    else
+        sys_run groupadd --system "$INBOX_GROUP"
+    fi
+    sys_run usermod -a -G "$INBOX_GROUP" "$SERVICE_USER"
+    for user in $INBOX_USERS; do
+        sys_run usermod -a -G "$INBOX_GROUP" "$user"
+    done
 }
 
 create_venv() {
@@ -201,8 +242,13 @@ install_config() {
         fs_run install -m 0644 "$key" "$ETC/signing-keys/"
     done
     sys_run chown "root:$SERVICE_USER" "$ETC/device.key"
-    fs_run install -d -m 0750 "$STATE" "$STATE/inbox"
+    fs_run install -d -m 0750 "$STATE"
     sys_run chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE"
+    # Setgid: files dropped by any member get the group, so the agent can read and move them.
+    fs_run install -d -m 0755 "$(dirname "$INBOX")"
+    fs_run install -d -m 2770 "$INBOX"
+    sys_run chown "$SERVICE_USER:$INBOX_GROUP" "$INBOX"
+    sys_run chmod 2770 "$INBOX"
 }
 
 install_units() {
@@ -232,6 +278,7 @@ enable_for_first_boot() {
 }
 
 check_bundle
+check_inbox_users
 check_platform
 choose_mode
 if [ "$VENV_ONLY" -eq 1 ]; then
@@ -244,7 +291,7 @@ create_user
 create_venv
 install_config
 install_units
-echo "edgefleet agent installed (config: ${ETC}/agent.toml, state: ${STATE})."
+echo "edgefleet agent installed (config: ${ETC}/agent.toml, state: ${STATE}, inbox: ${INBOX}, group $INBOX_GROUP)."
 if [ "$IMAGE" -eq 1 ]; then
     echo "It starts when the image boots; then: systemctl status edgefleet-agent"
 else

@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support.broker import MosquittoBroker
+from support.postgres import PostgresCluster
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,22 @@ def own_broker(tmp_path: Path):
     b = MosquittoBroker(tmp_path / "mosquitto").start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster for the session; tests take a database each."""
+    cluster = PostgresCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """The URL of an empty database of the session's PostgreSQL cluster."""
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 import pytest
 from fleet_helpers import AgentFleet, wait_online
@@ -14,6 +16,10 @@ from edgefleet.host.quantize import describe, embed_model_info
 from support.agent import MNIST_LABELS, MNIST_PREPROCESS, Signer, shared_mnist_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def mnist_bundle_sha(bundle) -> str:
+    return hashlib.sha256(bundle.path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +65,18 @@ def test_push_push_rollback_through_the_cli(broker, prefix, tmp_path, mnist_bund
             app, ["push", str(second), "--device", "cli-1", "--wait", "60", *common]
         )
         assert again.exit_code == 0, again.output + agents.logs()
-        assert "mnist_second v2: 1/1 active" in again.output
+        assert re.search(r"mnist_second v2 \(int8 [0-9a-f]{8}\): 1/1 active", again.output)
 
         back = runner.invoke(app, ["rollback", "--device", "cli-1", "--wait", "60", *common])
         assert back.exit_code == 0, back.output + agents.logs()
-        assert "mnist_tiny v3: 1/1 active" in back.output  # the old model, a higher version
+        # the old model, a higher version, and which build it is
+        tiny = f"int8 {mnist_bundle_sha(mnist_bundle)[:8]}"
+        assert f"rolling back to mnist_tiny {tiny}, first pushed as v1 (" in back.output
+        assert f"mnist_tiny v3 ({tiny}): 1/1 active" in back.output
 
         status = runner.invoke(app, ["rollout", "status", "--device", "cli-1", *common[:6]])
-        assert "device:cli-1: mnist_tiny v3 (rollback) 1/1 active" in status.output, status.output
+        assert f"device:cli-1: mnist_tiny v3 ({tiny}) rollback at " in status.output, status.output
+        assert status.output.splitlines()[0].endswith(", 1/1 active")
         table = runner.invoke(app, ["fleet", "status", "--json", *common[:6]])
         [row] = json.loads(table.output)
         assert (row["device_id"], row["online"], row["version"]) == ("cli-1", True, 3)

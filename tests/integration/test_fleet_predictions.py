@@ -202,7 +202,7 @@ def test_a_resent_record_is_stored_once_and_acked_again(broker, prefix, tmp_path
     assert export(store, out, fmt="csv") == 5
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert [int(r["seq"]) for r in rows] == [0, 1, 2, 3, 4]
-    assert rows[0]["topk"] == "0:0.9000"
+    assert (rows[0]["top1_label"], rows[0]["top1_score"]) == ("0", "0.9000")
 
 
 def test_batches_and_single_records_are_stored_once_and_a_bad_batch_is_refused_whole(

@@ -110,7 +110,7 @@ def test_revoke_without_apply_says_exactly_how_to_apply_it(tmp_path):
     out = _edgefleet("revoke", "d1", "--dir", str(config.root))
     assert out.returncode == 0, out.stderr
     assert "only refuses NEW connections" in out.stdout
-    assert f"edgefleet revoke --apply --dir {config.root} --systemd-unit mosquitto" in out.stdout
+    assert f"edgefleet revoke --apply --fleet {config.root} --systemd-unit mosquitto" in out.stdout
     assert "--broker-pid PID" in out.stdout
     bad = _edgefleet("revoke", "--apply", "--dir", str(config.root))
     assert bad.returncode == 1

@@ -163,7 +163,7 @@ def test_missing_model(tmp_path):
 def test_file_that_is_not_a_model(tmp_path):
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"this is not a zip")
-    with pytest.raises(ModelLoadError, match="not a loadable"):
+    with pytest.raises(ModelLoadError, match=r"not a valid \.keras file"):
         q.load_inputs(bad, modes=["int8"], calibration="mnist", evaluation="mnist")
 
 

@@ -7,21 +7,48 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperOption
 
 from edgefleet.device.errors import DeviceError
 from edgefleet.device.tools import local_status, predict_files, run_agent
 from edgefleet.shared import __version__
+
+_TYPE_OF = TyperOption.display_type_rich
+
+
+def _flag_type(self: TyperOption, ctx: object) -> str | None:
+    """No ``<bool>`` after an on/off flag in --help (``--version``, not ``--version <bool>``)."""
+    return None if self.is_flag else _TYPE_OF(self, ctx)  # type: ignore[arg-type]
+
+
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="edgefleet-agent",
     help="The edgefleet field agent: verified over-the-air model updates and on-device inference.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    epilog="Example: edgefleet-agent run --config /etc/edgefleet/agent.toml\n\n"
+    "docs/agent.md lists every setting and shows a trial with agents on your own machine.",
 )
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="The agent's TOML configuration file.")
 ]
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="Use this state directory instead of the config's state_dir (relative to the "
+        "working directory), e.g. to try a device bundle's agent.toml on your own machine.",
+    ),
+]
+
+
+def _examples(*lines: str) -> str:
+    """An epilog for ``--help``: one example command per paragraph (Typer keeps paragraphs)."""
+    head = "Example:" if len(lines) == 1 else "Examples:"
+    return "\n\n".join([head, *(f"  {line}" for line in lines)])
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -29,23 +56,62 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-@app.command()
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"edgefleet-agent {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """The edgefleet field agent: verified over-the-air model updates and on-device inference."""
+
+
+@app.command(epilog=_examples("edgefleet-agent version"))
 def version() -> None:
     """Print the agent version."""
     print(__version__)
 
 
-@app.command()
-def run(config: ConfigOption) -> None:
+@app.command(
+    epilog=_examples(
+        "edgefleet-agent run --config /etc/edgefleet/agent.toml",
+        "edgefleet-agent run --config edgefleet-pi-001/agent.toml --state-dir pi-001 "
+        "--watch-dir pi-001/inbox",
+    )
+    + "\n\nThe first is what the systemd unit runs; the second tries a device bundle on your "
+    "own machine (docs/agent.md, 'A trial on your own machine')."
+)
+def run(
+    config: ConfigOption,
+    state_dir: StateDirOption = None,
+    watch_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--watch-dir",
+            help="Classify the files dropped in this folder instead of the config's "
+            "inference.watch_dir (relative to the working directory).",
+        ),
+    ] = None,
+) -> None:
     """Run the agent: updates, inference, outbox, status (stops cleanly on SIGTERM)."""
     try:
-        code = run_agent(config)
+        code = run_agent(config, state_dir=state_dir, watch_dir=watch_dir)
     except DeviceError as exc:
         raise _fail(exc) from exc
     raise typer.Exit(code=code)
 
 
-@app.command()
+@app.command(
+    epilog=_examples("edgefleet-agent predict --model model_int8.tflite scan1.png scan2.npy")
+)
 def predict(
     files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy inputs.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="A .tflite model.")],
@@ -65,10 +131,15 @@ def predict(
         raise typer.Exit(code=1)
 
 
-@app.command()
-def status(config: ConfigOption) -> None:
+@app.command(
+    epilog=_examples(
+        "edgefleet-agent status --config /etc/edgefleet/agent.toml",
+        "edgefleet-agent status --config edgefleet-pi-001/agent.toml --state-dir pi-001",
+    )
+)
+def status(config: ConfigOption, state_dir: StateDirOption = None) -> None:
     """Print what the state directory holds: active model, anti-rollback floor, outbox depth."""
     try:
-        print(json.dumps(local_status(config), indent=2))
+        print(json.dumps(local_status(config, state_dir=state_dir), indent=2))
     except DeviceError as exc:
         raise _fail(exc) from exc

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgefleet.device.reachability import Reachability
 from edgefleet.shared.errors import TopicError
 from edgefleet.shared.messages import MAX_MESSAGE_BYTES, Status, encode
 from edgefleet.shared.topics import Topics
@@ -106,6 +107,7 @@ class MqttLink:
         self.events = events
         self.stopping = stopping
         self.connected = threading.Event()
+        self.reach = Reachability(config.mqtt.url)  # outages said at warning level, bounded
         self.client = make_client(config)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -124,6 +126,7 @@ class MqttLink:
         if reason.is_failure:
             log.warning("broker refused the connection: %s", reason)
             return
+        self.reach.connected()
         self.connected.set()
         self.events.put(CONNECTED)
 
@@ -137,6 +140,8 @@ class MqttLink:
     ) -> None:
         self.connected.clear()
         log.info("disconnected from the broker: %s", reason)
+        if reason.is_failure and not self.stopping.is_set():
+            self.reach.lost(str(reason))
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: MQTTMessage) -> None:
         # Never block the network thread: a full queue drops and counts by kind.
@@ -182,7 +187,7 @@ class MqttLink:
                 except (OSError, ssl.SSLError, ValueError) as exc:
                     delay = backoff_delay(attempt, cap)
                     attempt += 1
-                    log.info("cannot reach the broker (%s); retrying in %.1f s", exc, delay)
+                    self.reach.failed(str(exc), delay)
                     self.stopping.wait(delay)
                     continue
             if self.client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:

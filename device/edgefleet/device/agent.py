@@ -1,15 +1,12 @@
 """The field agent: wires the updater, inference sources and outbox to the broker link.
 
-The broker link (paho client, network thread, reconnects) is :mod:`._mqtt`; the records
-in flight and their acks are :mod:`._inflight`; this module routes events between them,
-the updater and the classifier.
-
-Threads: a network thread runs ``client.loop()`` and reconnects with jittered, capped
-backoff, and does all socket I/O (publish() elsewhere only queues, see ``_mqtt.make_client``);
-a short-lived worker waits for each health-check child, so inference goes on meanwhile;
-everything else (updates, inference, outbox, heartbeat, the switch to a checked model)
-runs on the main thread, fed by a queue, so the interpreter and the state machine are
-never shared between threads.
+The broker link is :mod:`._mqtt`, the records in flight :mod:`._inflight`, metrics and
+published logs :mod:`.metrics`; this module routes events between them, the updater and
+the classifier. Threads: the network thread does all socket I/O (publish() elsewhere only
+queues, see ``_mqtt.make_client``); a short-lived worker waits for each health-check child;
+everything else (updates, inference, outbox, heartbeat, the switch to a checked model) runs
+on the main thread, fed by a queue, so the interpreter and the state machine are never
+shared between threads (the metrics endpoint and the log publisher only read and queue).
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from edgefleet.device.faults import fault
 from edgefleet.device.health import run_health_check, stop_running_checks, warm_up
 from edgefleet.device.inference import Classifier, LatencyStats
 from edgefleet.device.intake import Intake
+from edgefleet.device.metrics import Telemetry
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.runtime import (
     Backend,
@@ -39,9 +37,11 @@ from edgefleet.device.runtime import (
     open_model,
 )
 from edgefleet.device.safety import Guard
+from edgefleet.device.shadow import SHADOW_KINDS, Shadow
 from edgefleet.device.sources import FolderWatcher
 from edgefleet.device.store import Pointer, StateStore
 from edgefleet.device.system import cpu_temp_c, rss_bytes
+from edgefleet.device.thumbnails import thumbnail_for
 from edgefleet.device.trust import load_trusted_keys
 from edgefleet.device.updater import Action, Publish, Subscribe, Updater, UpdaterSettings
 from edgefleet.shared import __version__
@@ -126,6 +126,8 @@ class Agent:
             topic=self.topics.predictions(config.device_id),
             link=self.link,
         )
+        self.telemetry = Telemetry(self)  # metrics, published logs: started by run()
+        self.shadow = Shadow(self)  # a candidate beside the active model (docs/fleet.md)
         self._images: list[Callable[[int], bytes]] = []  # classified, not yet committed
         self.inference_failures = 0  # unexpected errors while classifying (model's side)
         self.intake = Intake(
@@ -141,10 +143,7 @@ class Agent:
     # -- model --------------------------------------------------------------------------
 
     def _variant_accelerator(self, path: Path, manifest: Manifest) -> str:
-        for variant in manifest.variants:
-            if variant.sha256 == path.stem:
-                return variant.accelerator
-        return "cpu"
+        return next((v.accelerator for v in manifest.variants if v.sha256 == path.stem), "cpu")
 
     def _health_check(self, path: Path, manifest: Manifest) -> None:
         edgetpu = self._variant_accelerator(path, manifest) == "edgetpu"
@@ -232,6 +231,7 @@ class Agent:
         self.link.network_loop()
 
     def _apply(self, actions: list[Action]) -> None:
+        self.telemetry.actions(actions)
         for action in actions:
             if isinstance(action, Publish):
                 self.link.publish(
@@ -246,7 +246,7 @@ class Agent:
 
     def _on_connected(self) -> None:
         device = self.config.device_id
-        self._apply(self.updater.subscriptions())
+        self._apply(self.updater.subscriptions() + self.shadow.subscriptions())
         self.link.subscribe(self.topics.predictions_ack(device), qos=1)
         self.link.subscribe(self.topics.images(device), qos=1)
         self.publish_status()
@@ -271,7 +271,9 @@ class Agent:
         if parsed.kind in {DESIRED_DEVICE, DESIRED_GROUP}:
             self._apply(self.updater.on_desired(payload))
         elif parsed.kind == "chunk":
-            self._apply(self.updater.on_chunk(payload))
+            self._apply(self.updater.on_chunk(payload) + self.shadow.on_chunk(payload))
+        elif parsed.kind in SHADOW_KINDS:
+            self._apply(self.shadow.on_manifest(topic, payload))
         elif parsed.kind == "predictions_ack":
             # Applied in batches (one transaction) when the queue runs dry, see _idle.
             self.inflight.on_ack(payload, device_id=self.config.device_id)
@@ -287,8 +289,7 @@ class Agent:
             return
         if build is None:
             return
-        # Committed in one transaction per drained batch (see _idle), like the folder's;
-        # still committed before anything is published.
+        # Committed per drained batch (see _idle), like the folder's; before any publish.
         self._images.append(build)
         if len(self._images) >= FOLDER_BATCH:
             self._flush_images()
@@ -322,7 +323,8 @@ class Agent:
         if classifier is None:
             raise ModelLoadError("no model is active yet")
         prediction = classifier.classify(array)  # an InferenceError: on_inference_failure
-        self.stats.add(prediction.latency_ms)
+        self.telemetry.prediction(prediction)  # latency stats and metrics
+        self.shadow.offer(array, prediction, source)  # never waits (docs/fleet.md)
         # NaN / infinite scores: the record says so (error), and it counts against the model.
         self._model_outcome(f"non-finite scores for {source[:200]}" if prediction.error else None)
         ts = time.time()
@@ -342,6 +344,7 @@ class Agent:
                     model_version=classifier.version,
                     ts=ts,
                     error=prediction.error,
+                    thumbnail=thumbnail_for(array, classifier, self.config.inference),
                 )
             )
 
@@ -390,11 +393,7 @@ class Agent:
             return None  # no model (yet): the file stays for the next poll
 
     def on_inference_failure(self, exc: BaseException) -> None:
-        """Hook: one input failed in the model's part (preprocess, invoke, its record).
-
-        The input itself is already contained (moved to rejected/ or counted). Counted
-        here; the model-failure policy (``[safety] model_failures``) hooks in here.
-        """
+        """One input failed in the model's part (already contained): count it against the model."""
         self.inference_failures += 1
         log.warning("inference failed (%d this boot): %r", self.inference_failures, exc)
         self._model_outcome(f"{type(exc).__name__}: {exc}")
@@ -444,6 +443,7 @@ class Agent:
         self.updater.start()  # sets last_report, which every (re)connect publishes
         net = threading.Thread(target=self._network_loop, name="mqtt-network", daemon=True)
         net.start()
+        self.telemetry.start()
         try:
             self._serve()
         finally:
@@ -466,7 +466,7 @@ class Agent:
             if now >= next_poll:
                 next_poll = now + poll_s
                 self._poll_folder()
-                self._apply(self.updater.tick())
+                self._apply(self.updater.tick() + self.shadow.tick())
             if now >= next_beat:
                 next_beat = now + self.config.status.heartbeat_s
                 self.guard.beat(self.store)
@@ -478,8 +478,7 @@ class Agent:
 
     def _shutdown(self, net: threading.Thread) -> None:
         self._flush_images()  # their MQTT messages are acknowledged already
-        # A check under way is abandoned (its outcome is never used): the same manifest is
-        # checked again after the restart.
+        # A check under way is abandoned; the same manifest is checked again after a restart.
         if stop_running_checks():
             log.info("stopped a health check under way")
         if self.link.connected.is_set():
@@ -491,6 +490,8 @@ class Agent:
             deadline = time.monotonic() + 3.0
             self.link.wait_published([info], timeout=2.0)
             self.link.disconnect(timeout=deadline - time.monotonic())
+        self.telemetry.stop()
+        self.shadow.close()
         self.stopping.set()
         net.join(timeout=5)
         self.outbox.close()

@@ -6,12 +6,20 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgefleet.device.errors import ConfigError
 from edgefleet.shared.broker_url import BrokerUrl
 from edgefleet.shared.chunks import DEFAULT_MIN_CHUNK_SIZE, MAX_CHUNKS
 from edgefleet.shared.errors import TopicError
+from edgefleet.shared.listen import is_loopback, split_listen
 from edgefleet.shared.topics import validate_id
 
 if sys.version_info >= (3, 11):
@@ -128,6 +136,12 @@ class InferenceConfig(_Section):
     after: Literal["move", "delete"] = Field(
         default="move",
         description="What to do with a classified file: move it to processed/ or delete it.",
+    )
+    thumbnails: bool = Field(
+        default=False,
+        description="Attach a small picture of each input (at most 8 KiB) to its prediction "
+        "record, for the host dashboard. Hosts older than the thumbnail field refuse such "
+        "records: turn it on once every host is upgraded (docs/protocol.md 4.3.2).",
     )
 
 
@@ -248,6 +262,45 @@ class StatusConfig(_Section):
     heartbeat_s: float = Field(default=30.0, gt=0, description="Status heartbeat interval.")
 
 
+class MetricsConfig(_Section):
+    """Prometheus metrics over HTTP (off unless ``listen`` is set; docs/agent.md)."""
+
+    listen: str | None = Field(
+        default=None,
+        description='HOST:PORT to serve /metrics on, e.g. "127.0.0.1:9101"; a non-loopback '
+        "address needs allow_remote = true.",
+    )
+    allow_remote: bool = Field(
+        default=False, description="Allow a listen address other than loopback."
+    )
+
+    @model_validator(mode="after")
+    def _check_listen(self) -> MetricsConfig:
+        if self.listen is not None:
+            host, _port = split_listen(self.listen)
+            if not self.allow_remote and not is_loopback(host):
+                msg = (
+                    f"listen address {host!r} is not loopback: metrics tell a lot about the "
+                    "device; set allow_remote = true to serve them on it anyway"
+                )
+                raise ValueError(msg)
+        return self
+
+
+class LogsConfig(_Section):
+    """Log lines published to {p}/devices/{id}/logs (docs/agent.md, "Device logs")."""
+
+    level: Literal["debug", "info", "warning", "error", "off"] = Field(
+        default="warning", description='Publish log lines at or above this level; "off": none.'
+    )
+    per_minute: int = Field(default=60, ge=1, le=6000, description="Lines published per minute.")
+    burst: int = Field(default=20, ge=1, le=1000, description="Lines sent at once at most.")
+    max_line_bytes: int = Field(
+        default=2048, ge=128, le=65536, description="Longer lines (with traceback) are cut."
+    )
+    queue: int = Field(default=200, ge=1, le=10_000, description="Lines kept while offline.")
+
+
 class AgentConfig(_Section):
     """The whole agent.toml."""
 
@@ -268,6 +321,8 @@ class AgentConfig(_Section):
     status: StatusConfig = Field(default_factory=StatusConfig, description="Heartbeat.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Input limits.")
     safety: SafetyConfig = Field(default_factory=SafetyConfig, description="Model safety.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus.")
+    logs: LogsConfig = Field(default_factory=LogsConfig, description="Published log lines.")
 
     @field_validator("device_id")
     @classmethod

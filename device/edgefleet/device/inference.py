@@ -39,6 +39,7 @@ class Prediction:
     topk: list[tuple[str, float]]
     latency_ms: float
     error: str | None = None
+    preprocess_ms: float = 0.0  # the part of latency_ms spent preparing the input tensor
 
 
 class Classifier:
@@ -89,6 +90,7 @@ class Classifier:
         """
         start = time.perf_counter()
         x = to_input_tensor(preprocess(array, self.preprocess_spec), self.model.input_spec)
+        prep_ms = (time.perf_counter() - start) * 1000.0
         try:
             y = self.model.run(x)
         except ModelLoadError as exc:
@@ -96,7 +98,7 @@ class Classifier:
         scores = np.asarray(dequantize_output(y, self.model.output_spec)).reshape(-1)
         latency_ms = (time.perf_counter() - start) * 1000.0
         if scores.size == 0 or not np.all(np.isfinite(scores)):
-            return Prediction("", 0.0, [], latency_ms, error=NON_FINITE)
+            return Prediction("", 0.0, [], latency_ms, error=NON_FINITE, preprocess_ms=prep_ms)
         k = min(self.top_k, scores.size)
         if scores.size > 4 * k:  # a partial sort: large outputs stay cheap
             best = np.argpartition(-scores, k - 1)[:k]
@@ -104,7 +106,7 @@ class Classifier:
         else:
             order = np.argsort(-scores, kind="stable")[:k]
         topk = [(self.label(int(i)), float(scores[i])) for i in order]
-        return Prediction(topk[0][0], topk[0][1], topk, latency_ms)
+        return Prediction(topk[0][0], topk[0][1], topk, latency_ms, preprocess_ms=prep_ms)
 
 
 def spec_from_model(model: Model) -> PreprocessSpec:

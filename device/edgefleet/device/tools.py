@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from pathlib import Path
 
+    from edgefleet.device.config import AgentConfig
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per log line: time, level, logger, message (and the exception)."""
@@ -49,13 +51,39 @@ def setup_logging(level: str) -> None:
     logging.getLogger("edgefleet").setLevel(level.upper())
 
 
-def run_agent(config_path: Path) -> int:
-    """Load the config and run the agent until SIGTERM.
+def agent_config(
+    config_path: Path, *, state_dir: Path | None = None, watch_dir: Path | None = None
+) -> AgentConfig:
+    """Load agent.toml, with ``state_dir`` / ``watch_dir`` given on the command line instead.
+
+    The overrides are relative to the working directory (the config's own paths are
+    relative to the config file): ``--state-dir ./pi-001`` runs a bundle's agent.toml,
+    made for ``/var/lib/edgefleet``, from a user's folder for a trial on the host.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or invalid.
+    """
+    config = load_config(config_path)
+    update: dict[str, Path] = {}
+    if state_dir is not None:
+        update["state_dir"] = state_dir.expanduser().absolute()
+    if watch_dir is not None:
+        inference = config.inference.model_copy(
+            update={"watch_dir": watch_dir.expanduser().absolute()}
+        )
+        return config.model_copy(update={**update, "inference": inference})
+    return config.model_copy(update=update) if update else config
+
+
+def run_agent(
+    config_path: Path, *, state_dir: Path | None = None, watch_dir: Path | None = None
+) -> int:
+    """Load the config (see :func:`agent_config`) and run the agent until SIGTERM.
 
     Raises:
         DeviceError: the config, state directory, runtime or keys are unusable.
     """
-    config = load_config(config_path)
+    config = agent_config(config_path, state_dir=state_dir, watch_dir=watch_dir)
     setup_logging(config.log_level)
     return Agent(config).run()
 
@@ -98,9 +126,9 @@ def predict_files(
         }
 
 
-def local_status(config_path: Path) -> dict[str, Any]:
+def local_status(config_path: Path, *, state_dir: Path | None = None) -> dict[str, Any]:
     """What the state directory says: active/previous model, anti-rollback, outbox, downloads."""
-    config = load_config(config_path)
+    config = agent_config(config_path, state_dir=state_dir)
     store = StateStore(config.state_dir)
     active, previous = store.active(), store.previous()
     version, time_floor = store.floor()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.device.actions import Publish
+from edgefleet.device.delta import held_models
 from edgefleet.device.errors import DeviceError
 from edgefleet.shared.errors import ManifestError
 from edgefleet.shared.manifest import Manifest, select_variant
@@ -28,6 +29,13 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 4000  # characters of an error message in a report
 MAX_BAD_MESSAGE = 1000  # characters of it kept in the bad-model record
+# docs/protocol.md 4.2: ``progress`` is 1.0 in every report made once the whole file is
+# on the device (these states, and ``failed`` at these steps); 0 before a download (idle,
+# rejected) and after one failed; the share of chunks received while downloading.
+WHOLE_FILE_STATES = frozenset(
+    {UpdateState.VERIFYING, UpdateState.HEALTH_CHECK, UpdateState.ACTIVATING, UpdateState.ACTIVE}
+)
+WHOLE_FILE_STEPS = frozenset({"verifying", "health_check", "activating", "serving"})
 
 
 @dataclass
@@ -108,6 +116,40 @@ class Reporter:
             message=str(exc)[:MAX_MESSAGE],
         )
 
+    def not_news(self, manifest: Manifest) -> bool:
+        """True for a signed manifest no newer than the active model: change nothing.
+
+        No refusal is reported for it (protocol section 8.1): a group copy of the canary's
+        manifest, or an old one replayed or left retained on a desired topic, must not
+        overwrite ``active`` with ``rejected``/``rollback``. An older one is counted.
+        """
+        active = self.store.active()
+        if active is None or manifest.version > active.version:
+            return False
+        shas = {v.sha256 for v in manifest.variants}
+        if manifest.version == active.version and active.sha256 in shas:
+            log.debug("manifest %s v%s is the model serving now", manifest.name, manifest.version)
+            return True
+        log.warning(
+            "ignoring manifest %s v%s: not newer than the active %s v%s (replayed, or a stale "
+            "retained desired topic)",
+            manifest.name,
+            manifest.version,
+            active.name,
+            active.version,
+        )
+        last = {
+            "name": manifest.name,
+            "version": manifest.version,
+            "active_version": active.version,
+            "ts": self.clock(),
+        }
+        try:
+            self.store.note_ignored(last)
+        except OSError as exc:
+            log.warning("cannot count the ignored manifest: %s", exc)
+        return True
+
     def serving_failed(self, reason: str, message: str) -> Publish | None:
         """The active model failed while serving (``failed_on_inputs``, ``crash_loop``).
 
@@ -167,12 +209,18 @@ class Reporter:
             "device_id": self.device_id,
             "state": state,
             "active_version": active.version if active else None,
+            "held": held_models(self.store) or None,
             "ts": self.clock(),
         }
         if manifest is not None:
             fields |= {"model_name": manifest.name, "version": manifest.version}
         if variant is not None:
             fields["sha256"] = variant.sha256
+        if "progress" not in extra:
+            whole = state in WHOLE_FILE_STATES or (
+                state is UpdateState.FAILED and extra.get("step") in WHOLE_FILE_STEPS
+            )
+            fields["progress"] = 1.0 if whole else 0.0
         return Reported.model_validate(fields | extra)
 
     def _publish(self, report: Reported) -> Publish:

@@ -1,9 +1,10 @@
 """The over-the-air update state machine, separate from MQTT: feed it events, it returns actions.
 
-States (``edgefleet.shared.messages.UpdateState``)::
+States (``edgefleet.shared.messages.UpdateState``), each reported (docs/protocol.md 4.2)::
 
-    idle/active --desired--> verifying --ok--> downloading --complete--> verifying (sha256)
-        --> health_check --> activating --> active
+    idle/active --desired, manifest checks (not a reported state)--> downloading
+        --complete--> verifying (progress 1.0; sha256) --> health_check --> activating
+        --> active    (a model file already here starts at verifying)
     any step fails: the previous model keeps serving; state rejected (manifest refused:
     reason = ManifestError code) or failed (step + reason), reported retained.
 
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.device.actions import Action, Publish, Subscribe, Unsubscribe
 from edgefleet.device.bounded import RecentSet
+from edgefleet.device.delta import DeltaDownload, Job, chunk_filters
 from edgefleet.device.download import CHECKPOINT_S, Download
 from edgefleet.device.errors import DeviceError, HealthCheckError
 from edgefleet.device.faults import fault
@@ -121,7 +123,7 @@ class Updater:
     spawn: Spawn = run_inline
     # Called when a download begins: a health check will follow (the agent warms its worker).
     prepare_check: Callable[[], None] = lambda: None
-    _job: Download | None = None
+    _job: Job | None = None
     _check: _Check | None = None
     # Envelopes handled in this run; an LRU, so a flood of distinct ones cannot grow it.
     _seen: RecentSet = field(default_factory=lambda: RecentSet(SEEN_ENVELOPES))
@@ -161,7 +163,7 @@ class Updater:
         filters = [topics.desired_device(self.settings.device_id)]
         filters += [topics.desired_group(g) for g in self.settings.groups]
         if self._job is not None:
-            filters.append(topics.chunks_filter(self._job.variant.sha256))
+            filters += chunk_filters(self._job, topics)
         return [Subscribe(f) for f in filters]
 
     def start(self) -> list[Action]:
@@ -190,8 +192,7 @@ class Updater:
         skip = self._skip(manifest)
         if skip is not None:
             return skip
-        self.state = UpdateState.VERIFYING
-        try:
+        try:  # the manifest's checks (section 6): not a reported state
             variant = self._verify(data)
         except ManifestError as exc:
             return [self._reports.rejected(exc, manifest)]
@@ -229,48 +230,14 @@ class Updater:
 
     # -- steps ------------------------------------------------------------------------
 
-    def _not_news(self, manifest: Manifest) -> bool:
-        """True for a signed manifest no newer than the active model: change nothing.
-
-        The retained report keeps saying what the device does (protocol section 8.1): a
-        group copy of the canary's manifest, or an old one replayed or left retained on a
-        desired topic, must not overwrite ``active`` with ``rejected``/``rollback``.
-        """
-        active = self.store.active()
-        if active is None or manifest.version > active.version:
-            return False
-        shas = {v.sha256 for v in manifest.variants}
-        if manifest.version == active.version and active.sha256 in shas:
-            log.debug("manifest %s v%s is the model serving now", manifest.name, manifest.version)
-            return True
-        log.warning(
-            "ignoring manifest %s v%s: not newer than the active %s v%s (replayed, or a stale "
-            "retained desired topic)",
-            manifest.name,
-            manifest.version,
-            active.name,
-            active.version,
-        )
-        last = {
-            "name": manifest.name,
-            "version": manifest.version,
-            "active_version": active.version,
-            "ts": self.clock(),
-        }
-        try:
-            self.store.note_ignored(last)
-        except OSError as exc:
-            log.warning("cannot count the ignored manifest: %s", exc)
-        return True
-
     def _skip(self, manifest: Manifest) -> list[Action] | None:
-        """Instead of checking ``manifest``: [] (not news), a known-bad report, None (check).
+        """Instead of checking ``manifest``: not news, a known-bad report, None (check).
 
         Known-bad models come before the anti-rollback check: a model reverted after it
         failed while serving is below the floor, yet is reported as failed, not rollback.
         """
-        if self._not_news(manifest):
-            return []
+        if self._reports.not_news(manifest):
+            return self._current()
         try:
             variant = select_variant(manifest, self.settings.accelerators)
         except ManifestError:
@@ -279,6 +246,25 @@ class Updater:
         if bad is not None and manifest.version <= bad["version"]:
             return [self._reports.known_bad(manifest, variant, bad)]
         return None
+
+    def _current(self) -> list[Action]:
+        """Report what the device does now, unless the last report says so already.
+
+        After a manifest that is not news the retained ``reported`` must say what the
+        device does (protocol section 8.1), not an earlier refusal or failure: the update
+        under way, else the active model.
+        """
+        job, check, active = self._job, self._check, self.store.active()
+        last = self.last_report.state if self.last_report is not None else None
+        if job is not None:
+            return [] if last is UpdateState.DOWNLOADING else [self._report_progress(job)]
+        if check is not None:
+            if last is UpdateState.HEALTH_CHECK:
+                return []
+            return [self._reports.report(UpdateState.HEALTH_CHECK, check.manifest, check.variant)]
+        if active is None or last is UpdateState.ACTIVE:
+            return []
+        return [self._reports.active(active)]
 
     def serving_failed(self, reason: str, message: str, *, hold: bool = False) -> list[Action]:
         """The active model failed while serving: revert and report (``Reporter.serving_failed``).
@@ -324,20 +310,32 @@ class Updater:
         actions = self._abandon_job()
         if self.store.has_model(variant.sha256):
             # Already here (e.g. a rollback to the previous model): no download needed.
-            # A crash after staging leaves the chunks behind: drop them now.
+            # A crash after staging leaves the chunks behind: drop them now. Reported as
+            # verifying all the same: every accepted update goes through the same states.
             self.store.drop_download(variant.sha256)
+            actions.append(self._reports.report(UpdateState.VERIFYING, manifest, variant))
             return actions + self._install(manifest, variant, envelope_sha)
         directory = self.store.download_dir(variant.sha256)
+        job: Job
         try:
-            job = Download.start(
-                manifest,
-                variant,
-                data,
-                envelope_sha,
-                directory=directory,
-                now=self.clock(),
-                max_chunks=self.settings.max_chunks,
-            )
+            if manifest.v == 2:  # noqa: PLR2004 - delta: copy what is here, fetch the rest
+                job = DeltaDownload.start(
+                    manifest, variant, data, envelope_sha, directory=directory,
+                    now=self.clock(), store=self.store,
+                )  # fmt: skip
+            else:
+                job = Download.start(
+                    manifest,
+                    variant,
+                    data,
+                    envelope_sha,
+                    directory=directory,
+                    now=self.clock(),
+                    max_chunks=self.settings.max_chunks,
+                )
+        except OSError as exc:
+            failed = self._reports.failed(manifest, variant, "downloading", "io_error", exc)
+            return [*actions, failed]
         except ValueError as exc:  # the reassembler refuses the transfer (a bound)
             self.store.drop_download(variant.sha256)
             return [*actions, self._reports.rejected(TooManyChunksError(str(exc)), manifest)]
@@ -347,7 +345,7 @@ class Updater:
             return actions + self._finish_download(job)
         self.prepare_check()
         # Subscribe first: once the host sees "downloading", chunks it sends will arrive.
-        actions.append(Subscribe(self.settings.topics.chunks_filter(variant.sha256)))
+        actions += [Subscribe(f) for f in chunk_filters(job, self.settings.topics)]
         actions.append(self._report_progress(job))
         return actions
 
@@ -358,11 +356,12 @@ class Updater:
         job, self._job = self._job, None
         if job is None:
             return []
-        return [Unsubscribe(self.settings.topics.chunks_filter(job.variant.sha256))]
+        return [Unsubscribe(f) for f in chunk_filters(job, self.settings.topics)]
 
-    def _finish_download(self, job: Download) -> list[Action]:
+    def _finish_download(self, job: Job) -> list[Action]:
         actions = self._abandon_job()
-        self.state = UpdateState.VERIFYING
+        # Every chunk is in: reported (progress 1.0) before the whole file is checked.
+        actions.append(self._reports.report(UpdateState.VERIFYING, job.manifest, job.variant))
         try:
             job.verify()
         except OSError as exc:
@@ -384,7 +383,7 @@ class Updater:
         self.store.drop_download(job.variant.sha256)
         return actions + self._install(job.manifest, job.variant, job.envelope_sha)
 
-    def _storage_failed(self, job: Download, exc: OSError) -> list[Action]:
+    def _storage_failed(self, job: Job, exc: OSError) -> list[Action]:
         # Disk full or an I/O error: free what the download took (the old model keeps
         # serving); the same manifest is tried again on its next delivery.
         actions = self._abandon_job()
@@ -482,7 +481,7 @@ class Updater:
         self.store.raise_floor(manifest.version, float(manifest.created_at))
         return pointer
 
-    def _report_progress(self, job: Download) -> Publish:
+    def _report_progress(self, job: Job) -> Publish:
         progress = round(job.progress, 4)
         return self._reports.report(
             UpdateState.DOWNLOADING, job.manifest, job.variant, progress=progress

@@ -141,8 +141,8 @@ def load_fleet_config(path: Path) -> FleetConfig:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ProvisionError(
-            f"no fleet config at {file}: create a fleet with `edgefleet init --dir DIR` "
-            "or pass --dir pointing at an existing one"
+            f"no fleet config at {file}: create a fleet with `edgefleet init --fleet DIR` "
+            "or pass --fleet (or EDGEFLEET_FLEET) pointing at an existing one"
         ) from exc
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProvisionError(f"cannot read fleet config {file}: {exc}") from exc

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from edgefleet.shared.chunklist import MAX_LISTED_CHUNKS, check_chunk_list, check_schema_version
 from edgefleet.shared.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNKS, chunk_count
 from edgefleet.shared.errors import (
     AcceleratorError,
@@ -45,6 +46,7 @@ from edgefleet.shared.errors import (
     UnknownKeyError,
 )
 from edgefleet.shared.messages import DeviceId, GroupName, Sha256Hex
+from edgefleet.shared.shadow import ShadowSpec
 from edgefleet.shared.spec import PreprocessSpec, TensorSpec
 
 SIGNING_DOMAIN: Final = b"edgefleet-manifest-v1\n"
@@ -85,10 +87,17 @@ class ModelVariant(_Strict):
         default=DEFAULT_CHUNK_SIZE, ge=1, le=MAX_CHUNK_SIZE, description="Payload bytes per chunk."
     )
     chunk_count: int = Field(ge=1, lt=2**32, description="ceil(size / chunk_size).")
+    # Manifest v2 (delta updates, docs/protocol.md 7.5): every content-defined chunk as
+    # [sha256, offset, length]; chunk_count is then their number, chunk_size the longest.
+    chunks: list[tuple[Sha256Hex, int, int]] | None = Field(
+        default=None, max_length=MAX_LISTED_CHUNKS, description="v2: the file's chunks."
+    )
 
     @model_validator(mode="after")
     def _count_matches(self) -> ModelVariant:
-        if self.chunk_count != chunk_count(self.size, self.chunk_size):
+        if self.chunks is not None:
+            check_chunk_list(self.chunks, self.size, self.chunk_size, self.chunk_count)
+        elif self.chunk_count != chunk_count(self.size, self.chunk_size):
             raise ValueError(
                 f"chunk_count {self.chunk_count} != ceil({self.size} / {self.chunk_size})"
             )
@@ -111,7 +120,7 @@ class ModelVariant(_Strict):
 class Manifest(_Strict):
     """Everything a device needs to decide whether to install a model and how to run it."""
 
-    v: Literal[1] = Field(default=1, description="Manifest schema version.")
+    v: Literal[1, 2] = Field(default=1, description="Manifest schema version.")
     name: Name = Field(description="Model name, e.g. 'mnist_convnet'.")
     version: int = Field(ge=1, lt=2**63, description="Monotonic per fleet; anti-rollback.")
     created_at: int = Field(ge=0, lt=2**63, description="Unix seconds when signed.")
@@ -128,6 +137,9 @@ class Manifest(_Strict):
     key_id: KeyId | Literal[""] = Field(
         default="", description="Signer's key id; set by sign_manifest."
     )
+    # Set: a shadow candidate, run beside the active model and never activated (left out
+    # of the signed bytes when None, so ordinary manifests stay as they were).
+    shadow: ShadowSpec | None = Field(default=None, description="Shadow terms, if a shadow.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -136,6 +148,8 @@ class Manifest(_Strict):
         accelerators = [v.accelerator for v in self.variants]
         if len(set(accelerators)) != len(accelerators):
             raise ValueError(f"one variant per accelerator, got {accelerators}")
+        if any((v.chunks is not None) != (self.v == 2) for v in self.variants):  # noqa: PLR2004
+            raise ValueError("a v2 manifest lists every variant's chunks; a v1 manifest none")
         return self
 
 
@@ -157,6 +171,11 @@ def key_id_for(public_key: Ed25519PublicKey) -> str:
 def canonical_bytes(manifest: Manifest) -> bytes:
     """The exact bytes a signer signs: sorted keys, no whitespace, ASCII-only JSON."""
     obj = manifest.model_dump(mode="json")
+    if obj.get("shadow") is None:
+        obj.pop("shadow", None)
+    for variant in obj["variants"]:
+        if variant.get("chunks") is None:
+            variant.pop("chunks", None)
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
     ).encode("ascii")
@@ -219,6 +238,7 @@ def open_envelope(data: bytes, *, trusted_keys: Mapping[str, Ed25519PublicKey]) 
         key.verify(signature, SIGNING_DOMAIN + payload)
     except InvalidSignature as exc:
         raise BadSignatureError(f"signature by key {envelope.key_id} does not verify") from exc
+    check_schema_version(payload)
     try:
         manifest = Manifest.model_validate_json(payload, strict=True)
     except (ValidationError, ValueError, RecursionError) as exc:
@@ -245,6 +265,7 @@ def verify_manifest(
     min_chunk_size: int = 1,
     max_outputs: int | None = None,
     max_labels: int | None = None,
+    shadow: bool = False,
 ) -> Manifest:
     """Decide whether a device accepts a manifest; checks run in the documented order.
 
@@ -265,6 +286,8 @@ def verify_manifest(
         min_chunk_size: Smallest ``chunk_size`` of a variant of more than one chunk.
         max_outputs: Most output values (product of the output shape); None: no limit.
         max_labels: Most labels; None: only the schema's limit.
+        shadow: True on a shadow topic: only a shadow manifest is accepted; False: a
+            shadow manifest is refused (a device never activates a shadow candidate).
 
     Returns:
         The accepted manifest.
@@ -273,6 +296,12 @@ def verify_manifest(
         ManifestError: One subclass per reason, see ``edgefleet.shared.errors``.
     """
     manifest = open_envelope(data, trusted_keys=trusted_keys)
+    if (manifest.shadow is not None) != shadow:
+        raise MalformedManifestError(
+            f"manifest {manifest.name} v{manifest.version} is a shadow candidate: never activated"
+            if manifest.shadow is not None
+            else f"manifest {manifest.name} v{manifest.version} is not a shadow manifest"
+        )
     if not manifest.targets.matches(device_id, groups):
         raise NotTargetedError(
             f"manifest {manifest.name} v{manifest.version} targets neither {device_id} "

@@ -164,6 +164,9 @@ class Reported(Message):
     reason: Code | None = Field(default=None, description="Machine reason code.")
     message: LongText | None = Field(default=None, description="Human explanation.")
     active_version: Count | None = Field(default=None, description="Version now serving.")
+    held: list[Sha256Hex] | None = Field(
+        default=None, max_length=2, description="Model files held (active, previous): delta base."
+    )
     ts: float | None = Field(default=None, description="Unix time of the report.")
 
     @model_validator(mode="after")
@@ -191,6 +194,19 @@ class TopK(_Closed):
     score: float = Field(description="Dequantized score (probability for softmax).")
 
 
+MAX_THUMBNAIL_BYTES: Final = 8192  # a thumbnail's encoded image, before base64
+MAX_THUMBNAIL_B64: Final = 10924  # base64 of MAX_THUMBNAIL_BYTES
+
+
+class Thumbnail(_Closed):
+    """A small picture of the input a record was made on (opt-in, docs/protocol.md 4.3.2)."""
+
+    format: Literal["png", "jpeg"] = Field(description="Encoding of the image.")
+    data_b64: str = Field(
+        max_length=MAX_THUMBNAIL_B64, description="Base64 of the image, at most 8 KiB decoded."
+    )
+
+
 class PredictionRecord(Message):
     """One inference result; unique on (device_id, boot_id, seq)."""
 
@@ -216,6 +232,9 @@ class PredictionRecord(Message):
             "Set when the model gave no usable class: 'non_finite' (NaN or infinity in its "
             "scores); label is then empty, score 0 and topk empty."
         ),
+    )
+    thumbnail: Thumbnail | None = Field(
+        default=None, description="The input as a small image (agent setting, opt-in)."
     )
 
 
@@ -273,6 +292,25 @@ class ImageMessage(Message):
             return base64.b64decode(self.data_b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise DecodeError(f"ImageMessage {self.name!r}: data_b64 is not base64") from exc
+
+
+class DeviceLog(Message):
+    """Device -> host: one log line the agent wrote (docs/protocol.md, "Device logs")."""
+
+    device_id: DeviceId = Field(description="The device's id.")
+    boot_id: BootId = Field(description="Agent run that wrote the line.")
+    seq: Count = Field(description="Line number within the boot (gaps: lines dropped).")
+    ts: float = Field(description="Unix time the line was written.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        description="Python logging level name."
+    )
+    logger: ShortText = Field(description="Logger name, e.g. edgefleet.device.agent.")
+    message: Annotated[str, StringConstraints(max_length=65536)] = Field(
+        description="The formatted line (traceback included), cut to the agent's bound."
+    )
+    dropped: Count = Field(
+        default=0, description="Lines dropped (rate limit, full queue) since the last sent."
+    )
 
 
 M = TypeVar("M", bound=BaseModel)

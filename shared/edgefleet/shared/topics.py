@@ -11,6 +11,10 @@ The scheme (``{p}`` is the prefix, one or more levels)::
     {p}/devices/{id}/predictions        device -> host  QoS 1
     {p}/devices/{id}/predictions/ack    host -> device  QoS 1
     {p}/devices/{id}/images             anyone -> device QoS 1
+    {p}/devices/{id}/logs               device -> host  QoS 0, not retained
+    {p}/devices/{id}/shadow             host -> device  retained signed shadow manifest, QoS 1
+    {p}/groups/{group}/shadow           host -> group   retained signed shadow manifest, QoS 1
+    {p}/devices/{id}/shadow/report      device -> host  retained shadow summary, QoS 1
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ CHUNK_REQUEST: Final = "chunk_request"
 PREDICTIONS: Final = "predictions"
 PREDICTIONS_ACK: Final = "predictions_ack"
 IMAGES: Final = "images"
+LOGS: Final = "logs"
+SHADOW_DEVICE: Final = "shadow_device"
+SHADOW_GROUP: Final = "shadow_group"
+SHADOW_REPORT: Final = "shadow_report"
 
 _DEVICE_SUFFIXES: Final = {
     ("status",): STATUS,
@@ -46,6 +54,9 @@ _DEVICE_SUFFIXES: Final = {
     ("predictions",): PREDICTIONS,
     ("predictions", "ack"): PREDICTIONS_ACK,
     ("images",): IMAGES,
+    ("logs",): LOGS,
+    ("shadow",): SHADOW_DEVICE,
+    ("shadow", "report"): SHADOW_REPORT,
 }
 
 
@@ -167,6 +178,34 @@ class Topics:
         """Images sent to a device for inference."""
         return self._device(device_id, "images")
 
+    def logs(self, device_id: str) -> str:
+        """Log lines published by one device."""
+        return self._device(device_id, "logs")
+
+    def shadow_device(self, device_id: str) -> str:
+        """Retained signed shadow manifest (a candidate run beside the active model)."""
+        return self._device(device_id, "shadow")
+
+    def shadow_group(self, group: str) -> str:
+        """Retained signed shadow manifest for every device in a group."""
+        return f"{self.prefix}/groups/{validate_id(group, what='group name')}/shadow"
+
+    def shadow_report(self, device_id: str) -> str:
+        """Retained summary of one device's shadow comparison."""
+        return self._device(device_id, "shadow", "report")
+
+    def all_shadow_reports(self) -> str:
+        """Filter for every device's shadow summary."""
+        return f"{self.prefix}/devices/+/shadow/report"
+
+    def all_shadow_manifests(self) -> tuple[str, str]:
+        """Filters for every retained shadow manifest (per device, per group)."""
+        return f"{self.prefix}/devices/+/shadow", f"{self.prefix}/groups/+/shadow"
+
+    def all_logs(self) -> str:
+        """Filter for every device's log lines."""
+        return f"{self.prefix}/devices/+/logs"
+
     def all_status(self) -> str:
         """Filter for every device's status."""
         return f"{self.prefix}/devices/+/status"
@@ -209,8 +248,9 @@ def _parse_rest(rest: list[str]) -> ParsedTopic | None:
     if len(rest) >= 3 and rest[0] == "devices":  # noqa: PLR2004 - devices/{id}/kind...
         kind = _DEVICE_SUFFIXES.get(tuple(rest[2:]))
         return None if kind is None else ParsedTopic(kind, device_id=validate_id(rest[1]))
-    if len(rest) == 3 and rest[0] == "groups" and rest[2] == "desired":  # noqa: PLR2004
-        return ParsedTopic(DESIRED_GROUP, group=validate_id(rest[1], what="group name"))
+    if len(rest) == 3 and rest[0] == "groups" and rest[2] in {"desired", "shadow"}:  # noqa: PLR2004
+        kind = DESIRED_GROUP if rest[2] == "desired" else SHADOW_GROUP
+        return ParsedTopic(kind, group=validate_id(rest[1], what="group name"))
     if len(rest) == 4 and rest[0] == "models" and rest[2] == "chunks":  # noqa: PLR2004
         if not _INDEX_PATTERN.fullmatch(rest[3]):
             raise TopicError(f"invalid chunk index {rest[3]!r}: expected a decimal number")

@@ -24,6 +24,7 @@ from edgefleet.shared.messages import (
     MAX_MESSAGE_BYTES,
     Ack,
     ChunkRequest,
+    DeviceLog,
     ImageMessage,
     Reported,
     Status,
@@ -40,6 +41,7 @@ _MESSAGE_KINDS: Final[dict[str, type[BaseModel]]] = {
     topics.CHUNK_REQUEST: ChunkRequest,
     topics.PREDICTIONS_ACK: Ack,
     topics.IMAGES: ImageMessage,
+    topics.LOGS: DeviceLog,
 }
 
 

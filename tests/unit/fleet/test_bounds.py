@@ -321,7 +321,8 @@ def test_the_csv_export_neutralises_device_supplied_text(store):
     assert row["label"] == '\'=HYPERLINK("http://evil","x")'
     assert row["source"] == "'=cmd|' /C calc'!A0"
     assert row["model_name"] == "'@x"
-    assert row["topk"] == "'-1+1:0.5000"
+    assert row["top1_label"] == "'-1+1"
+    assert row["top1_score"] == "0.5000"
     assert row["seq"] == "1"
     out = io.StringIO()
     export(store, out, fmt="jsonl")  # JSON is data, not formulas: unchanged

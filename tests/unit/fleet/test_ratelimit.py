@@ -89,7 +89,8 @@ class Registry:
         self.reads = 0
 
     def latest_pushes(self):
-        return [SimpleNamespace(manifest=SimpleNamespace(variants=[self.variant]))]
+        manifest = SimpleNamespace(variants=[self.variant])
+        return [SimpleNamespace(manifest=manifest, cancelled_at=None)]
 
     def model_bytes(self, sha256: str) -> bytes | None:
         self.reads += 1

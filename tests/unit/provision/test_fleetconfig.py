@@ -10,7 +10,7 @@ from edgefleet.host.fleetdir import dump_toml, load_fleet_config, parse_broker_u
 
 
 def test_missing_fleet_config_says_how_to_create_one(tmp_path):
-    with pytest.raises(ProvisionError, match="edgefleet init --dir"):
+    with pytest.raises(ProvisionError, match="edgefleet init --fleet"):
         load_fleet_config(tmp_path)
 
 

@@ -63,7 +63,10 @@ def test_dry_run_into_a_temp_root_installs_the_bundle_and_only_prints_system_com
     unit = tmp_path / "etc/systemd/system/edgefleet-agent.service"
     assert unit.read_bytes() == (bundle / "edgefleet-agent.service").read_bytes()
     assert (tmp_path / "etc/udev/rules.d/99-coral-edgetpu.rules").is_file()
-    assert _mode(tmp_path / "var/lib/edgefleet/inbox") == 0o750
+    assert _mode(tmp_path / "var/lib/edgefleet") == 0o750
+    assert _mode(tmp_path / "var/spool/edgefleet/inbox") == 0o2770  # setgid, group-writable
+    assert "would run: groupadd --system edgefleet-inbox" in result.stdout
+    assert "would run: chown edgefleet:edgefleet-inbox" in result.stdout
     out = result.stdout
     for printed in (
         "would run: apt-get install -y --no-install-recommends python3-venv",
@@ -77,6 +80,17 @@ def test_dry_run_into_a_temp_root_installs_the_bundle_and_only_prints_system_com
     ):
         assert printed in out, printed
     assert not (tmp_path / "opt/edgefleet/venv").exists(), "a system command really ran"
+
+
+def test_inbox_users_join_the_inbox_group_and_apt_runs_into_another_root(bundle, tmp_path):
+    args = ("--root", str(tmp_path), "--dry-run", "--inbox-user", "pi", "--inbox-user", "sensor")
+    result = _run(bundle, *args)
+    assert result.returncode == 0, result.stderr
+    for user in ("edgefleet", "pi", "sensor"):
+        assert f"would run: usermod -a -G edgefleet-inbox {user}" in result.stdout
+    # Installed packages skip apt only on the running machine, never for another root.
+    assert "would run: apt-get update" in result.stdout
+    assert _run(bundle, "--inbox-user").returncode == 1
 
 
 def test_no_start_skips_enabling_the_service(bundle, tmp_path):

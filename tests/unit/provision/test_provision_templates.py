@@ -45,11 +45,15 @@ def test_acl_patterns_are_exactly_the_protocol_topics_of_a_device(tmp_path):
         ("write", t.reported("d1")),
         ("write", t.predictions("d1")),
         ("write", t.chunk_request("d1")),
+        ("write", t.logs("d1")),
+        ("read", t.shadow_device("d1")),
+        ("write", t.shadow_report("d1")),
     }
     block = acl[acl.index("user d1\n") :].split("\n\n")[0]
     assert _acl_rules(block) == [
         ("topic", "read", "acme/prod/models/+/chunks/+"),
         ("topic", "read", t.desired_group("g1")),
+        ("topic", "read", t.shadow_group("g1")),
     ]
     assert t.parse(t.chunk("a" * 64, 3)).kind == "chunk"
     host_block = acl[acl.index(f"user {config.host_identity}\n") :].split("\n\n")[0]

@@ -23,6 +23,7 @@ from edgefleet.shared.manifest import (
 from edgefleet.shared.messages import (
     Ack,
     ChunkRequest,
+    DeviceLog,
     ImageMessage,
     PredictionBatch,
     PredictionRecord,
@@ -99,6 +100,7 @@ MESSAGE_TYPES = [
     Ack,
     ChunkRequest,
     ImageMessage,
+    DeviceLog,
 ]
 
 

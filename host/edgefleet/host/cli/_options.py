@@ -6,8 +6,24 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperOption
 
 from edgefleet.shared.errors import EdgefleetError
+
+# Exit codes shared by the fleet commands (docs/fleet.md, "Exit codes").
+EXIT_FAILED = 1
+EXIT_BROKER_LOST = 3
+
+
+def _flag_type(self: TyperOption, ctx: object) -> str | None:
+    """No ``<bool>`` after an on/off flag in --help: ``--json``, not ``--json <bool>``."""
+    if self.is_flag:
+        return None
+    return _TYPE_OF(self, ctx)  # type: ignore[arg-type]
+
+
+_TYPE_OF = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 Broker = Annotated[
     str | None,
@@ -25,6 +41,30 @@ FleetDir = Annotated[
         help="Fleet directory made by `edgefleet init` (broker, TLS, signing key).",
     ),
 ]
+# The names init/provision/revoke/keys used before 0.x: still accepted, no longer shown.
+OldFleetDir = Annotated[
+    Path | None,
+    typer.Option("--dir", envvar="EDGEFLEET_FLEET_DIR", hidden=True, help="Old name of --fleet."),
+]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Publish even to a group or device this fleet does not know (a typo is refused).",
+    ),
+]
+
+
+def example(*lines: str) -> str:
+    """An ``epilog`` for --help: the example command lines, one per line."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def fleet_dir_of(fleet: Path | None, old: Path | None, default: Path | None = None) -> Path | None:
+    """``--fleet`` (or ``EDGEFLEET_FLEET``), else the old ``--dir``/``EDGEFLEET_FLEET_DIR``."""
+    return fleet or old or default
+
+
 Prefix = Annotated[
     str | None, typer.Option("--prefix", help="Topic prefix (default: the fleet's, or edgefleet).")
 ]

@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
+from edgefleet.host.cli._options import example
+
 app = typer.Typer(
     help="Bundled data sets (real MNIST digits, simulated GPR scans).", no_args_is_help=True
 )
 
 
-@app.command("info")
+@app.command("info", epilog=example("edgefleet datasets info", "edgefleet datasets info gpr"))
 def info(
     name: Annotated[str, typer.Argument(help="Data set name: mnist.")] = "mnist",
 ) -> None:
@@ -33,7 +35,9 @@ def info(
         raise typer.Exit(code=1) from exc
 
 
-@app.command("export")
+@app.command(
+    "export", epilog=example("edgefleet datasets export gpr --split heldout --out gpr-heldout.npz")
+)
 def export(
     name: Annotated[str, typer.Argument(help="Data set name: mnist or gpr.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write DIR/<label>/*.png into.")],

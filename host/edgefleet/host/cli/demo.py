@@ -80,8 +80,21 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to a CLI option
     workdir: Annotated[
         Path | None, typer.Option(help="Keep everything in this folder (default: a temp dir).")
     ] = None,
-    keep: Annotated[bool, typer.Option("--keep", help="Do not delete the temp dir.")] = False,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="Keep the temp dir (fleet, agent logs, quantize.log, models) after the demo; "
+            "the summary names it. A demo stopped by an error keeps it too.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    dashboard: Annotated[
+        bool, typer.Option("--dashboard", help="Then serve the web dashboard until Ctrl-C.")
+    ] = False,
+    dashboard_listen: Annotated[
+        str, typer.Option(help="HOST:PORT of that dashboard (loopback: read-only, no login).")
+    ] = "127.0.0.1:8080",
 ) -> None:
     """Quantize a model, push it over MQTT to N local agents, classify held-out scans live."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -109,6 +122,7 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to a CLI option
         workdir=workdir,
         keep=keep,
         timeout_s=timeout,
+        dashboard=dashboard_listen if dashboard else None,
     )
     try:
         summary = run_demo(options, say=lambda line: print(line, file=progress, flush=True))

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.host.cli._options import Broker, FleetDir, Prefix, StateDir, fail
+from edgefleet.host.cli._options import Broker, FleetDir, Prefix, StateDir, example, fail
 from edgefleet.shared.errors import EdgefleetError
 
 app = typer.Typer()
@@ -17,7 +17,14 @@ fleet_app = typer.Typer(help="See the fleet's state.", no_args_is_help=True)
 app.add_typer(fleet_app, name="fleet")
 
 
-@fleet_app.command("status")
+@fleet_app.command(
+    "status",
+    epilog=example(
+        "edgefleet fleet status --fleet fleet",
+        "edgefleet fleet status --watch",
+        "edgefleet fleet status --json | jq '.[] | {device_id, version, build}'",
+    ),
+)
 def status(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     watch: Annotated[
         bool, typer.Option("--watch", help="Keep the table live (Ctrl-C ends).")
@@ -31,7 +38,11 @@ def status(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     """Devices: online/offline, last seen, model, runtime, latency, outbox, update state.
 
     Groups and REVOKED come from the fleet directory's device registry (--fleet); a device
-    whose status claims other groups is listed under the table as a warning.
+    whose status claims other groups is listed under the table as a warning. MODEL and VER
+    follow the devices' update reports, so they are current right after a push; BUILD is the
+    quantization mode and short sha of what this host pushed. --json adds every figure the
+    devices report (RSS, uptime, p95, inference count, agent version, ...). Read-only: it
+    creates no file.
     """
     from edgefleet.host.fleet import (
         close_fleet,
@@ -42,7 +53,9 @@ def status(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     )
 
     try:
-        fl = open_fleet(broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir)
+        fl = open_fleet(
+            broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir, read_only=True
+        )
     except EdgefleetError as exc:
         raise fail(exc) from exc
     try:
@@ -66,7 +79,7 @@ def status(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
         close_fleet(fl)
 
 
-@fleet_app.command("reassert")
+@fleet_app.command("reassert", epilog=example("edgefleet fleet reassert --fleet fleet"))
 def reassert_cmd(
     broker: Broker = None,
     fleet: FleetDir = None,
@@ -92,7 +105,13 @@ def reassert_cmd(
     typer.echo(report.summary())
 
 
-@app.command("send-image")
+@app.command(
+    "send-image",
+    epilog=example(
+        "edgefleet send-image pi-001 scans/0010.png",
+        "edgefleet send-image pi-001 site-a/*.npy --fleet fleet",
+    ),
+)
 def send_image(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     device: Annotated[str, typer.Argument(help="Device id.")],
     files: Annotated[list[Path], typer.Argument(help=".png/.jpg/.npy files.")],
@@ -101,13 +120,19 @@ def send_image(  # noqa: PLR0917 - a typer command: its parameters are the CLI o
     prefix: Prefix = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Send images to a device's image topic for inference (try a device from the office)."""
+    """Send images to a device's image topic for inference (try a device from the office).
+
+    Each input is recorded as `mqtt:PATH#SHA8` (the path as given and the start of the
+    file's sha256), so two files of the same name stay apart in `predictions tail`.
+    """
     from edgefleet.host.fleet import close_fleet, open_fleet, send_images
     from edgefleet.shared.topics import validate_id
 
     try:
         validate_id(device)
-        fl = open_fleet(broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir)
+        fl = open_fleet(
+            broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir, read_only=True
+        )
         try:
             n = send_images(fl.conn, fl, device, files)
         finally:
@@ -115,6 +140,6 @@ def send_image(  # noqa: PLR0917 - a typer command: its parameters are the CLI o
     except EdgefleetError as exc:
         raise fail(exc) from exc
     typer.echo(
-        f"sent {n} image(s) to {device} at {time.strftime('%H:%M:%S')}; see "
-        "`edgefleet predictions tail`"
+        f"sent {n} image(s) to {device} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())};"
+        " see `edgefleet predictions tail`"
     )

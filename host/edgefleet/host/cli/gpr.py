@@ -7,10 +7,14 @@ from typing import Annotated
 
 import typer
 
+from edgefleet.host.cli._options import example
+
 app = typer.Typer(help="Simulated GPR B-scans (gprMax).", no_args_is_help=True)
 
 
-@app.command("generate")
+@app.command(
+    "generate", epilog=example("edgefleet gpr generate --out gpr-scans --n 400 --workers 2")
+)
 def generate(
     out: Annotated[Path, typer.Option(help="Data set folder (gets <class>/<seed>.npy).")],
     n: Annotated[int, typer.Option(help="Number of scans.")] = 400,
@@ -44,7 +48,9 @@ DataOption = Annotated[
 ]
 
 
-@app.command("train")
+@app.command(
+    "train", epilog=example("edgefleet gpr train --out gpr_convnet.keras --data gpr-scans")
+)
 def train(
     out: Annotated[Path, typer.Option(help="Where to save the Keras model (.keras).")],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 25,
@@ -63,7 +69,7 @@ def train(
     print(f"saved {path}")
 
 
-@app.command("evaluate")
+@app.command("evaluate", epilog=example("edgefleet gpr evaluate quantized/gpr_convnet_int8.tflite"))
 def evaluate(
     model: Annotated[Path, typer.Argument(help="A Keras model trained on GPR scans.")],
     out: Annotated[Path, typer.Option(help="Folder for the .tflite files and the JSON.")],

@@ -8,14 +8,24 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from edgefleet.host.cli._options import OldFleetDir, example, fleet_dir_of
 from edgefleet.host.errors import HostError
 
 FleetDir = Annotated[
-    Path,
+    Path | None,
     typer.Option(
-        "--dir", envvar="EDGEFLEET_FLEET_DIR", help="Fleet directory (made by `edgefleet init`)."
+        "--fleet",
+        envvar="EDGEFLEET_FLEET",
+        help="Fleet directory (made by `edgefleet init`; default ./fleet).",
     ),
 ]
+
+
+def _fleet(fleet: Path | None, old: Path | None) -> Path:
+    """--fleet / EDGEFLEET_FLEET, else the old --dir / EDGEFLEET_FLEET_DIR, else ./fleet."""
+    return fleet_dir_of(fleet, old) or Path("fleet")
+
+
 _RELOAD_HINT = "reload the broker so it applies the new ACL and CRL: kill -HUP <mosquitto pid>"
 
 
@@ -25,9 +35,9 @@ def _apply_hint(fleet_dir: Path, device_id: str) -> str:
         f"only refuses NEW connections; {device_id}'s live session ends when the broker "
         "restarts (other devices reconnect by themselves; retained state and sessions are "
         "kept). Restart it with one of:\n"
-        f"  edgefleet revoke --apply --dir {fleet_dir} --systemd-unit mosquitto   "
+        f"  edgefleet revoke --apply --fleet {fleet_dir} --systemd-unit mosquitto   "
         "(Debian's package)\n"
-        f"  edgefleet revoke --apply --dir {fleet_dir} --broker-pid PID           "
+        f"  edgefleet revoke --apply --fleet {fleet_dir} --broker-pid PID           "
         "(mosquitto -c CONF)\n"
         "then check: `edgefleet fleet status` shows it REVOKED and offline"
     )
@@ -62,7 +72,8 @@ def _run(action: Callable[[], T]) -> T:
 
 
 def init(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
-    fleet_dir: FleetDir = Path("fleet"),
+    fleet: FleetDir = None,
+    old_dir: OldFleetDir = None,
     broker_url: Annotated[
         str, typer.Option(help="mqtts://HOST:PORT that the host and devices connect to.")
     ] = "mqtts://localhost:8883",
@@ -83,7 +94,11 @@ def init(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     ] = None,
     bind: Annotated[str | None, typer.Option(help="Address the broker listener binds.")] = None,
     broker_user: Annotated[
-        str | None, typer.Option(help="`user` line for mosquitto.conf (default: mosquitto).")
+        str | None,
+        typer.Option(
+            help="Account mosquitto drops to when started as root (`user` line of "
+            "mosquitto.conf; default: mosquitto). Also changes it on an existing fleet."
+        ),
     ] = None,
     autosave_interval: Annotated[
         int,
@@ -97,8 +112,21 @@ def init(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
         bool, typer.Option(help="Count changes instead of seconds for the autosave.")
     ] = False,
 ) -> None:
-    """Create a fleet: CA, broker and host certificates, signing key, mosquitto.conf and ACL."""
-    from edgefleet.host.provision import init_fleet
+    """Create a fleet: CA, broker and host certificates, signing key, mosquitto.conf and ACL.
+
+    Run as root, it also lets the broker account (--broker-user, default mosquitto) read
+    the broker's files, so `mosquitto -c FLEET/broker/mosquitto.conf` started as root works.
+    On an existing fleet, `--broker-user NAME` only changes that account (and its access).
+    """
+    from edgefleet.host.fleetdir import FLEET_FILE
+    from edgefleet.host.provision import grant_broker_access, init_fleet, set_broker_user
+
+    fleet_dir = _fleet(fleet, old_dir)
+    if (fleet_dir / FLEET_FILE).exists() and broker_user is not None:
+        access = _run(lambda: set_broker_user(fleet_dir, broker_user))
+        print(f"{fleet_dir}: mosquitto.conf now says `user {broker_user}`; {access.summary()}")
+        print(f"start the broker: mosquitto -c {fleet_dir / 'broker' / 'mosquitto.conf'}")
+        return
 
     config = _run(
         lambda: init_fleet(
@@ -114,8 +142,11 @@ def init(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
             autosave_on_changes=autosave_on_changes,
         )
     )
+    access = _run(lambda: grant_broker_access(config.root, broker_user))
     print(f"fleet created in {config.root}")
     print(f"signing key: {config.signing_key_id}")
+    if access.changed or access.blocked:
+        print(access.summary())
     print(f"start the broker: mosquitto -c {config.resolve(config.broker_conf)}")
     print(f"devices connect to {config.broker_url}, host commands to {config.host_url}")
 
@@ -125,7 +156,8 @@ def provision(  # noqa: PLR0917 - a typer command: its parameters are the CLI op
     group: Annotated[
         list[str] | None, typer.Option("--group", "-g", help="Group to join (repeatable).")
     ] = None,
-    fleet_dir: FleetDir = Path("fleet"),
+    fleet: FleetDir = None,
+    old_dir: OldFleetDir = None,
     reissue: Annotated[
         bool, typer.Option(help="Replace an existing device's certificate (revokes the old one).")
     ] = False,
@@ -146,6 +178,7 @@ def provision(  # noqa: PLR0917 - a typer command: its parameters are the CLI op
     legacy: Legacy = False,
 ) -> None:
     """Issue a device certificate and write its install bundle (a tarball with the agent)."""
+    fleet_dir = _fleet(fleet, old_dir)
     from edgefleet.host.provision import provision_device
 
     bundle = _run(
@@ -187,7 +220,8 @@ def wheelhouse(
 
 def revoke(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     device_id: Annotated[str | None, typer.Argument(help="Device to revoke.")] = None,
-    fleet_dir: FleetDir = Path("fleet"),
+    fleet: FleetDir = None,
+    old_dir: OldFleetDir = None,
     refresh_crl: Annotated[
         bool, typer.Option(help="Only re-sign the CRL (do it well before crl_days run out).")
     ] = False,
@@ -214,6 +248,7 @@ def revoke(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     A reload only refuses new connections; --apply restarts the broker so the revoked
     device's live session ends too (docs/provisioning.md, "Revoking a device").
     """
+    fleet_dir = _fleet(fleet, old_dir)
     from edgefleet.host.provision import _provision as prov
     from edgefleet.host.provision import restart_broker
 
@@ -239,9 +274,10 @@ def revoke(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     print("every client handshakes again: revoked certificates are refused from now on")
 
 
-@keys_app.command("list")
-def keys_list(fleet_dir: FleetDir = Path("fleet")) -> None:
+@keys_app.command("list", epilog=example("edgefleet keys list --fleet fleet"))
+def keys_list(fleet: FleetDir = None, old_dir: OldFleetDir = None) -> None:
     """List the trusted signing keys; the active one is marked with '*'."""
+    fleet_dir = _fleet(fleet, old_dir)
     from edgefleet.host.fleetdir import load_fleet_config
     from edgefleet.host.provision import trusted_key_files
 
@@ -251,14 +287,16 @@ def keys_list(fleet_dir: FleetDir = Path("fleet")) -> None:
         print(f"{mark} {key_id}  {path}")
 
 
-@keys_app.command("rotate")
+@keys_app.command("rotate", epilog=example("edgefleet keys rotate --stage --fleet fleet"))
 def keys_rotate(
-    fleet_dir: FleetDir = Path("fleet"),
+    fleet: FleetDir = None,
+    old_dir: OldFleetDir = None,
     stage: Annotated[
         bool, typer.Option(help="Only trust the new key; activate it later with `keys activate`.")
     ] = False,
 ) -> None:
     """Create a new signing key (the old one stays trusted until `keys retire`)."""
+    fleet_dir = _fleet(fleet, old_dir)
     from edgefleet.host.provision import rotate_signing_key
 
     key_id = _run(lambda: rotate_signing_key(fleet_dir, activate=not stage))
@@ -267,24 +305,30 @@ def keys_rotate(
     print("devices need it in their trusted keys: re-provision with --reissue (see docs)")
 
 
-@keys_app.command("activate")
+@keys_app.command(
+    "activate", epilog=example("edgefleet keys activate 3f2a9c1b5d7e0a4c --fleet fleet")
+)
 def keys_activate(
     key_id: Annotated[str, typer.Argument(help="A trusted key id (see `keys list`).")],
-    fleet_dir: FleetDir = Path("fleet"),
+    fleet: FleetDir = None,
+    old_dir: OldFleetDir = None,
 ) -> None:
     """Sign manifests with KEY_ID from now on."""
+    fleet_dir = _fleet(fleet, old_dir)
     from edgefleet.host.provision import activate_signing_key
 
     _run(lambda: activate_signing_key(fleet_dir, key_id))
     print(f"signing with {key_id}")
 
 
-@keys_app.command("retire")
+@keys_app.command("retire", epilog=example("edgefleet keys retire 56475aa75463474c --fleet fleet"))
 def keys_retire(
     key_id: Annotated[str, typer.Argument(help="A trusted, inactive key id.")],
-    fleet_dir: FleetDir = Path("fleet"),
+    fleet: FleetDir = None,
+    old_dir: OldFleetDir = None,
 ) -> None:
     """Stop trusting KEY_ID in new bundles; its private key moves to signing/retired/."""
+    fleet_dir = _fleet(fleet, old_dir)
     from edgefleet.host.provision import retire_signing_key
 
     _run(lambda: retire_signing_key(fleet_dir, key_id))
@@ -293,8 +337,29 @@ def keys_retire(
 
 def register(app: typer.Typer) -> None:
     """Add `init`, `provision`, `revoke`, `wheelhouse` and the `keys` group to the root app."""
-    app.command("init")(init)
-    app.command("provision")(provision)
-    app.command("revoke")(revoke)
-    app.command("wheelhouse")(wheelhouse)
+    app.command(
+        "init",
+        epilog=example(
+            "edgefleet init --fleet fleet --broker-url mqtts://broker.example.net:8883",
+            "sudo edgefleet init --fleet fleet --broker-user mosquitto   # existing fleet",
+        ),
+    )(init)
+    app.command(
+        "provision",
+        epilog=example(
+            "edgefleet provision pi-001 --group field --fleet fleet",
+            "edgefleet provision pi-001 --reissue --fleet fleet",
+        ),
+    )(provision)
+    app.command(
+        "revoke",
+        epilog=example(
+            "edgefleet revoke pi-007 --fleet fleet",
+            "edgefleet revoke pi-007 --apply --broker-pid 1234 --fleet fleet",
+            "edgefleet revoke --refresh-crl --fleet fleet",
+        ),
+    )(revoke)
+    app.command("wheelhouse", epilog=example("edgefleet wheelhouse wheels --python-version 3.11"))(
+        wheelhouse
+    )
     app.add_typer(keys_app, name="keys")

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgefleet.host.datasets._folders import load_folder, load_npz
 from edgefleet.host.datasets._mnist import Dataset, load_mnist
+from edgefleet.host.datasets._range import check_pixel_range
 from edgefleet.host.errors import DatasetError
 from edgefleet.shared.errors import InputError
 from edgefleet.shared.preprocess import preprocess
@@ -85,11 +86,14 @@ def prepare(
         labels: the model's class names; the data's labels are mapped onto them.
 
     Raises:
-        DatasetError: empty data, inputs that do not fit the spec, or unknown labels.
+        DatasetError: empty data, pixel values that are not 0-255 intensities (for
+            example already normalised to [0, 1]), inputs that do not fit the spec, or
+            unknown labels.
     """
     raw, ds = load_raw(source, split)
     if len(ds.y) == 0:
         raise DatasetError(f"data set {source!r} ({split}) is empty")
+    check_pixel_range(raw, source=source, spec=spec)
     try:
         x = np.stack([preprocess(item, spec) for item in raw]).astype(np.float32)
     except InputError as exc:

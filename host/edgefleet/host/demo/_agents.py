@@ -67,7 +67,7 @@ def demo_agent_config(
     if mqtt311:
         mqtt["protocol"] = "3.1.1"
     inference = config.setdefault("inference", {})
-    inference.update(watch_dir=str(home / "inbox"), poll_s=0.05)
+    inference.update(watch_dir=str(home / "inbox"), poll_s=0.05, thumbnails=True)
     config["update"] = {"chunk_timeout_s": 1.0}
     config["status"] = {"heartbeat_s": 2.0}
     return config

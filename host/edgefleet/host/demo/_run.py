@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.host.dashboard import serve_demo
 from edgefleet.host.demo import _agents as demo_agents
 from edgefleet.host.demo import _data as demo_data
 from edgefleet.host.demo._brokers import (
@@ -83,6 +84,7 @@ class DemoOptions:
     keep: bool = False
     timeout_s: float = 90.0
     feed_interval_s: float = 0.05
+    dashboard: str | None = None  # HOST:PORT: serve the dashboard on the demo fleet until Ctrl-C
 
 
 def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> Summary:
@@ -97,8 +99,10 @@ def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> Sum
     if options.devices < 1:
         raise DemoError("--devices must be at least 1")
     data = demo_data.pick(options.dataset, train=options.train)
-    with _terminate_as_interrupt(), _workdir(options) as workdir:
+    with _terminate_as_interrupt(), _workdir(options, say) as workdir:
         demo = _Demo(options, data, workdir, say, started)
+        demo.summary.workdir = str(workdir)
+        demo.summary.kept = options.keep or options.workdir is not None
         try:
             return demo.run()
         finally:
@@ -106,16 +110,27 @@ def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> Sum
 
 
 @contextlib.contextmanager
-def _workdir(options: DemoOptions) -> Iterator[Path]:
+def _workdir(options: DemoOptions, say: Callable[[str], None]) -> Iterator[Path]:
+    """``--workdir`` as given, or a temp dir removed at the end unless ``--keep``.
+
+    A demo that fails (not Ctrl-C) keeps its temp dir, so the logs it printed stay readable.
+    """
     if options.workdir is not None:
         options.workdir.mkdir(parents=True, exist_ok=True)
         yield options.workdir.resolve()
         return
     path = Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+    keep = options.keep
     try:
         yield path
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        keep = True
+        say(f"kept {path} for its logs (the demo failed); remove it when done")
+        raise
     finally:
-        if not options.keep:
+        if not keep:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -223,6 +238,9 @@ class _Demo:
         self.lap("inference", t)
         self.lap("total", self.started)
         self.judge()
+        if self.options.dashboard is not None:
+            self.say(format_summary(self.summary))
+            serve_demo(self.workdir, url, listen=self.options.dashboard, say=self.say)
         return self.summary
 
     # -- fleet and broker -----------------------------------------------------------------
@@ -302,12 +320,17 @@ class _Demo:
                 evaluation=self.data.name,
                 preprocess=self.data.spec,
             )
+            self.log(
+                f"model: {inputs.name} loaded; {len(inputs.calibration)} calibration and "
+                f"{len(inputs.evaluation)} held-out inputs prepared; converting each mode"
+            )
             report = quantize.quantize(
                 inputs,
                 modes=modes,
                 out_dir=self.workdir / "quantized",
                 latency_runs=50,
                 calibration_samples=300,
+                progress=lambda line: self.log(f"model: {line}"),
             )
         self.summary.model_source = source
         self.record_report(report)

@@ -54,6 +54,8 @@ class Summary:
     median_latency_ms: float | None = None
     median_end_to_end_ms: float | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    workdir: str = ""
+    kept: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -108,5 +110,11 @@ def format_summary(s: Summary) -> str:
             f"{s.median_end_to_end_ms:.0f} ms from file dropped to record stored on the host"
         )
     lines.append("  time          " + ", ".join(f"{k} {v:.1f} s" for k, v in s.timings_s.items()))
+    if s.workdir:
+        lines.append(
+            f"  files         kept in {s.workdir} (fleet, agent logs, quantize.log, models)"
+            if s.kept
+            else f"  files         {s.workdir} removed; --keep keeps it, with the logs above"
+        )
     lines.append("  result        " + ("OK" if s.ok else "FAILED: " + "; ".join(s.problems)))
     return "\n".join(lines)

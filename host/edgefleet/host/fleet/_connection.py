@@ -127,7 +127,26 @@ class PahoConnection:
         self.disconnected = threading.Event()
         self.filters: dict[str, int] = {}
         self.resubscribes = 0  # subscriptions renewed after a reconnect
+        # (unix time, reason) of each loss of an established connection; None once back.
+        self.losses: list[tuple[float, str]] = []
+        self.down_since: float | None = None
+        self.closing = False
         client.on_message = self._on_message
+
+    def lost(self) -> str | None:
+        """In words, if the established connection dropped (and whether it came back)."""
+        if not self.losses:
+            return None
+        at, reason = self.losses[0]
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        text = f"lost the connection to the broker at {self.url} at {when} ({reason})"
+        if self.down_since is not None:
+            return (
+                f"{text}; still not reconnected after {time.time() - self.down_since:.0f} s: "
+                "device reports since then were not seen. Check that the broker is running, "
+                "then see where each device stands with `edgefleet rollout status`"
+            )
+        return f"{text}; reconnected {len(self.losses)} time(s), reports may have been missed"
 
     @property
     def mqtt5(self) -> bool:
@@ -151,6 +170,8 @@ class PahoConnection:
         # session-present says: a broker may restore a session without some of its
         # subscriptions (mosquitto 2.0.11 drops $share ones from its persistence file), and a
         # repeated SUBSCRIBE of the same filter only replaces the existing one.
+        if _code(rc) == 0:
+            self.down_since = None
         if _code(rc) == 0 and self.filters:
             client.subscribe(list(self.filters.items()))
             self.resubscribes += 1
@@ -237,6 +258,7 @@ class PahoConnection:
 
     def close(self) -> None:
         """Disconnect cleanly and stop the network thread."""
+        self.closing = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -353,6 +375,10 @@ def _connect_once(
         _p: Properties | None,
     ) -> None:
         result.setdefault("disconnect", rc)
+        if "rc" in result and not conn.closing:
+            now = time.time()
+            conn.losses.append((now, str(rc)))
+            conn.down_since = now
         conn.disconnected.set()
         connected.set()
 
@@ -363,6 +389,10 @@ def _connect_once(
     client.loop_start()
     if not connected.wait(timeout) or "rc" not in result:
         client.loop_stop()
+        if "disconnect" in result and version == MQTTProtocolVersion.MQTTv5:
+            # A 3.1.1-only broker may close the connection on an MQTT 5 CONNECT instead of
+            # answering CONNACK rc 1 (RabbitMQ 3.10 does): try 3.1.1 before giving up.
+            raise UnsupportedProtocolError
         raise FleetError(
             f"cannot reach broker at {settings.url}: no MQTT answer within {timeout:.0f} s; "
             "check that the port speaks MQTT (mqtts:// for a TLS listener) and the broker is up"

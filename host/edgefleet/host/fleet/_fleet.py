@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet._connection import connect, settings_from
-from edgefleet.host.fleet._pushes import Registry, open_registry
+from edgefleet.host.fleet._delta import answer_delta_request
+from edgefleet.host.fleet._pgregistry import open_any_registry
+from edgefleet.host.fleet._pushes import Registry
 from edgefleet.host.fleet._ratelimit import DeviceLimiter, DeviceLimits
 from edgefleet.host.fleet._rollout import (
     Progress,
@@ -174,14 +176,19 @@ class Fleet:
             return 0
         if not self.limiter.allow_request(request.device_id):
             return 0
-        latest = {v.sha256: v for p in self.registry.latest_pushes() for v in p.manifest.variants}
+        latest = {
+            v.sha256: v
+            for p in self.registry.latest_pushes()
+            if p.cancelled_at is None
+            for v in p.manifest.variants
+        }
         variant = latest.get(request.sha256)
         if variant is None:
             return 0  # superseded or unknown: the device will get a newer manifest
         indexes = [i for i in request.indexes if i < variant.chunk_count]
         wanted = self.limiter.chunks_to_send(request.sha256, indexes)
-        if not wanted:
-            return 0
+        if not wanted or variant.chunks is not None:  # v2: by content (docs/protocol.md 7.5)
+            return answer_delta_request(self, variant, wanted) if wanted else 0
         data = self.registry.model_bytes(request.sha256)
         if data is None:
             self.limiter.forget_chunks(request.sha256, wanted)
@@ -217,11 +224,16 @@ def open_fleet(
     client_id: str | None = None,
     persistent: bool = False,
     need_key: bool = False,
+    read_only: bool = False,
+    store: str | None = None,
 ) -> Fleet:
     """Connect to the broker and open the host registry, from CLI-style options.
 
     ``--fleet DIR`` supplies broker URL, TLS files, prefix, signing key and the provisioned
-    device list; ``--broker``/``--prefix``/``--key`` override or replace it.
+    device list; ``--broker``/``--prefix``/``--key`` override or replace it. ``read_only``
+    (status commands) opens the host registry without creating or writing anything.
+    ``store`` (default ``$EDGEFLEET_STORE``): a ``postgresql://`` URL puts the host
+    registry in that database (shared by workers on several machines).
 
     Raises:
         FleetError: Unreachable broker, unreadable fleet config or key.
@@ -234,7 +246,7 @@ def open_fleet(
     key = _load_key(key_file) if need_key else None
     conn = connect(settings, client_id=client_id, persistent=persistent)
     try:
-        registry = open_registry(state_dir)
+        registry = open_any_registry(state_dir, store, read_only=read_only)
     except FleetError:
         conn.close()
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,16 @@ def image_message(path: Path) -> ImageMessage:
         data = path.read_bytes()
     except OSError as exc:
         raise FleetError(f"cannot read {path}: {exc}") from exc
-    return ImageMessage.from_bytes(name=path.name, format=fmt, data=data)
+    return ImageMessage.from_bytes(name=image_name(path, data), format=fmt, data=data)
+
+
+def image_name(path: Path, data: bytes) -> str:
+    """``PATH#SHA8``: the path as given (its last 200 characters) and the content's hash.
+
+    Two different files of the same name (``a/0010.png``, ``b/0010.png``, or one file sent
+    again after it changed) get different names, so their predictions stay apart.
+    """
+    return f"{str(path)[-200:]}#{hashlib.sha256(data).hexdigest()[:8]}"
 
 
 def send_images(conn: Connection, fleet: Fleet, device_id: str, paths: list[Path]) -> int:

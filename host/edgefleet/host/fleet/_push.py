@@ -16,7 +16,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgefleet.host.errors import FleetError
-from edgefleet.host.fleet._pushes import PushRecord, choose_version, device_target, group_target
+from edgefleet.host.fleet._checks import EXIT_BROKER_LOST, broker_loss, check_targets
+from edgefleet.host.fleet._delta import (
+    DeviceTransfer,
+    as_delta,
+    plan_transfers,
+    publish_delta_chunks,
+)
+from edgefleet.host.fleet._pushes import (
+    PushRecord,
+    build_id,
+    choose_version,
+    device_target,
+    group_target,
+)
 from edgefleet.host.fleet._rollout import (
     Phase,
     Progress,
@@ -69,7 +82,8 @@ def load_model(
     if info is None:
         raise FleetError(
             f"{path} has no edgefleet metadata (name, labels, preprocessing): make it with "
-            "`edgefleet quantize`, which embeds them"
+            "`edgefleet quantize`, which embeds them, or, for a model made by another tool, "
+            "give them to push: --labels FILE --input-scale S --input-zero-point Z"
         )
     blobs = {"cpu": data}
     tpu = path.with_name(f"{path.stem}_edgetpu.tflite")
@@ -166,6 +180,8 @@ class PushPlan:
     canary: int = 0
     max_failures: float | None = None
     expires_in: float = DEFAULT_EXPIRY_S
+    force: bool = False
+    full: bool = False  # send whole files even to devices that hold chunks of them
 
     def check(self) -> None:
         """Raise FleetError for contradictory options."""
@@ -191,10 +207,30 @@ class RolloutResult:
     progress: list[Progress]
     aborted: str | None = None
     waited: bool = False
+    build: str = ""
+    returned_to: str | None = None
+    broker_lost: str | None = None
+    transfers: list[DeviceTransfer] = field(default_factory=list)  # delta pushes (v2)
+    bytes_published: int = 0
+
+    @property
+    def label(self) -> str:
+        """``name vN (mode sha)``: how a pushed build is named in every message."""
+        return (
+            f"{self.name} v{self.version} ({self.build})"
+            if self.build
+            else (f"{self.name} v{self.version}")
+        )
 
     @property
     def exit_code(self) -> int:
-        """0 only if every target is active (or, without waiting, nothing was aborted)."""
+        """0 only if every target is active (or, without waiting, nothing was aborted).
+
+        3 (``EXIT_BROKER_LOST``) when the connection to the broker was lost while waiting
+        and not every target is active: the outcome is unknown, not a device failure.
+        """
+        if self.broker_lost and summary_exit_code(self.progress) != 0:
+            return EXIT_BROKER_LOST
         if self.aborted:
             return 1
         if not self.waited:
@@ -209,6 +245,7 @@ class _Rollout:
     shas: frozenset[str]
     targets: list[str]
     started_at: float = field(default_factory=time.time)
+    lost: str | None = None
 
     def progress(self, devices: list[str] | None = None) -> list[Progress]:
         view = self.fleet.view
@@ -243,6 +280,14 @@ class _Rollout:
             if verdict != Verdict.WAIT or time.monotonic() >= deadline:
                 return verdict
             self.fleet.pump(min(0.5, deadline - time.monotonic()))
+            self.note_broker()
+
+    def note_broker(self) -> None:
+        """Remember, in words, that the broker connection dropped while we waited."""
+        lost = broker_loss(self.fleet.conn)
+        if lost is not None and self.lost is None:
+            self.lost = lost
+            log.warning("warning: %s", lost)
 
 
 def next_version(fleet: Fleet, targets: list[str], requested: int | None) -> int:
@@ -281,6 +326,7 @@ def push(fleet: Fleet, model: ModelFiles, plan: PushPlan) -> RolloutResult:
     if fleet.signing_key is None:
         raise FleetError("no signing key: pass --fleet DIR (fleet.toml names it) or --key FILE")
     fleet.observe()
+    check_targets(fleet, plan)
     targets = list(plan.devices) if plan.devices else group_members(fleet, plan.group or "")
     version = next_version(fleet, targets, plan.version)
     return _roll_out(fleet, model.template, model.blobs, plan, targets, version, kind="push")
@@ -300,8 +346,18 @@ def _roll_out(  # noqa: PLR0917 - private orchestration shared by push and rollb
     before = fleet.registry.latest_pushes()
     shas = frozenset(v.sha256 for v in template.variants)
     rollout = _Rollout(fleet, version, shas, targets)
-    result = RolloutResult(template.name, version, targets, [], waited=plan.wait is not None)
-    publish_chunks(fleet, blobs, template)
+    result = RolloutResult(
+        template.name, version, targets, [], waited=plan.wait is not None, build=build_id(template)
+    )
+    template = as_delta(template, blobs)  # v2: chunk lists; each device gets what it lacks
+    if template.v == 2:  # noqa: PLR2004
+        result.transfers, wanted = plan_transfers(fleet, template, targets, full=plan.full)
+        result.bytes_published = publish_delta_chunks(fleet, blobs, template, wanted)
+        for t in result.transfers:
+            fleet.registry.record_transfer(t.device_id, template.name, version, t)
+    else:
+        result.bytes_published = sum(len(b) for b in blobs.values())
+        publish_chunks(fleet, blobs, template)
     waves = (
         plan_waves(
             targets, online=fleet.view.online(), canary=plan.canary, max_failures=plan.max_failures
@@ -334,6 +390,7 @@ def _roll_out(  # noqa: PLR0917 - private orchestration shared by push and rollb
                 rollout.progress(wave), canary=n == 0 and plan.canary > 0
             )
             result.progress = rollout.progress()
+            result.broker_lost = rollout.lost
             return result
     _publish_final(fleet, template, plan, version, targets, waves, kind=kind)
     clear_superseded_chunks(fleet, before)
@@ -350,6 +407,7 @@ def _roll_out(  # noqa: PLR0917 - private orchestration shared by push and rollb
             fleet.registry.record_cleared(group_target(plan.group))  # never re-asserted
             result.aborted = _abort_reason(rollout.progress(), canary=False)
     result.progress = rollout.progress()
+    result.broker_lost = rollout.lost
     return result
 
 
@@ -409,60 +467,3 @@ def _publish_final(  # noqa: PLR0917 - private helper of _roll_out
         fleet.registry.record_push(
             target=device_target(device), manifest=manifest, envelope=envelope, kind=kind
         )
-
-
-def rollback(fleet: Fleet, plan: PushPlan) -> RolloutResult:
-    """Send targets back to the model they had before their latest push, as a new version.
-
-    Raises:
-        FleetError: The host registry has no earlier model for the target.
-    """
-    plan.check()
-    if fleet.signing_key is None:
-        raise FleetError("no signing key: pass --fleet DIR (fleet.toml names it) or --key FILE")
-    target = group_target(plan.group) if plan.group else device_target(plan.devices[0])
-    history = fleet.registry.history(target)
-    if not history:
-        raise FleetError(
-            f"this host never pushed to {target}; nothing to roll back "
-            f"(state dir {fleet.registry.state_dir})"
-        )
-    current = set(history[-1].shas)
-    previous = next((p for p in reversed(history) if set(p.shas) != current), None)
-    if previous is None:
-        raise FleetError(
-            f"{target} has only ever had {history[-1].name} "
-            f"v{history[-1].version}: no earlier model to return to"
-        )
-    blobs: dict[str, bytes] = {}
-    for v in previous.manifest.variants:
-        data = fleet.registry.model_bytes(v.sha256)
-        if data is None:
-            raise FleetError(f"model {v.sha256[:12]} is missing from {fleet.registry.state_dir}")
-        blobs[v.accelerator] = data
-    fleet.observe()
-    targets = list(plan.devices) if plan.devices else group_members(fleet, plan.group or "")
-    version = next_version(fleet, targets, None)
-    return _roll_out(fleet, previous.manifest, blobs, plan, targets, version, kind="rollback")
-
-
-def rollout_status(
-    fleet: Fleet, *, target: str | None = None
-) -> list[tuple[PushRecord, list[Progress]]]:
-    """Where each target of the latest push (to ``target``, or to every target) stands."""
-    fleet.observe()
-    out = []
-    for record in fleet.registry.latest_pushes():
-        if target is not None and record.target != target:
-            continue
-        kind, _, name = record.target.partition(":")
-        members = (
-            [name]
-            if kind == "device"
-            else sorted(set(record.members) | set(fleet.view.members(name)))
-        )
-        rollout = _Rollout(
-            fleet, record.version, frozenset(record.shas), members, started_at=record.created_at
-        )
-        out.append((record, rollout.progress()))
-    return out

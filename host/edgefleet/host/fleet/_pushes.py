@@ -24,10 +24,28 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from edgefleet.host.errors import FleetError
+from edgefleet.host.fleet._migrations import Migration, migrate_sqlite
 from edgefleet.shared.atomic import write_atomic
 from edgefleet.shared.manifest import Manifest
+
+
+class Sent(Protocol):
+    """What ``record_transfer`` stores of one device's share of a push."""
+
+    @property
+    def sha256(self) -> str:
+        """The variant sent."""
+
+    @property
+    def full_bytes(self) -> int:
+        """Its size."""
+
+    @property
+    def send_bytes(self) -> int:
+        """Bytes the device needed sent."""
 
 DEFAULT_STATE_DIR = Path.home() / ".local" / "share" / "edgefleet"
 
@@ -49,6 +67,20 @@ CREATE TABLE IF NOT EXISTS cleared (
     target TEXT PRIMARY KEY,
     up_to_id INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cancels (
+    push_id INTEGER PRIMARY KEY,
+    cancelled_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transfers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    full_bytes INTEGER NOT NULL,
+    send_bytes INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
     groups TEXT NOT NULL DEFAULT '[]',
@@ -57,8 +89,13 @@ CREATE TABLE IF NOT EXISTS devices (
 );
 """
 
+# Changes to the schema after _SCHEMA (the baseline), applied on open (see _migrations).
+REGISTRY_MIGRATIONS: tuple[Migration, ...] = ()
 
-_PUSH_COLUMNS = "id, target, name, version, shas, manifest, envelope, created_at, kind, members"
+_PUSH_COLUMNS = (
+    "id, target, name, version, shas, manifest, envelope, created_at, kind, members,"
+    " (SELECT k.cancelled_at FROM cancels k WHERE k.push_id = pushes.id)"
+)
 _CURRENT = (
     "WHERE id IN (SELECT MAX(p.id) FROM pushes p GROUP BY p.target)"
     " AND id > COALESCE((SELECT c.up_to_id FROM cleared c WHERE c.target = pushes.target), 0)"
@@ -153,6 +190,19 @@ class PushRecord:
     created_at: float
     kind: str
     members: tuple[str, ...]
+    cancelled_at: float | None = None
+
+    @property
+    def build(self) -> str:
+        """The build id: quantization mode and short sha of the CPU variant (``int8 3f2a9c1b``)."""
+        return build_id(self.manifest)
+
+
+def build_id(manifest: Manifest) -> str:
+    """``MODE SHORTSHA`` of a manifest: tells int8, QAT and dynamic builds of one name apart."""
+    cpu = [v for v in manifest.variants if v.accelerator == "cpu"] or manifest.variants
+    sha = cpu[0].sha256[:8] if cpu else "?"
+    return f"{manifest.mode} {sha}"
 
 
 class Registry:
@@ -165,15 +215,23 @@ class Registry:
         FleetError: The directory or database cannot be opened.
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, read_only: bool = False) -> None:
         self.state_dir = state_dir
+        # Read-only (status commands): never create the directory or database, never record
+        # devices seen; a missing registry reads as an empty one, in memory.
+        self.read_only = read_only
+        if read_only and not (state_dir / "registry.sqlite").is_file():
+            self._db = sqlite3.connect(":memory:", check_same_thread=False)
+            self._db.executescript(_SCHEMA)
+            return
         try:
-            (state_dir / "models").mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                (state_dir / "models").mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
                 state_dir / "registry.sqlite", timeout=30.0, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
+            migrate_sqlite(self._db, "registry", _SCHEMA, REGISTRY_MIGRATIONS, where=str(state_dir))
         except (OSError, sqlite3.Error) as exc:
             raise FleetError(
                 f"cannot open the host registry in {state_dir}: {exc}; pass --state-dir "
@@ -202,6 +260,24 @@ class Registry:
             return self.model_path(sha256).read_bytes()
         except FileNotFoundError:
             return None
+
+    def record_transfer(self, device_id: str, name: str, version: int, t: Sent) -> None:
+        """Remember the bytes a push sends one device (its whole file, or a delta)."""
+        with self._db:
+            self._db.execute(
+                "INSERT INTO transfers (device_id, name, version, sha256, full_bytes, send_bytes,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (device_id, name, version, t.sha256, t.full_bytes, t.send_bytes, time.time()),
+            )
+
+    def transfers(self, device_id: str) -> list[tuple[str, int, int, int]]:
+        """(name, version, full bytes, bytes sent) of each push to ``device_id``, oldest first."""
+        rows = self._db.execute(
+            "SELECT name, version, full_bytes, send_bytes FROM transfers WHERE device_id = ?"
+            " ORDER BY id",
+            (device_id,),
+        ).fetchall()
+        return [(str(r[0]), int(str(r[1])), int(str(r[2])), int(str(r[3]))) for r in rows]
 
     # -- pushes -----------------------------------------------------------------------
 
@@ -266,6 +342,7 @@ class Registry:
                 r[7],
                 r[8],
                 tuple(json.loads(r[9])),
+                r[10],
             )
             for r in rows
         ]
@@ -299,6 +376,16 @@ class Registry:
                 (target, target),
             )
 
+    def record_cancelled(self, records: list[PushRecord]) -> float:
+        """Mark ``records`` cancelled (``edgefleet rollout cancel``); returns the time."""
+        now = time.time()
+        with self._db:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO cancels (push_id, cancelled_at) VALUES (?, ?)",
+                [(r.id, now) for r in records],
+            )
+        return now
+
     def latest_pushes(self) -> list[PushRecord]:
         """The latest push of every target."""
         return self._rows("WHERE id IN (SELECT MAX(id) FROM pushes GROUP BY target)")
@@ -330,6 +417,8 @@ class Registry:
         self, device_id: str, *, groups: list[str] | None, status_json: str | None, seen: float
     ) -> None:
         """Update what the host knows about a device from a status message it saw."""
+        if self.read_only:
+            return
         with self._db:
             self._db.execute(
                 "INSERT INTO devices (device_id, groups, last_status, last_seen)"
@@ -354,6 +443,6 @@ class Registry:
         return {r[0]: (json.loads(r[1]), r[2], r[3]) for r in rows}
 
 
-def open_registry(state_dir: Path | None) -> Registry:
-    """Open the registry in ``state_dir`` or the default location."""
-    return Registry(state_dir or DEFAULT_STATE_DIR)
+def open_registry(state_dir: Path | None, *, read_only: bool = False) -> Registry:
+    """Open the registry in ``state_dir`` or the default location (read-only: see Registry)."""
+    return Registry(state_dir or DEFAULT_STATE_DIR, read_only=read_only)

@@ -32,8 +32,8 @@ from pydantic import ValidationError
 
 from edgefleet.host.fleet._connection import BrokerSettings, connect
 from edgefleet.host.fleet._fleet import Fleet
+from edgefleet.host.fleet._pgregistry import open_any_registry
 from edgefleet.host.fleet._push import publish_chunks, publish_desired
-from edgefleet.host.fleet._pushes import open_registry
 from edgefleet.shared.errors import DecodeError
 from edgefleet.shared.manifest import Manifest, decode_envelope
 
@@ -204,14 +204,14 @@ def _clear_superseded(fleet: Fleet, registry: Registry, report: ReassertReport) 
 
 
 def reassert_on_own_connection(
-    settings: BrokerSettings, topics: Topics, state_dir: Path | None
+    settings: BrokerSettings, topics: Topics, state_dir: Path | None, store: str | None = None
 ) -> ReassertReport:
     """Open a connection and a registry of its own, re-assert, close both.
 
     Raises:
         FleetError: Broker or registry trouble.
     """
-    registry = open_registry(state_dir)
+    registry = open_any_registry(state_dir, store)
     try:
         with connect(settings) as conn:
             return reassert(conn, topics, registry)
@@ -227,6 +227,7 @@ def start_periodic(
     stop: threading.Event,
     interval_s: float = DEFAULT_REASSERT_INTERVAL_S,
     on_report: Callable[[ReassertReport | Exception], None] | None = None,
+    store: str | None = None,
 ) -> threading.Thread:
     """Re-assert now and then every ``interval_s`` seconds in a daemon thread until ``stop``.
 
@@ -238,7 +239,7 @@ def start_periodic(
         while not stop.is_set():
             try:
                 result: ReassertReport | Exception = reassert_on_own_connection(
-                    settings, topics, state_dir
+                    settings, topics, state_dir, store
                 )
             except Exception as exc:  # noqa: BLE001 - reported, retried next round
                 result = exc

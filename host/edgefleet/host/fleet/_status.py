@@ -42,9 +42,18 @@ class DeviceRow:
     groups_verified: bool = False
     revoked: bool = False
     warnings: tuple[str, ...] = ()
+    build: str | None = None
+    status_ts: float | None = None
+    report_ts: float | None = None
+    figures: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """A dict for ``--json``."""
+        """A dict for ``--json``: the columns plus every figure the device's status reports.
+
+        ``figures`` is the device's latest status as it sent it (RSS, uptime, p95, inference
+        count, agent version, outbox, ...), so no reported figure is lost; ``status_ts`` and
+        ``report_ts`` say how fresh the status and the update report are.
+        """
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     @property
@@ -71,10 +80,38 @@ def _trust_warnings(
     return tuple(out)
 
 
+def _builds(fleet: Fleet) -> dict[tuple[str, int], str]:
+    """(model name, version) -> build id of what this host pushed, from the push registry."""
+    return {(r.name, r.version): r.build for r in fleet.registry.all_pushes()}
+
+
+def _fresh_model(
+    last: Status | None, report: Reported | None, names: dict[int, str]
+) -> tuple[str | None, int | None]:
+    """Model name and version: the status's, unless a later update report says newer.
+
+    The status is re-sent only at the agent's heartbeat, the ``reported`` topic on every
+    update step: right after a push it is the one that knows the new version.
+    """
+    name = last.model_name if last else None
+    version = last.model_version if last else None
+    if report is None:
+        return name, version
+    active = report.active_version
+    if report.state.value == "active" and report.version is not None:
+        active = max(active or 0, report.version)
+    if active is not None and (version is None or active > version):
+        same = report.version == active and report.model_name
+        return (report.model_name if same else names.get(active, name)), active
+    return name, version
+
+
 def device_rows(fleet: Fleet) -> list[DeviceRow]:
     """Join retained status, reported state and what the host saw before into table rows."""
     view = fleet.view
     known = fleet.registry.known_devices()
+    builds = _builds(fleet)
+    names = {version: name for name, version in builds}
     rows = []
     everyone = set(view.statuses) | set(view.reports) | set(known)
     if view.provisioned:
@@ -103,13 +140,14 @@ def device_rows(fleet: Fleet) -> list[DeviceRow]:
         else:
             groups = tuple(sorted(claimed or claimed_list))
             warnings = ()
+        model, version = _fresh_model(last, report, names)
         rows.append(
             DeviceRow(
                 device_id=device_id,
                 online=status.online if status is not None else None,
                 last_seen=seen,
-                model=last.model_name if last else None,
-                version=last.model_version if last else None,
+                model=model,
+                version=version,
                 runtime=last.runtime if last else None,
                 accelerator=last.accelerator if last else None,
                 latency_p50_ms=last.latency_p50_ms if last else None,
@@ -121,6 +159,10 @@ def device_rows(fleet: Fleet) -> list[DeviceRow]:
                 groups_verified=view.provisioned,
                 revoked=device_id in view.revoked,
                 warnings=warnings,
+                build=builds.get((model, version)) if model and version else None,
+                status_ts=last.ts if last else None,
+                report_ts=report.ts if report else None,
+                figures=last.model_dump(mode="json", exclude_none=True) if last else None,
             )
         )
     return rows
@@ -155,6 +197,7 @@ def format_table(rows: list[DeviceRow], *, now: float | None = None) -> str:
         "LAST SEEN",
         "MODEL",
         "VER",
+        "BUILD",
         "RUNTIME",
         "ACCEL",
         "P50 MS",
@@ -169,6 +212,7 @@ def format_table(rows: list[DeviceRow], *, now: float | None = None) -> str:
             _ago(r.last_seen, now),
             r.model or "-",
             _s(r.version),
+            r.build or "-",
             r.runtime or "-",
             r.accelerator or "-",
             "-" if r.latency_p50_ms is None else f"{r.latency_p50_ms:.2f}",

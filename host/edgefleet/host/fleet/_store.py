@@ -17,15 +17,17 @@ The CSV export neutralises spreadsheet formulas in every text cell (:func:`csv_s
 
 from __future__ import annotations
 
-import csv
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 from edgefleet.host.errors import FleetError
+from edgefleet.host.fleet._migrations import Migration, migrate_sqlite
 from edgefleet.shared.messages import MAX_COUNT, PredictionRecord
+
+# Changes to the schema after _SCHEMA (the baseline), applied on open (see _migrations).
+PREDICTIONS_MIGRATIONS: tuple[Migration, ...] = ()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -44,6 +46,9 @@ CREATE TABLE IF NOT EXISTS predictions (
     UNIQUE (device_id, boot_id, seq)
 );
 CREATE INDEX IF NOT EXISTS predictions_device_ts ON predictions(device_id, ts);
+-- For the dashboard: per-minute chart and per-class counts (docs/dashboard.md).
+CREATE INDEX IF NOT EXISTS predictions_ts ON predictions(ts);
+CREATE INDEX IF NOT EXISTS predictions_label ON predictions(label, score);
 """
 _COLUMNS = (
     "device_id",
@@ -134,8 +139,9 @@ class SqliteStore:
             # NORMAL in WAL mode survives a process crash; FULL also survives power loss,
             # which is the promise made to devices when they delete acked records.
             self._db.execute("PRAGMA synchronous=FULL")
-            with self._db:
-                self._db.executescript(_SCHEMA)
+            migrate_sqlite(
+                self._db, "predictions", _SCHEMA, PREDICTIONS_MIGRATIONS, where=str(path)
+            )
         except sqlite3.Error as exc:
             raise FleetError(f"cannot open prediction store {path}: {exc}") from exc
 
@@ -201,28 +207,3 @@ class SqliteStore:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
-
-
-def export(store: PredictionStore, out: IO[str], *, fmt: str, device_id: str | None = None) -> int:
-    """Write every record as CSV (flat columns) or JSON lines (full records); return the count.
-
-    CSV text cells that start like a formula get a leading ``'`` (:func:`csv_safe`): device
-    labels and sources are untrusted and must not run in a spreadsheet.
-
-    Raises:
-        FleetError: Unknown format.
-    """
-    if fmt not in ("csv", "jsonl"):
-        raise FleetError(f"unknown export format {fmt!r}: use csv or jsonl")
-    writer = csv.writer(out) if fmt == "csv" else None
-    if writer is not None:
-        writer.writerow([*_COLUMNS, "topk"])
-    n = 0
-    for _id, rec in store.iter_records(device_id=device_id):
-        if writer is not None:
-            topk = ";".join(f"{t.label}:{t.score:.4f}" for t in rec.topk)
-            writer.writerow([csv_safe(getattr(rec, c)) for c in _COLUMNS] + [csv_safe(topk)])
-        else:
-            out.write(json.dumps(rec.model_dump(mode="json"), separators=(",", ":")) + "\n")
-        n += 1
-    return n

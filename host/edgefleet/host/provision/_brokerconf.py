@@ -21,9 +21,13 @@ BUNDLE_TEMPLATES = (
 PACKAGED_TEMPLATES = (
     "mosquitto/mosquitto.conf.tmpl",
     "mosquitto/acl.tmpl",
+    "prometheus/prometheus.yml",  # examples for monitoring (docs/fleet.md, "Monitoring")
+    "grafana/edgefleet.json",
     *BUNDLE_TEMPLATES,
 )
 DEVICE_STATE_DIR = "/var/lib/edgefleet"
+# Setgid, group edgefleet-inbox (install-device.sh): sensors and users drop inputs without sudo.
+DEVICE_INBOX_DIR = "/var/spool/edgefleet/inbox"
 
 
 def deploy_files() -> Traversable:
@@ -125,6 +129,7 @@ def render_acl(config: FleetConfig, devices: list[DeviceRecord]) -> str:
     for device in devices:
         lines = [f"user {device.device_id}", f"topic read {all_chunks}"]
         lines += [f"topic read {topics.desired_group(g)}" for g in device.groups]
+        lines += [f"topic read {topics.shadow_group(g)}" for g in device.groups]
         blocks.append("\n".join(lines))
     return Template(template_text("mosquitto/acl.tmpl")).substitute(
         fleet_name=config.name,
@@ -156,7 +161,7 @@ def render_agent_config(
         },
         "trust": {"signing_keys": ["signing-keys/"]},
         "runtime": {"edgetpu": edgetpu},
-        "inference": {"watch_dir": f"{state_dir}/inbox"},
+        "inference": {"watch_dir": DEVICE_INBOX_DIR},
     }
     header = (
         f"# edgefleet agent config for {device.device_id}, written by `edgefleet provision`.\n"

@@ -95,7 +95,7 @@ On the Raspberry Pi (Raspberry Pi OS Bookworm, 64-bit), as root:
 
     tar xzf {device}.tar.gz
     cd edgefleet-{device}
-    sudo ./install-device.sh            # --help for options; --dry-run to preview
+    sudo ./install-device.sh --inbox-user "$USER"   # --help for options; --dry-run to preview
 
 The agent comes from wheels/ in this bundle; its dependencies (LiteRT, numpy, paho-mqtt,
 ...) are downloaded from pypi.org, so the Pi needs internet for this step.
@@ -112,7 +112,9 @@ Building an SD-card image instead: run the script inside the image's chroot with
 Older images without LiteRT wheels (32-bit): --legacy installs tflite-runtime instead.
 
 It installs the agent in /opt/edgefleet/venv, this config in /etc/edgefleet, state in
-/var/lib/edgefleet, and starts edgefleet-agent.service. For a Coral USB accelerator,
+/var/lib/edgefleet, and starts edgefleet-agent.service. Sensors drop scans into the inbox
+/var/spool/edgefleet/inbox: members of the group edgefleet-inbox may, without sudo
+(--inbox-user USER, or later: sudo usermod -aG edgefleet-inbox USER). For a Coral USB accelerator,
 install libedgetpu first and set runtime.edgetpu = "usb" in /etc/edgefleet/agent.toml
 (see docs/provisioning.md). Check: systemctl status edgefleet-agent
 """

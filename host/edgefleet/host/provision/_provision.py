@@ -156,7 +156,7 @@ def _refuse_existing(fleet_dir: Path) -> None:
         raise ProvisionError(f"{fleet_dir} already holds a fleet; refusing to overwrite it")
     if fleet_dir.exists() and (not fleet_dir.is_dir() or any(fleet_dir.iterdir())):
         raise ProvisionError(
-            f"{fleet_dir} exists and is not an empty directory; choose a new --dir"
+            f"{fleet_dir} exists and is not an empty directory; choose a new --fleet DIR"
         )
 
 

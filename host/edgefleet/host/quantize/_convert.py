@@ -8,6 +8,7 @@ import inspect
 import io
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 MODES = ("float32", "float16", "dynamic", "int8", "16x8", "qat")
 MODEL_SUFFIXES = (".keras", ".h5")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Tensors an integer-only op may carry besides int8: int32 biases and shape operands.
 _INT8_ALLOWED = frozenset({"int8", "int32"})
 _OP_PATTERNS = (r"'tfl\.(\w+)'", r"\btf\.(\w+)\b", r"op: '?(\w+)'?", r"operation (\w+)")
@@ -50,12 +52,44 @@ def load_model(path: Path) -> Any:  # noqa: ANN401 - keras models are untyped
             f"{path}: unsupported model file {path.suffix!r}; give a .keras or .h5 file "
             "or a SavedModel folder"
         )
+    _check_container(path)
     try:
         return _load_with("keras", path)
     except ModelLoadError:
         if path.suffix.lower() != ".h5":
             raise
         return _load_with("tf_keras", path)
+
+
+def _check_container(path: Path) -> None:
+    """Refuse a model file that is unreadable or not the container its suffix says.
+
+    Keras reports a corrupt ``.keras`` file as "File not found", which sends users looking
+    for a path problem; say what is wrong instead.
+
+    Raises:
+        ModelLoadError: unreadable, a ``.keras`` that is not a zip archive, or an ``.h5``
+            that is not HDF5.
+    """
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_HDF5_SIGNATURE))
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+    redo = (
+        "it is truncated or corrupt (an interrupted copy or download?) or another format "
+        "renamed; copy it again, or save the model again with model.save"
+    )
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"{path} ({path.stat().st_size} bytes) is not a valid .keras file: a .keras model "
+            f"is a zip archive and this file is not one; {redo}('{path.stem}.keras')"
+        )
+    if path.suffix.lower() == ".h5" and head != _HDF5_SIGNATURE:
+        raise ModelLoadError(
+            f"{path} ({path.stat().st_size} bytes) is not a valid .h5 file: it does not start "
+            f"with the HDF5 signature; {redo}('{path.stem}.h5')"
+        )
 
 
 def _load_with(module_name: str, path: Path) -> Any:  # noqa: ANN401

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.host.datasets import Prepared, prepare
+from edgefleet.host.datasets import BUNDLED, Prepared, prepare
 from edgefleet.host.errors import DatasetError, EdgeTPUError, QuantizationError
 from edgefleet.host.quantize import _convert as convert
 from edgefleet.host.quantize import _edgetpu as edgetpu
@@ -20,7 +21,7 @@ from edgefleet.shared.spec import PreprocessSpec
 from edgefleet.shared.tflite_model import read_flat_model
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import numpy as np
     import numpy.typing as npt
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from edgefleet.shared.spec import ModelInfo
 
 QUANTIZED_MODES = ("float16", "dynamic", "int8", "16x8", "qat")
+# QAT more than this many points below float32 gets a note in the report.
+QAT_LOSS_NOTE_PP = 2.0
 
 
 @dataclass
@@ -92,6 +95,8 @@ class Inputs:
     calibration: Prepared
     evaluation: Prepared
     train: Prepared | None
+    skipped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def load_inputs(
@@ -105,9 +110,15 @@ def load_inputs(
 ) -> Inputs:
     """Load and check the model and every data set (nothing is written here).
 
+    QAT fine-tunes the model, so it needs training data. Without ``train``, the bundled sets
+    use their training split; user data is not used for it silently: ``all`` skips qat
+    (with a note), an explicit ``qat`` fine-tunes on the calibration data with a warning
+    (see ``Inputs.notes``).
+
     Raises:
         ModelLoadError: the model is missing, not a model, or has no static input shape.
-        DatasetError: empty or mismatched data.
+        DatasetError: empty or mismatched data, or labels that do not match the model's
+            number of classes.
     """
     model = convert.load_model(model_path)
     height, width, channels = convert.static_input_shape(model)
@@ -123,12 +134,45 @@ def load_inputs(
         raise DatasetError(f"preprocessing spec {spec} does not match input {height, width}")
     calib = prepare(calibration, split="train", spec=spec)
     labels = calib.labels
+    _check_classes(model, labels, calibration)
     evaluated = prepare(evaluation, split="eval", spec=spec, labels=labels)
-    trained = None
+    trained: Prepared | None = None
+    skipped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
     if "qat" in modes or "all" in modes:
-        trained = prepare(train or calibration, split="train", spec=spec, labels=labels)
+        if train is not None or calibration in BUNDLED:
+            trained = prepare(train or calibration, split="train", spec=spec, labels=labels)
+        elif "qat" in modes:
+            trained = calib
+            warning = (
+                f"WARNING: qat is fine-tuned on the {len(calib)} calibration inputs of "
+                f"{calibration} because no --train data was given; QAT retrains the model, "
+                "and a small or unrepresentative set can cost it accuracy. Give --train with "
+                "the model's training data."
+            )
+            notes = (warning,)
+        else:
+            skipped = ("qat",)
+            skip = (
+                "qat skipped: QAT retrains the model and needs its training data; give "
+                "--train DATA (or --mode qat to fine-tune on the calibration data)"
+            )
+            notes = (skip,)
     name = model_path.stem if model_path.is_file() else model_path.name
-    return Inputs(model, name, spec, calib, evaluated, trained)
+    return Inputs(model, name, spec, calib, evaluated, trained, skipped, notes)
+
+
+def _check_classes(model: Any, labels: Sequence[str], source: str) -> None:  # noqa: ANN401
+    outputs = getattr(model, "outputs", None) or []
+    shape = tuple(outputs[0].shape) if len(outputs) == 1 else ()
+    classes = shape[-1] if shape else None
+    if isinstance(classes, int) and classes != len(labels):
+        raise DatasetError(
+            f"the model outputs {classes} classes but data set {source!r} has "
+            f"{len(labels)} labels ({', '.join(labels[:12])}); give --calibration and --eval "
+            "data with the model's own classes (a folder DIR/<label>/*.png, or an .npz with "
+            "x, y and labels)"
+        )
 
 
 def quantize(
@@ -141,8 +185,12 @@ def quantize(
     latency_runs: int = 200,
     threads: int = 1,
     run_edgetpu: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Convert, embed ModelInfo, measure, and write ``<name>_<mode>.tflite`` + report.
+
+    ``progress`` receives one line as each mode is done (and before the slow steps: QAT
+    fine-tuning and the interleaved timing).
 
     Raises:
         QuantizationError: a conversion failed (files of earlier modes stay valid).
@@ -157,20 +205,51 @@ def quantize(
         threads=threads,
         preprocess=inputs.spec.model_dump(),
         labels=list(inputs.calibration.labels),
+        notes=list(inputs.notes),
     )
+    say = progress or (lambda _line: None)
     rep = inputs.calibration.x[:calibration_samples]
     timed: dict[str, measure.Candidate] = {}
-    for mode in resolve_modes(modes):
+    todo = [m for m in resolve_modes(modes) if m not in inputs.skipped]
+    for number, mode in enumerate(todo, start=1):
+        started = time.monotonic()
+        if mode == "qat":
+            train = inputs.train or inputs.calibration
+            say(
+                f"[{number}/{len(todo)}] qat: fine-tuning {qat_epochs} epoch(s) on "
+                f"{len(train)} inputs of {train.source}"
+            )
         path, info = _write_mode(inputs, mode, rep=rep, out_dir=out_dir, qat_epochs=qat_epochs)
-        report.results.append(_measure(path, mode, info, data=inputs.evaluation))
+        result = _measure(path, mode, info, data=inputs.evaluation)
+        report.results.append(result)
         timed[mode] = measure.Candidate(path, inputs.evaluation.x[0], info)
+        say(
+            f"[{number}/{len(todo)}] {mode:<8} {result.size_bytes / 1024:8.1f} KiB  accuracy "
+            f"{result.accuracy * 100:6.2f}%  ({time.monotonic() - started:.1f} s)"
+        )
+    say(f"timing {len(todo)} model(s): {latency_runs} invokes each, interleaved")
     # Timed together, interleaved, so load from other processes skews no ratio.
     latencies = measure.interleaved_latency_ms(timed, runs=latency_runs, threads=threads)
     for result in report.results:
         result.latency_ms = latencies[result.mode]
+    report.notes.extend(_qat_loss_note(report))
     if run_edgetpu:
         report.edgetpu = _compile(out_dir / f"{inputs.name}_int8.tflite", out_dir, report)
     return report
+
+
+def _qat_loss_note(report: Report) -> list[str]:
+    by_mode = {r.mode: r for r in report.results}
+    if "qat" not in by_mode or "float32" not in by_mode:
+        return []
+    loss = (by_mode["float32"].accuracy - by_mode["qat"].accuracy) * 100.0
+    if loss <= QAT_LOSS_NOTE_PP:
+        return []
+    note = (
+        f"qat is {loss:.2f} pp below float32: its fine-tuning hurt; give --train with more of "
+        "the model's training data or more --qat-epochs, or deploy int8"
+    )
+    return [note]
 
 
 def _write_mode(

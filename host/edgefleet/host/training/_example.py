@@ -10,6 +10,7 @@ from edgefleet.host.training import _models as models
 from edgefleet.shared.spec import PreprocessSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 MNIST_SPEC = PreprocessSpec(height=28, width=28, channels=1, scale="unit")
@@ -36,13 +37,28 @@ def train_mnist_convnet(out_dir: Path, *, epochs: int = 10, limit: int | None = 
 
 
 def run_mnist_example(
-    out_dir: Path, *, epochs: int = 10, qat_epochs: int = 1, runs: int = 200
+    out_dir: Path,
+    *,
+    epochs: int = 10,
+    qat_epochs: int = 1,
+    runs: int = 200,
+    progress: Callable[[str], None] | None = None,
 ) -> quantize.Report:
-    """Train the seed ConvNet and run ``quantize --mode all`` on it with the eval split."""
+    """Train the seed ConvNet and run ``quantize --mode all`` on it with the eval split.
+
+    ``progress`` gets a line when training ends and one per quantization mode.
+    """
     model_path = train_mnist_convnet(out_dir, epochs=epochs)
+    if progress is not None:
+        progress(f"trained {model_path}")
     inputs = quantize.load_inputs(
         model_path, modes=["all"], calibration="mnist", evaluation="mnist"
     )
     return quantize.quantize(
-        inputs, modes=["all"], out_dir=out_dir, qat_epochs=qat_epochs, latency_runs=runs
+        inputs,
+        modes=["all"],
+        out_dir=out_dir,
+        qat_epochs=qat_epochs,
+        latency_runs=runs,
+        progress=progress,
     )

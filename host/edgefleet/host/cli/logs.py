@@ -1,0 +1,121 @@
+"""`edgefleet logs DEVICE [--follow] [--since]`: a device's published log lines."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from edgefleet.host.cli._options import Broker, FleetDir, Prefix, StateDir, fail
+from edgefleet.shared.errors import EdgefleetError
+
+if TYPE_CHECKING:
+    from edgefleet.shared.messages import DeviceLog
+
+
+def logs(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
+    device: Annotated[str, typer.Argument(help="The device id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing lines as the device sends them.")
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only lines from this time on: a duration back from now (90s, 15m, 2h, 7d) "
+            "or ISO 8601 (2026-11-28T09:30, UTC unless it has an offset)."
+        ),
+    ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            envvar="EDGEFLEET_DB",
+            help="Store written by `predictions listen --logs` (default "
+            "STATE_DIR/predictions.sqlite).",
+        ),
+    ] = None,
+    broker: Broker = None,
+    fleet: FleetDir = None,
+    prefix: Prefix = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Print a device's log lines: stored ones, then (--follow) live ones from the broker.
+
+    Devices publish lines at or above their [logs] level (WARNING by default); the host
+    keeps them when `edgefleet predictions listen --logs` runs.
+    """
+    from edgefleet.host.fleet import DEFAULT_STATE_DIR
+    from edgefleet.host.fleet._logs import LogStore, format_line, parse_since
+    from edgefleet.shared.topics import validate_id
+
+    try:
+        validate_id(device)
+        start = parse_since(since, now=time.time()) if since else 0.0
+    except EdgefleetError as exc:
+        raise fail(exc) from exc
+    path = db or (state_dir or DEFAULT_STATE_DIR) / "predictions.sqlite"
+    seen: set[tuple[str, int]] = set()
+    if path.is_file():
+        try:
+            store = LogStore(path)
+            try:
+                for row in store.lines(device, since=start):
+                    seen.add((row.line.boot_id, row.line.seq))
+                    typer.echo(format_line(row.line))
+            finally:
+                store.close()
+        except EdgefleetError as exc:
+            raise fail(exc) from exc
+    elif not follow:
+        raise fail(
+            f"no log store at {path}: run `edgefleet predictions listen --logs` to keep device "
+            "logs, or watch them live with --follow"
+        )
+    if follow:
+        _follow(device, seen, start, broker=broker, fleet=fleet, prefix=prefix, state_dir=state_dir)
+
+
+def _follow(
+    device: str,
+    seen: set[tuple[str, int]],
+    start: float,
+    *,
+    broker: str | None,
+    fleet: Path | None,
+    prefix: str | None,
+    state_dir: Path | None,
+) -> None:
+    from edgefleet.host.fleet import close_fleet, open_fleet, random_client_id
+    from edgefleet.host.fleet._logs import follow, format_line
+
+    try:
+        fl = open_fleet(
+            broker=broker,
+            fleet_dir=fleet,
+            prefix=prefix,
+            state_dir=state_dir,
+            client_id=random_client_id("logs"),
+        )
+    except EdgefleetError as exc:
+        raise fail(exc) from exc
+    typer.echo(f"following {device}'s logs on {fl.conn.url} (Ctrl-C to stop)", err=True)
+    try:
+        for line in follow(fl.conn, fl.topics, device):
+            if _new(line, seen) and line.ts >= start:
+                typer.echo(format_line(line))
+    except KeyboardInterrupt:
+        return
+    except EdgefleetError as exc:
+        raise fail(exc) from exc
+    finally:
+        close_fleet(fl)
+
+
+def _new(line: DeviceLog, seen: set[tuple[str, int]]) -> bool:
+    key = (line.boot_id, line.seq)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True

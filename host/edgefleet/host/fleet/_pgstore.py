@@ -1,0 +1,257 @@
+"""The prediction store in PostgreSQL (``--store postgresql://...``), shared by ingest workers.
+
+The same contract as :class:`~edgefleet.host.fleet._store.SqliteStore` (see ``_store``):
+records are unique on (device_id, boot_id, seq); ``add`` inserts a batch in one transaction
+(``INSERT ... ON CONFLICT DO NOTHING``, the rows pipelined), committed before ``add``
+returns, so the Ingestor acks only what is durable. Several workers on several machines may
+write into one database at once: a record two of them receive (a redelivery after a worker
+died) is stored once, and the second insert counts as a duplicate.
+
+Batches are committed one at a time across all workers: each insert transaction first takes
+a transaction-scoped advisory lock (``_INSERT_LOCK``), held until its commit. Row ids then
+grow in commit order, so a reader following ``iter_records(after_id=...)`` (``tail -f``)
+never passes over a row that commits later with a lower id, and two workers' batches cannot
+deadlock on each other's rows. The lock covers only the insert and commit (milliseconds);
+decoding, MQTT and acks stay parallel. Rows go in key order, and a transaction PostgreSQL
+still rolls back for concurrency is retried at once. A lost connection (server restart,
+network) is a ``FleetError`` (nothing acked, the devices resend); the next call reconnects.
+
+PostgreSQL text cannot hold NUL characters: the flat columns get U+FFFD instead; the full
+record (``record``, what export and tail read) keeps them, escaped in its JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from edgefleet.host.errors import FleetError
+from edgefleet.host.fleet._migrations import migrate_postgres
+from edgefleet.host.fleet._store import (
+    _COLUMNS,
+    _SCHEMA,
+    PREDICTIONS_MIGRATIONS,
+    PredictionStore,
+    SqliteStore,
+    check_record,
+)
+from edgefleet.shared.messages import PredictionRecord
+
+SCHEMES = ("postgresql://", "postgres://")
+CONNECT_TIMEOUT_S = 10
+_RETRIES = 3  # attempts of a batch PostgreSQL rolled back for concurrency
+# The advisory lock key that orders batch commits ("edgeflt1" as a 64-bit integer).
+_INSERT_LOCK = int.from_bytes(b"edgeflt1", "big")
+_INSERT = (
+    f"INSERT INTO predictions ({', '.join(_COLUMNS)}, record)"  # noqa: S608 - constants
+    f" VALUES ({', '.join(['%s'] * (len(_COLUMNS) + 1))})"
+    " ON CONFLICT (device_id, boot_id, seq) DO NOTHING"
+)
+# Errors PostgreSQL raises for the values it was given: the record's own problem.
+_RECORD_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
+
+
+def is_postgres_url(location: str | Path) -> bool:
+    """True for a ``postgresql://`` (or ``postgres://``) connection URL."""
+    return isinstance(location, str) and location.startswith(SCHEMES)
+
+
+def redact(url: str) -> str:
+    """The URL without its password (in the user part or ``?password=``), for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://<unparseable URL>"
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "password" for k, _ in query):
+        hidden = [(k, "***" if k == "password" else v) for k, v in query]
+        parts = parts._replace(query=urlencode(hidden, safe="*"))
+    return urlunsplit(parts)
+
+
+def pg_connect(
+    url: str, *, what: str, client_side: bool = False
+) -> psycopg.Connection[tuple[object, ...]]:
+    """Connect in autocommit mode (each statement commits; ``transaction()`` groups).
+
+    ``client_side`` binds parameters in the client, as sqlite3 does (no server-side type
+    inference for a bare ``? IS NULL``): for the registry's SQL, not for bulk inserts.
+
+    Raises:
+        FleetError: Bad URL, server unreachable, authentication refused (the message has
+            the URL without its password).
+    """
+    try:
+        return psycopg.connect(
+            url,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            application_name="edgefleet",
+            cursor_factory=psycopg.ClientCursor if client_side else psycopg.Cursor,
+        )
+    except psycopg.Error as exc:
+        raise FleetError(
+            f"cannot connect to the {what} at {redact(url)}: {str(exc).strip()}; check the "
+            "URL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE), that the server runs and "
+            "that the user may connect"
+        ) from exc
+
+
+def _clean(text: str) -> str:
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+class PostgresStore:
+    """PredictionStore in a PostgreSQL database (see the module docstring).
+
+    Args:
+        url: ``postgresql://USER:PASSWORD@HOST:PORT/DATABASE`` (libpq also takes the
+            password from ``PGPASSWORD`` or ``~/.pgpass``).
+
+    Raises:
+        FleetError: The database cannot be reached, or its schema is newer than this
+            edgefleet.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = redact(url)
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = pg_connect(
+            url, what="prediction store"
+        )
+        try:
+            migrate_postgres(
+                self._conn, "predictions", _SCHEMA, PREDICTIONS_MIGRATIONS, where=self.where
+            )
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise FleetError(f"cannot set up the prediction store {self.where}: {exc}") from exc
+        except FleetError:
+            self._conn.close()
+            raise
+
+    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = pg_connect(self.url, what="prediction store")
+        return self._conn
+
+    def add(self, records: Iterable[PredictionRecord]) -> int:
+        """Insert records, ignoring duplicates; committed when this returns.
+
+        Raises:
+            FleetError: The database failed (connection lost, disk full, read-only).
+            ValueError: A record cannot be stored; nothing of this call was committed.
+        """
+        batch = sorted(records, key=lambda r: (r.device_id, r.boot_id, r.seq))
+        if not batch:
+            return 0
+        for r in batch:
+            check_record(r)
+        rows = [
+            tuple(
+                _clean(v) if isinstance(v, str) else v
+                for v in (*(getattr(r, c) for c in _COLUMNS), r.model_dump_json())
+            )
+            for r in batch
+        ]
+        for attempt in range(_RETRIES):
+            try:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_INSERT_LOCK,))
+                    cur.executemany(_INSERT, rows)  # rowcount: the rows inserted, summed
+                    new = cur.rowcount
+            except pg_errors.TransactionRollback:
+                if attempt == _RETRIES - 1:
+                    raise FleetError(
+                        f"storing {len(batch)} predictions in {self.where}: rolled back "
+                        f"{_RETRIES} times for concurrency"
+                    ) from None
+                continue
+            except _RECORD_ERRORS as exc:
+                raise ValueError(f"a record cannot be stored: {exc}") from exc
+            except psycopg.Error as exc:
+                self._drop_if_broken()
+                raise FleetError(
+                    f"storing {len(batch)} predictions in {self.where} failed: {exc}"
+                ) from exc
+            return max(new, 0)
+        return 0  # pragma: no cover - the loop returns or raises
+
+    def _drop_if_broken(self) -> None:
+        conn = self._conn
+        if conn is not None and (conn.closed or conn.broken):
+            conn.close()
+            self._conn = None
+
+    def count(self) -> int:
+        """How many records are stored.
+
+        Raises:
+            FleetError: The database failed.
+        """
+        try:
+            row = self._connection().execute("SELECT COUNT(*) FROM predictions").fetchone()
+        except psycopg.Error as exc:
+            raise FleetError(f"reading {self.where} failed: {str(exc).strip()}") from exc
+        return int(str(row[0])) if row else 0
+
+    def iter_records(
+        self, *, device_id: str | None = None, after_id: int = 0
+    ) -> Iterator[tuple[int, PredictionRecord]]:
+        """Yield (row id, record) with row id above ``after_id``, oldest first (streamed).
+
+        Raises:
+            FleetError: The database failed.
+        """
+        sql = "SELECT id, record FROM predictions WHERE id > %s"
+        args: list[object] = [after_id]
+        if device_id is not None:
+            sql += " AND device_id = %s"
+            args.append(device_id)
+        conn = self._connection()
+        try:
+            with conn.transaction(), conn.cursor(name="edgefleet_records") as cur:
+                cur.itersize = 2000
+                cur.execute(sql + " ORDER BY id", args)
+                for row_id, text in cur:
+                    yield int(str(row_id)), PredictionRecord.model_validate_json(str(text))
+        except psycopg.Error as exc:
+            raise FleetError(f"reading {self.where} failed: {str(exc).strip()}") from exc
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def open_store(location: str | Path) -> PredictionStore:
+    """The prediction store at ``location``: a ``postgresql://`` URL or a SQLite file path.
+
+    Raises:
+        FleetError: Another URL scheme, or the store cannot be opened.
+    """
+    if is_postgres_url(location):
+        return PostgresStore(str(location))
+    text = str(location)
+    if "://" in text:
+        raise FleetError(
+            f"unknown store {redact(text) if '@' in text else text!r}: give a SQLite file "
+            "path or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+    return SqliteStore(Path(text))
+
+
+def describe(location: str | Path) -> str:
+    """Where a store is, for messages (a URL without its password)."""
+    return redact(str(location)) if is_postgres_url(location) else str(location)

@@ -1,0 +1,476 @@
+"""The dashboard's parts without a browser: accounts, CSRF, listen policy, queries, thumbnails.
+
+The pages themselves are tested in a real browser (tests/integration/test_dashboard_browser.py);
+here a real uvicorn server on loopback answers plain HTTP requests for the checks that need no
+JavaScript (login refusals, CSRF, security headers, read-only viewing).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import socket
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from edgefleet.device.config import InferenceConfig
+from edgefleet.device.thumbnails import encode_thumbnail, thumbnail_for
+from edgefleet.host.dashboard import (
+    Dashboard,
+    Policy,
+    Settings,
+    Tls,
+    Users,
+    check_listen,
+    fleet_ca_certificate,
+)
+from edgefleet.host.dashboard._auth import Sessions, check_password, hash_password
+from edgefleet.host.dashboard._live import LiveFleet
+from edgefleet.host.dashboard._queries import (
+    AuditLog,
+    Search,
+    class_counts,
+    device_logs,
+    latest,
+    open_readonly,
+    per_minute,
+    record_json,
+)
+from edgefleet.host.dashboard._render import chart_model
+from edgefleet.host.errors import FleetError
+from edgefleet.host.fleet import SqliteStore
+from edgefleet.host.fleet._logs import LogStore
+from edgefleet.host.provision import init_fleet
+from edgefleet.shared.gpr import render_png
+from edgefleet.shared.messages import (
+    MAX_THUMBNAIL_BYTES,
+    DeviceLog,
+    PredictionRecord,
+    Thumbnail,
+    decode_predictions,
+    encode,
+)
+from edgefleet.shared.spec import PreprocessSpec
+
+ROOT = Path(__file__).resolve().parents[3]
+GPR_SCAN = next((ROOT / "host/edgefleet/host/datasets/data/gpr/heldout/metal").glob("*.npy"))
+
+
+# -- accounts, sessions, CSRF ---------------------------------------------------------------
+
+
+def test_passwords_are_scrypt_hashes_that_check_only_the_right_password(tmp_path: Path) -> None:
+    stored = hash_password("s3cret-password")
+    assert stored.startswith("scrypt$16384$8$1$")
+    assert "s3cret" not in stored
+    assert check_password("s3cret-password", stored)
+    assert not check_password("s3cret-passwore", stored)
+    assert not check_password("x", "garbage")
+    users = Users(tmp_path / "users.json")
+    users.add("op", "long enough")
+    assert (tmp_path / "users.json").stat().st_mode & 0o777 == 0o600
+    again = Users(tmp_path / "users.json")
+    assert again.verify("op", "long enough")
+    assert not again.verify("op", "long enougH")
+    assert not again.verify("nobody", "long enough")
+    with pytest.raises(FleetError, match="at least 8"):
+        users.add("op2", "short")
+    with pytest.raises(FleetError, match="user name"):
+        users.add("bad name", "long enough")
+
+
+def test_a_damaged_accounts_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "users.json").write_text("{not json")
+    with pytest.raises(FleetError, match="--add-user"):
+        Users(tmp_path / "users.json")
+
+
+def test_csrf_tokens_are_bound_to_their_cookie() -> None:
+    sessions = Sessions()
+    token = sessions.start("op")
+    assert sessions.user(token) == "op"
+    csrf = sessions.csrf(token)
+    assert sessions.csrf_ok(token, csrf)
+    assert not sessions.csrf_ok("another", csrf)
+    assert not sessions.csrf_ok(token, "")
+    assert not Sessions().csrf_ok(token, csrf)  # another process's secret
+    sessions.end(token)
+    assert sessions.user(token) is None
+    expired = Sessions(ttl_s=-1)
+    assert expired.user(expired.start("op")) is None
+
+
+# -- listen policy ------------------------------------------------------------------------
+
+
+def test_loopback_is_read_only_without_login_anything_else_needs_tls_and_accounts(
+    tmp_path: Path,
+) -> None:
+    nobody = Users(tmp_path / "none.json")
+    host, port, policy = check_listen("127.0.0.1:8080", tls=None, users=nobody)
+    assert (host, port, policy) == ("127.0.0.1", 8080, Policy(login_to_view=False, tls=False))
+    assert not check_listen("[::1]:8080", tls=None, users=nobody)[2].login_to_view
+    with pytest.raises(FleetError, match=r"not a loopback address.*needs TLS"):
+        check_listen("0.0.0.0:8080", tls=None, users=nobody)
+    tls = Tls(cert=tmp_path / "c", key=tmp_path / "k")
+    with pytest.raises(FleetError, match="--add-user"):
+        check_listen("192.0.2.1:8443", tls=tls, users=nobody)
+    users = Users(tmp_path / "users.json")
+    users.add("op", "long enough")
+    assert check_listen("192.0.2.1:8443", tls=tls, users=users)[2] == Policy(
+        login_to_view=True, tls=True
+    )
+    with pytest.raises(FleetError, match="HOST:PORT"):
+        check_listen("8080", tls=None, users=nobody)
+
+
+# -- prediction store queries ---------------------------------------------------------------
+
+
+def _record(
+    seq: int,
+    *,
+    device: str = "pi-1",
+    label: str = "metal",
+    score: float = 0.9,
+    ts: float = 1_800_000_000.0,
+    thumb: Thumbnail | None = None,
+) -> PredictionRecord:
+    return PredictionRecord(
+        device_id=device,
+        boot_id="b1",
+        seq=seq,
+        source=f"watch:/in/scan-{seq}.npy",
+        label=label,
+        score=score,
+        latency_ms=1.5,
+        model_name="gpr_convnet",
+        model_version=3,
+        ts=ts,
+        thumbnail=thumb,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "predictions.sqlite"
+    s = SqliteStore(path)
+    png = Thumbnail(format="png", data_b64=base64.b64encode(b"\x89PNG fake").decode())
+    s.add(
+        [
+            _record(
+                i,
+                device="pi-1" if i % 2 else "pi-2",
+                label=("metal", "plastic", "none")[i % 3],
+                score=i / 10,
+                ts=1_800_000_000.0 + 30 * i,
+                thumb=png if i == 9 else None,
+            )
+            for i in range(1, 10)
+        ]
+    )
+    s.close()
+    return path
+
+
+def test_search_counts_and_chart_use_every_filter(store: Path) -> None:
+    db = open_readonly(store)
+    assert db is not None
+    rows = latest(db, Search())
+    assert [r["seq"] for r in rows] == list(range(9, 0, -1))  # newest first
+    assert rows[0]["has_thumb"] == 1
+    assert all(not r["has_thumb"] for r in rows[1:])
+    assert [r["seq"] for r in latest(db, Search(device="pi-2"))] == [8, 6, 4, 2]
+    assert [r["seq"] for r in latest(db, Search(label="metal", min_score=0.5))] == [9, 6]
+    assert [r["seq"] for r in latest(db, Search(max_score=0.2))] == [2, 1]
+    since = 1_800_000_000.0 + 30 * 7
+    assert [r["seq"] for r in latest(db, Search(since=since))] == [9, 8, 7]
+    assert [r["seq"] for r in latest(db, Search(), after_id=7)] == [9, 8]
+    assert class_counts(db, Search()) == [("metal", 3), ("none", 3), ("plastic", 3)]
+    start, counts = per_minute(db, Search(), minutes=10)
+    assert sum(counts) == 9
+    assert start % 60 == 0
+    assert counts[-1] >= 1  # the window ends at the newest record
+    assert record_json(db, 9)["thumbnail"]["format"] == "png"
+    assert record_json(db, 99) is None
+    db.close()
+
+
+def test_device_log_lines_show_when_the_store_has_them(store: Path) -> None:
+    db = open_readonly(store)
+    assert db is not None
+    assert device_logs(db, "pi-1") is None  # no logs table: the page leaves the section out
+    db.close()
+    logs = LogStore(store)
+    for seq, level in ((1, "INFO"), (2, "WARNING")):
+        line = DeviceLog(
+            device_id="pi-1",
+            boot_id="b1",
+            seq=seq,
+            ts=1_800_000_000.0 + seq,
+            level=level,
+            logger="edgefleet.device.agent",
+            message=f"line {seq}",
+        )
+        logs.add(line, received_at=1_800_000_010.0)
+    db = open_readonly(store)
+    assert db is not None
+    lines = device_logs(db, "pi-1")
+    agent = "edgefleet.device.agent"
+    assert lines == [
+        {"ts": 1_800_000_002.0, "level": "WARNING", "logger": agent, "message": "line 2"},
+        {"ts": 1_800_000_001.0, "level": "INFO", "logger": agent, "message": "line 1"},
+    ]
+    assert device_logs(db, "pi-2") == []
+    db.close()
+
+
+def test_the_chart_scales_bars_to_the_busiest_minute() -> None:
+    chart = chart_model(1_800_000_000.0, [0, 5, 10])
+    heights = [b["h"] for b in chart["bars"]]
+    assert heights == [0.0, chart["height"] / 2, chart["height"]]
+    assert chart["max"] == 10
+    assert chart_model(0.0, [0, 0])["max"] == 0
+
+
+def test_the_audit_log_lives_in_the_push_registry(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path)
+    audit.add(user="op", action="cancel", target="group:field", result="cancelled", remote="::1")
+    assert audit.recent()[0]["action"] == "cancel"
+    assert (tmp_path / "registry.sqlite").exists()
+    audit.close()
+
+
+# -- thumbnails (device side) and the wire ----------------------------------------------------
+
+
+GPR = PreprocessSpec.model_validate(
+    {"kind": "gpr", "height": 64, "width": 64, "channels": 1, "scale": "unit"}
+)
+
+
+class _Model:
+    def __init__(self, spec: PreprocessSpec) -> None:
+        self.preprocess_spec = spec
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_a_gpr_scan_becomes_a_small_radargram_png(tmp_path: Path) -> None:
+    scan = np.load(GPR_SCAN)
+    fmt, data = encode_thumbnail(scan)
+    assert fmt == "png"
+    assert len(data) <= MAX_THUMBNAIL_BYTES
+    rgb = _pixels(data)
+    traces, samples = scan.shape
+    assert rgb.shape[:2] == (samples, traces)  # time down the rows, one column per trace
+    red = (rgb[..., 0] > 200) & (rgb[..., 2] < 120)
+    blue = (rgb[..., 2] > 200) & (rgb[..., 0] < 120)
+    assert red.any()  # the hyperbola's positive lobe ...
+    assert blue.any()  # ... and its negative one: a diverging radargram colormap
+    # The PNG rendering of the same scan draws the same picture (mu-law expanded first).
+    _, again = encode_thumbnail(render_png(scan))
+    assert np.abs(_pixels(again).astype(int) - rgb.astype(int)).mean() < 20
+
+
+def test_a_large_noisy_input_still_fits_in_8_kib() -> None:
+    noise = np.random.default_rng(0).normal(size=(2000, 1500)).astype(np.float32)
+    fmt, data = encode_thumbnail(noise)
+    assert len(data) <= MAX_THUMBNAIL_BYTES
+    assert max(Image.open(io.BytesIO(data)).size) <= 128
+    assert fmt in ("png", "jpeg")
+
+
+def test_thumbnails_are_opt_in_and_never_cost_the_prediction() -> None:
+    scan = np.load(GPR_SCAN)
+    assert thumbnail_for(scan, _Model(GPR), InferenceConfig()) is None  # default off
+    on = InferenceConfig(thumbnails=True)
+    thumb = thumbnail_for(scan, _Model(GPR), on)
+    assert thumb is not None
+    assert thumb.format == "png"
+    # Something that cannot be drawn: no thumbnail, no exception.
+    assert thumbnail_for(np.zeros((2, 2, 2, 2)), _Model(GPR), on) is None
+    assert thumbnail_for(np.array([[np.nan, 1.0]]), _Model(GPR), on) is None
+    # An image model's grey input is a grey picture, not a radargram.
+    image = PreprocessSpec.model_validate(
+        {"kind": "image", "height": 28, "width": 28, "channels": 1}
+    )
+    digit = np.zeros((28, 28), np.uint8)
+    digit[8:20, 12:16] = 255
+    grey = thumbnail_for(digit, _Model(image), on)
+    assert grey is not None
+    rgb = _pixels(base64.b64decode(grey.data_b64))
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    assert rgb[10, 13].tolist() == [255, 255, 255]
+
+
+def test_a_record_with_a_thumbnail_round_trips_within_the_limits() -> None:
+    thumb = thumbnail_for(np.load(GPR_SCAN), _Model(GPR), InferenceConfig(thumbnails=True))
+    payload = encode(_record(1, thumb=thumb))
+    assert len(payload) < 128 * 1024
+    [back] = decode_predictions(payload)
+    assert back.thumbnail == thumb
+    too_big = {"format": "png", "data_b64": "A" * 10_928}
+    with pytest.raises(ValueError, match="10924"):
+        Thumbnail.model_validate(too_big)
+
+
+def test_the_protocol_doc_vector_for_thumbnails_decodes() -> None:
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    marker = "<!-- vector:thumbnail-record -->"
+    assert marker in doc
+    block = doc[doc.index(marker) :].split("```")[1].strip().removeprefix("json").strip()
+    [record] = decode_predictions(block.encode())
+    assert record.thumbnail is not None
+    image = Image.open(io.BytesIO(base64.b64decode(record.thumbnail.data_b64)))
+    assert image.format == "PNG"
+    assert image.size == (2, 2)
+
+
+# -- a served dashboard, plain HTTP ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *_: Any, **__: Any) -> None:
+        return None
+
+
+def _request(
+    url: str, data: dict[str, str] | None = None, cookie: str = ""
+) -> tuple[int, Any, str]:
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    headers = {"cookie": cookie} if cookie else {}
+    req = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310 - http://127.0.0.1
+    opener = urllib.request.build_opener(_NoRedirect())
+    try:
+        with opener.open(req, timeout=10) as r:
+            return r.status, r.headers, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read().decode(errors="replace")
+
+
+@pytest.fixture
+def served(tmp_path: Path, store: Path):
+    """The Starlette app under uvicorn, without MQTT (the live fleet is not started)."""
+    users = Users(tmp_path / "users.json")
+    users.add("op", "long enough")
+    live = LiveFleet(Settings(state_dir=tmp_path / "state", db=store), render=lambda *_: "")
+    dash = Dashboard(live, users, Policy(login_to_view=False))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(dash.app, port=port, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    dash.audit.close()
+
+
+def test_pages_are_read_only_and_carry_security_headers(served: str) -> None:
+    status, headers, body = _request(served + "/predictions?label=metal")
+    assert status == 200
+    assert "default-src 'self'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
+    assert "HttpOnly" in headers["set-cookie"]
+    assert "SameSite=strict" in headers["set-cookie"]
+    assert "Secure" not in headers["set-cookie"]  # plain HTTP on loopback
+    assert body.count('id="pred-') == 3
+    assert "Log in" in body
+    status, headers, _ = _request(served + "/thumbnails/9")
+    assert (status, headers["content-type"]) == (200, "image/png")
+    assert _request(served + "/thumbnails/8")[0] == 404
+    bad = _request(served + "/predictions?min_score=lots")
+    assert bad[0] == 200
+    assert "is not a number" in bad[2]
+
+
+def test_login_and_actions_refuse_without_session_password_or_csrf(served: str) -> None:
+    assert _request(served + "/actions/cancel", {"target": "group:x"})[0] == 401
+    # The login form's token is bound to the pre-session cookie it came with.
+    status, headers, body = _request(served + "/login")
+    pre = headers["set-cookie"].split(";")[0]
+    csrf = body.split('name="csrf" value="')[1].split('"')[0]
+    form = {"user": "op", "password": "long enough", "next": "/rollouts"}
+    assert _request(served + "/login", form)[0] == 403  # no token
+    assert _request(served + "/login", form | {"csrf": csrf})[0] == 403  # no cookie
+    wrong = _request(served + "/login", form | {"csrf": csrf, "password": "nope"}, pre)
+    assert wrong[0] == 401
+    assert "efd_session" not in (wrong[1].get("set-cookie") or "")
+    status, headers, _ = _request(served + "/login", form | {"csrf": csrf, "next": "//evil"}, pre)
+    assert (status, headers["location"]) == (303, "/")  # no open redirect
+    session = headers["set-cookie"].split(";")[0]
+    assert session.startswith("efd_session=")
+    assert _request(served + "/actions/cancel", {"target": "group:x"}, session)[0] == 403
+
+
+def test_over_tls_from_the_fleet_ca_every_page_needs_a_login(tmp_path: Path, store: Path) -> None:
+    fleet = tmp_path / "fleet"
+    config = init_fleet(fleet, name="dash-test")
+    tls = fleet_ca_certificate(fleet, "127.0.0.1")
+    assert tls.key.stat().st_mode & 0o777 == 0o600
+    assert fleet_ca_certificate(fleet, "127.0.0.1") == tls  # reused while valid
+    users = Users(tmp_path / "users.json")
+    users.add("op", "long enough")
+    _, _, policy = check_listen("0.0.0.0:8443", tls=tls, users=users)
+    live = LiveFleet(Settings(state_dir=tmp_path / "state", db=store), render=lambda *_: "")
+    dash = Dashboard(live, users, policy)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            dash.app,
+            port=port,
+            log_level="error",
+            lifespan="off",
+            ssl_certfile=str(tls.cert),
+            ssl_keyfile=str(tls.key),
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The fleet CA verifies the dashboard's certificate for 127.0.0.1.
+        context = ssl.create_default_context(cafile=str(config.resolve(config.ca_file)))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+        conn.request("GET", "/predictions")
+        response = conn.getresponse()
+        assert response.status == 303  # to the login page: nothing is readable without it
+        assert response.getheader("location") == "/login?next=/predictions"
+        response.read()
+        conn.request("GET", "/login")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert "Secure" in (response.getheader("set-cookie") or "")
+        response.read()
+        conn.request("GET", "/thumbnails/9")
+        assert conn.getresponse().status == 303
+        conn.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        dash.audit.close()
