@@ -1,8 +1,8 @@
 """Dashboard benchmark: fleet page with 1,000 devices, predictions page over 100,000 records.
 
 A real mosquitto holds 1,000 retained device statuses (and the push registry knows them); a
-real SQLite prediction store holds N records (10 % with an input thumbnail). The dashboard
-runs as ``edgefleet dashboard`` in its own process. Measured:
+real SQLite prediction store holds N records (10 % with a radargram thumbnail of a bundled
+GPR scan). The dashboard runs as ``edgefleet dashboard`` in its own process. Measured:
 
 * server side (``http.client``, R runs, median and max): time to first byte and to the last
   byte of each page;
@@ -28,15 +28,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from edgefleet.device.thumbnails import encode_thumbnail
 from edgefleet.host.fleet import SqliteStore, open_registry
 from edgefleet.shared.messages import PredictionRecord, Status, Thumbnail, TopK, encode
 from edgefleet.shared.topics import Topics
 from support.broker import MosquittoBroker, free_port
 
+GPR_SCANS = Path(__file__).resolve().parent.parent / "host/edgefleet/host/datasets/data/gpr/heldout"
 LABELS = ("metal", "plastic", "concrete", "none")
 VERBOSE = bool(os.environ.get("BENCH_VERBOSE"))
 PAGES = ("/", "/predictions", "/predictions?label=metal&min_score=0.9")
@@ -88,10 +91,12 @@ def publish_statuses(url: str, prefix: str, n: int) -> list[str]:
 
 
 def fill_store(path: Path, n: int, devices: list[str]) -> float:
-    """Write ``n`` records (10 % with a 1.5 KB thumbnail); return the seconds it took."""
+    """Write ``n`` records (10 % with a radargram thumbnail); return the seconds it took."""
     started = time.perf_counter()
     store = SqliteStore(path)
-    thumb = Thumbnail(format="png", data_b64=base64.b64encode(bytes(1500)).decode())
+    scan = np.load(next(GPR_SCANS.glob("*/*.npy")))
+    fmt, png = encode_thumbnail(scan)  # a real radargram, as an agent attaches it
+    thumb = Thumbnail(format=fmt, data_b64=base64.b64encode(png).decode())  # type: ignore[arg-type]
     t0 = time.time() - n * 0.5
     batch: list[PredictionRecord] = []
     for i in range(n):

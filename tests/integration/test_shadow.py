@@ -9,19 +9,23 @@ candidate (same network, another name, other bytes) is then promoted automatical
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fleet_helpers import AgentFleet, wait_online
+from typer.testing import CliRunner
 
+from edgefleet.host.cli import app
 from edgefleet.host.cli.shadow import auto_promote
 from edgefleet.host.datasets import load_mnist
 from edgefleet.host.fleet import PushPlan, close_fleet, load_model, push
 from edgefleet.host.fleet._shadow import (
     Condition,
     ShadowPlan,
+    find_shadow,
     read_state,
     start_shadow,
     summarize,
@@ -113,12 +117,26 @@ def test_a_swapped_candidate_is_measured_and_refused_an_agreeing_one_promoted(
         swapped = [
             SWAP[1] if x == SWAP[0] else SWAP[0] if x == SWAP[1] else x for x in MNIST_LABELS
         ]
-        bad = load_model(
-            _candidate(mnist_bundle, tmp_path, name="mnist_swapped", labels=tuple(swapped))
+        bad = _candidate(mnist_bundle, tmp_path, name="mnist_swapped", labels=tuple(swapped))
+        cli = [
+            "--broker",
+            broker.url,
+            "--prefix",
+            prefix,
+            "--state-dir",
+            str(tmp_path / "host-state"),
+        ]
+        out = CliRunner().invoke(
+            app,
+            [
+                *("push", str(bad), "--group", GROUP, "--shadow", "--sample", "1"),
+                *("--until", f"{PER_DEVICE}-inputs", "--key", str(agents.key_file), *cli),
+            ],
         )
-        shadow = start_shadow(
-            fleet, bad, ShadowPlan(group=GROUP, sample=1.0, until=f"{PER_DEVICE}-inputs")
-        )
+        assert out.exit_code == 0, out.output
+        assert "shadow mnist_swapped-v2 (int8) on group shadowed, sample 100%" in out.output
+        shadow = find_shadow(read_state(fleet)[0], "mnist_swapped-v2")
+        key = str(agents.key_file)
         assert sorted(shadow.devices) == sorted(DEVICES)
         _wait_running(fleet, shadow)
         sources, records = _feed(fake, watch, start=0)
@@ -127,11 +145,22 @@ def test_a_swapped_candidate_is_measured_and_refused_an_agreeing_one_promoted(
         assert summary.compared == len(sources), summary.reports
 
         _check_swapped(summary, sources, records, mnist_bundle)
+        _check_cli_report(cli, tmp_path, records, summary)
 
-        # Auto-promotion refuses it; every device keeps the active model.
+        # Promotion refuses it (on the command line, then the auto-promotion rule); every
+        # device keeps the active model.
+        out = CliRunner().invoke(
+            app, ["shadow", "promote", "mnist_swapped-v2", "--if", CONDITION, "--key", key, *cli]
+        )
+        assert out.exit_code == 1, out.output
+        assert "not promoted" in out.output
+        assert "agreement 0.7" in out.output or "agreement 0.8" in out.output
         assert Condition.parse(CONDITION).check(summary)
         code = auto_promote(fleet, shadow, Condition.parse(CONDITION), 20, 0, None)
         assert code == 1
+        out = CliRunner().invoke(app, ["shadow", "stop", *cli])
+        assert out.exit_code == 0, out.output
+        assert read_state(fleet)[0] == []
         fleet.pump(1.0)
         assert {fleet.view.statuses[d].model_name for d in DEVICES} == {"mnist_tiny"}
 
@@ -141,6 +170,28 @@ def test_a_swapped_candidate_is_measured_and_refused_an_agreeing_one_promoted(
         close_fleet(fleet)
         fake.close()
         agents.stop_all()
+
+
+def _check_cli_report(cli: list[str], tmp_path: Path, records: list, summary) -> None:
+    """`shadow report --json --truth DIR` says what the summary says, plus both accuracies."""
+    truth = load_mnist("eval").y
+    for r in records:  # a labelled folder: DIR/<label>/<file name>
+        folder = tmp_path / "truth" / str(truth[int(r.source[6:11])])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / r.source).touch()
+    out = CliRunner().invoke(
+        app, ["shadow", "report", "--json", "--truth", str(tmp_path / "truth"), *cli]
+    )
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert doc["rollout"] == "mnist_swapped-v2"
+    assert doc["fleet"]["agreement"] == summary.agreement
+    assert set(doc["reports"]) == set(DEVICES)
+    right = sum(r.label == str(truth[int(r.source[6:11])]) for r in records) / len(records)
+    assert doc["fleet"]["accuracy"]["active"] == pytest.approx(right)
+    assert doc["fleet"]["accuracy"]["candidate"] < right  # the swap costs it the 1s and 7s
+    text = CliRunner().invoke(app, ["shadow", "report", *cli]).output
+    assert "confusion (rows: active label, columns: candidate label)" in text
 
 
 def _check_swapped(summary, sources, records, mnist_bundle) -> None:

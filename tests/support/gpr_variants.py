@@ -6,7 +6,8 @@
 ``seed``  (c) the whole net retrained from another seed (few epochs: 2 cores)
 
 Every file is quantized with the same calibration inputs and carries its ModelInfo, as
-``edgefleet quantize`` writes it. Usage: ``python tests/support/gpr_variants.py OUT_DIR [--cases ...]``.
+``edgefleet quantize`` writes it.
+Usage: ``python tests/support/gpr_variants.py OUT_DIR [--cases ...]``.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.device.download import MAX_REQUEST_INDEXES, PART_FILE, PROGRESS_STEP, Download
-from edgefleet.device.store import atomic_write, sha256_file
+from edgefleet.device.store import atomic_write
 from edgefleet.shared.chunklist import ChunkEntry, make_chunk_list
 from edgefleet.shared.errors import IntegrityError
 from edgefleet.shared.messages import ChunkRequest
@@ -46,6 +46,14 @@ def _read(path: Path, offset: int, length: int) -> bytes:
     with path.open("rb") as f:
         f.seek(offset)
         return f.read(length)
+
+
+def _sha256_stream(path: Path, block: int = 64 * 1024) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while data := f.read(block):
+            digest.update(data)
+    return digest.hexdigest()
 
 
 def _write(path: Path, offset: int, data: bytes) -> None:
@@ -224,7 +232,7 @@ class DeltaDownload:
             OSError: it cannot be read.
         """
         if self.part.stat().st_size == self.variant.size and (
-            sha256_file(self.part) == self.variant.sha256
+            _sha256_stream(self.part) == self.variant.sha256
         ):
             return
         bad = [

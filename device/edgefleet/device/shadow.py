@@ -6,11 +6,15 @@ like an update manifest (signature, target, expiry, newer than the active model,
 downloads the candidate from the same retained chunk topics, checks the file's sha256 and
 runs the usual health check, then loads the candidate on its own thread. The active model
 keeps serving: :meth:`Shadow.offer` is called on the hot path for every classified input
-and only draws a random number and, for the sampled share, puts the input on a bounded
-queue without waiting (when the queue is full the input is dropped and counted). The
-candidate thread classifies the queued inputs and compares them with the active model's
-answers. A summary (:class:`~edgefleet.shared.shadow.ShadowReport`) is published, retained,
-on ``{p}/devices/{id}/shadow/report`` when it changes (at most every ``REPORT_S``).
+and only draws a random number and, for the sampled share, appends the input to a bounded
+deque: no lock, no wake-up of the candidate thread, never a wait (when the deque is full
+the input is dropped and counted). The candidate thread polls the deque every
+``POLL_S`` and takes an input only once the active path has been quiet (no prediction) for
+``QUIET_S``: it runs in the gaps between inputs, so at most one candidate inference (the
+one under way when an input arrives) overlaps an active one. A candidate that finds no
+such gaps lets its queue fill, and the dropped inputs say so. A summary
+(:class:`~edgefleet.shared.shadow.ShadowReport`) is published, retained, on
+``{p}/devices/{id}/shadow/report`` when it changes (at most every ``REPORT_S``).
 
 Nothing here touches the updater, the active pointer or the anti-rollback floor: a
 shadow candidate is never activated; promotion is an ordinary signed rollout from the host.
@@ -19,11 +23,9 @@ Comparisons live in memory: after a restart the shadow starts again from zero.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import queue
 import random
 import shutil
 import threading
@@ -63,6 +65,8 @@ __all__ = ["QUEUE_SIZE", "REPORT_S", "SHADOW_KINDS", "Shadow"]
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 32  # sampled inputs waiting for the candidate; more are dropped (and counted)
+POLL_S = 0.005  # the candidate thread looks for queued inputs this often when idle
+QUIET_S = 0.02  # ... and takes one only when no active prediction came for this long
 REPORT_S = 2.0  # the retained summary is republished at most this often while it changes
 FAIL_LIMIT = 20  # candidate failures (errors, NaN scores) after which the shadow ends
 SHADOW_KINDS = frozenset({SHADOW_DEVICE, SHADOW_GROUP})
@@ -82,7 +86,7 @@ class _Stats:
     """What the candidate thread measures; read by the main thread under ``lock``."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    offered: int = 0
+    offered: int = 0  # offered and dropped: written by the main thread only
     compared: int = 0
     agreed: int = 0
     dropped: int = 0
@@ -130,7 +134,9 @@ class _Run:
         self.state: ShadowState = "downloading"
         self.reason: str | None = None
         self.download: Download | None = None
-        self.queue: queue.Queue[_Item | None] = queue.Queue(maxsize=QUEUE_SIZE)
+        self.queue: deque[_Item] = deque()  # appended by offer, popped by the thread
+        self.capacity = QUEUE_SIZE
+        self.last_active = 0.0  # monotonic time of the latest active prediction
         self.stats = _Stats()
         self.thread: threading.Thread | None = None
         self.rng = random.Random(os.urandom(8))  # noqa: S311 - sampling, not security
@@ -141,9 +147,7 @@ class _Run:
         if self.state in {"done", "failed", "stopped"}:
             return
         self.state, self.reason = state, reason
-        self.stop.set()
-        with contextlib.suppress(queue.Full):  # else it sees ``stop`` after its item
-            self.queue.put_nowait(None)  # wake the thread
+        self.stop.set()  # the thread sees it after its current input
 
 
 class Shadow:
@@ -243,20 +247,21 @@ class Shadow:
     def offer(self, array: npt.NDArray[np.generic], prediction: Prediction, source: str) -> None:
         """Called for every active prediction: queue a sampled share, never wait."""
         run = self.run
-        if run is None or run.state != "running" or prediction.error:
+        if run is None or run.state != "running":
+            return
+        run.last_active = time.monotonic()  # the candidate waits for a quiet moment
+        if prediction.error:
             return
         spec = run.spec
         if spec is None or run.rng.random() >= spec.sample:
             return
-        item = _Item(array, source, prediction.label, prediction.score, prediction.latency_ms)
-        try:
-            run.queue.put_nowait(item)
-        except queue.Full:
-            with run.stats.lock:
-                run.stats.dropped += 1
+        if len(run.queue) >= run.capacity:
+            run.stats.dropped += 1
             return
-        with run.stats.lock:
-            run.stats.offered += 1
+        run.queue.append(
+            _Item(array, source, prediction.label, prediction.score, prediction.latency_ms)
+        )
+        run.stats.offered += 1
 
     def close(self) -> None:
         """Stop the candidate thread (the agent is stopping)."""
@@ -379,9 +384,10 @@ class Shadow:
     def _serve(self, run: _Run, classifier: Classifier) -> None:
         limit = run.spec.max_inputs if run.spec is not None else None
         while not run.stop.is_set():
-            item = run.queue.get()
-            if item is None or run.stop.is_set():
-                return
+            if not run.queue or time.monotonic() - run.last_active < QUIET_S:
+                run.stop.wait(POLL_S)
+                continue
+            item = run.queue.popleft()
             try:
                 prediction = classifier.classify(item.array)
             except (EdgefleetError, ValueError) as exc:

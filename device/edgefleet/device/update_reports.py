@@ -209,7 +209,7 @@ class Reporter:
             "device_id": self.device_id,
             "state": state,
             "active_version": active.version if active else None,
-            "held": held_models(self.store) or None,
+            "held": held_models(self.store),  # also [] : says "I take v2 manifests"
             "ts": self.clock(),
         }
         if manifest is not None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import http.client
 import io
+import json
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -205,6 +207,17 @@ def test_search_counts_and_chart_use_every_filter(store: Path) -> None:
     assert counts[-1] >= 1  # the window ends at the newest record
     assert record_json(db, 9)["thumbnail"]["format"] == "png"
     assert record_json(db, 99) is None
+    db.close()
+    # A record stored before the thumbnail field existed still opens (thumbnail None).
+    raw = sqlite3.connect(store)
+    old = json.loads(raw.execute("SELECT record FROM predictions WHERE id = 1").fetchone()[0])
+    old.pop("thumbnail")
+    with raw:
+        raw.execute("UPDATE predictions SET record = ? WHERE id = 1", (json.dumps(old),))
+    raw.close()
+    db = open_readonly(store)
+    assert db is not None
+    assert record_json(db, 1)["thumbnail"] is None
     db.close()
 
 

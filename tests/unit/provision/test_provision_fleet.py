@@ -203,6 +203,8 @@ def test_provision_records_the_device_and_grants_its_groups(fleet_dir):
         "topic read edgefleet/models/+/chunks/+",
         "topic read edgefleet/groups/field/desired",
         "topic read edgefleet/groups/north/desired",
+        "topic read edgefleet/groups/field/shadow",
+        "topic read edgefleet/groups/north/shadow",
     ]
 
 

@@ -45,7 +45,11 @@ app.add_typer(fleet_cmd.app)  # fleet status, send-image
 app.add_typer(predictions_cmd.app, name="predictions")
 app.command(
     "demo",
-    epilog=examples("edgefleet demo", "edgefleet demo --dataset mnist --devices 3 --keep"),
+    epilog=examples(
+        "edgefleet demo",
+        "edgefleet demo --dataset mnist --devices 3 --keep",
+        "edgefleet demo --shadow",
+    ),
 )(demo_cmd.demo)
 from edgefleet.host.cli import dashboard as dashboard_cmd  # noqa: E402
 

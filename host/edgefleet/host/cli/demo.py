@@ -95,6 +95,10 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to a CLI option
     dashboard_listen: Annotated[
         str, typer.Option(help="HOST:PORT of that dashboard (loopback: read-only, no login).")
     ] = "127.0.0.1:8080",
+    shadow: Annotated[
+        bool,
+        typer.Option("--shadow", help="Also run another build (QAT/float32) in shadow; report."),
+    ] = False,
 ) -> None:
     """Quantize a model, push it over MQTT to N local agents, classify held-out scans live."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -123,6 +127,7 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to a CLI option
         keep=keep,
         timeout_s=timeout,
         dashboard=dashboard_listen if dashboard else None,
+        shadow=shadow,
     )
     try:
         summary = run_demo(options, say=lambda line: print(line, file=progress, flush=True))

@@ -228,6 +228,8 @@ def push(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     from edgefleet.host.fleet import PushPlan, load_model
     from edgefleet.host.fleet import push as do_push
 
+    if not shadow and (until is not None or promote_if is not None or sample != 0.2):  # noqa: PLR2004
+        raise fail("--sample, --until and --promote-if are for a shadow: add --shadow")
     try:
         plan = PushPlan(
             devices=tuple(device or ()),

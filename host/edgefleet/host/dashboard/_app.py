@@ -65,7 +65,7 @@ SESSION_COOKIE = "efd_session"
 PRE_COOKIE = "efd_pre"
 PING_S = 15.0
 LOGIN_SLOTS = 2  # password checks at a time (scrypt, 16 MiB each)
-FLEET_PAGE = 200  # rows per fleet page: a 1,000-device fleet is 5 pages
+FLEET_PAGE = 100  # rows per fleet page: a 1,000-device fleet is 10 pages
 
 
 @dataclass(frozen=True)

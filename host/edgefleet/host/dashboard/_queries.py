@@ -11,7 +11,6 @@ row per dashboard action (who, what, target, result).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.host.errors import FleetError
+from edgefleet.shared.messages import PredictionRecord
 
 PAGE_ROWS = 100
 CHART_MINUTES = 60
@@ -125,12 +125,15 @@ def per_minute(
 
 
 def record_json(db: sqlite3.Connection, row_id: int) -> dict[str, Any] | None:
-    """The full stored record of one row (with its thumbnail), or None."""
+    """The full stored record of one row (with its thumbnail), or None.
+
+    Every field of the current schema is present (a record stored before a field existed,
+    such as ``thumbnail``, has it as None).
+    """
     row = db.execute("SELECT record FROM predictions WHERE id = ?", (row_id,)).fetchone()
     if row is None:
         return None
-    data: dict[str, Any] = json.loads(row[0])
-    return data
+    return PredictionRecord.model_validate_json(row[0]).model_dump(mode="json")
 
 
 LOG_COLUMNS = ("ts", "level", "logger", "message")

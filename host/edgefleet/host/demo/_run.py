@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from edgefleet.host.dashboard import serve_demo
 from edgefleet.host.demo import _agents as demo_agents
 from edgefleet.host.demo import _data as demo_data
+from edgefleet.host.demo import _shadow as demo_shadow
 from edgefleet.host.demo._brokers import (
     BrokerKind,
     EmbeddedBroker,
@@ -85,6 +86,7 @@ class DemoOptions:
     timeout_s: float = 90.0
     feed_interval_s: float = 0.05
     dashboard: str | None = None  # HOST:PORT: serve the dashboard on the demo fleet until Ctrl-C
+    shadow: bool = False  # then another build in shadow, and its report (demo/_shadow.py)
 
 
 def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> Summary:
@@ -234,8 +236,12 @@ class _Demo:
         self.fleet = self.open_host(config, url)
         self.push(deploy)
         t = self.lap("push", t)
+        shadow = demo_shadow.start(self, deploy, GROUP) if self.options.shadow else None
         self.classify(deploy)
         self.lap("inference", t)
+        if shadow is not None:
+            truth = {s.name: self.data.labels[s.label] for s in self.data.scans(self.options.scans)}
+            demo_shadow.finish(self, shadow, truth, self.summary.received)
         self.lap("total", self.started)
         self.judge()
         if self.options.dashboard is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.shared.chunklist import MAX_LISTED_CHUNKS, ChunkEntry, make_chunk_list
 
@@ -80,6 +80,12 @@ def as_delta(template: Manifest, blobs: dict[str, bytes]) -> Manifest:
     return template.model_copy(update={"v": 2, "variants": variants})
 
 
+def delta_capable(fleet: Fleet, targets: list[str]) -> bool:
+    """True when every target has reported ``held`` (only agents that take v2 manifests do)."""
+    reports = [fleet.view.reports.get(d) for d in targets]
+    return bool(targets) and all(r is not None and r.held is not None for r in reports)
+
+
 def held_chunks(fleet: Fleet, device_id: str) -> set[str] | None:
     """sha256 of every chunk the device holds, or None when none of its files is known."""
     report = fleet.view.reports.get(device_id)
@@ -116,21 +122,45 @@ def plan_transfers(
 
 
 def publish_delta_chunks(
-    fleet: Fleet, blobs: dict[str, bytes], manifest: Manifest, wanted: set[str]
-) -> int:
-    """Publish each wanted chunk once, retained, on its content topic; return bytes sent."""
+    fleet: Fleet, blobs: dict[str, bytes], manifest: Manifest, wanted: set[str] | None = None
+) -> tuple[int, int]:
+    """Publish each wanted chunk (None: all) once, retained, on its content topic.
+
+    Returns:
+        (bytes, messages) published.
+    """
     infos, sent, done = [], 0, set()
     for variant in manifest.variants:
         data = blobs[variant.accelerator]
         fleet.registry.keep_model(variant.sha256, data)
         for sha, offset, length in variant.chunks or []:
-            if sha in wanted and sha not in done:
+            if (wanted is None or sha in wanted) and sha not in done:
                 done.add(sha)
                 payload = data[offset : offset + length]
                 infos.append(fleet.conn.publish(fleet.topics.chunk(sha, 0), payload, retain=True))
                 sent += length
     fleet.conn.wait_published(infos)
-    return sent
+    return sent, len(infos)
+
+
+def probe_topics(fleet: Fleet, variant: ModelVariant) -> list[str]:
+    """Topics of a variant's first and last chunk: both retained means all were published."""
+    if variant.chunks:
+        return [fleet.topics.chunk(variant.chunks[i][0], 0) for i in (0, -1)]
+    return [fleet.topics.chunk(variant.sha256, i) for i in {0, variant.chunk_count - 1}]
+
+
+def clear_content_chunks(fleet: Fleet, variant: ModelVariant, keep: set[str]) -> list[Any]:
+    """Clear the retained content chunks of ``variant`` that no model in ``keep`` lists."""
+    still = {
+        c[0]
+        for record in fleet.registry.current_desired()
+        for v in record.manifest.variants
+        if v.sha256 in keep
+        for c in v.chunks or []
+    }
+    drop = sorted({c[0] for c in variant.chunks or []} - still)
+    return [fleet.conn.publish(fleet.topics.chunk(sha, 0), b"", retain=True) for sha in drop]
 
 
 def answer_delta_request(fleet: Fleet, variant: ModelVariant, indexes: list[int]) -> int:

@@ -20,6 +20,8 @@ from edgefleet.host.fleet._checks import EXIT_BROKER_LOST, broker_loss, check_ta
 from edgefleet.host.fleet._delta import (
     DeviceTransfer,
     as_delta,
+    clear_content_chunks,
+    delta_capable,
     plan_transfers,
     publish_delta_chunks,
 )
@@ -135,6 +137,8 @@ def sign_for(
 
 def publish_chunks(fleet: Fleet, blobs: dict[str, bytes], manifest: Manifest) -> int:
     """Publish every chunk of every variant once, retained, and wait for the broker's acks."""
+    if manifest.v == 2:  # noqa: PLR2004 - v2: every chunk on its content topic
+        return publish_delta_chunks(fleet, blobs, manifest)[1]
     infos = []
     for variant in manifest.variants:
         data = blobs[variant.accelerator]
@@ -156,6 +160,9 @@ def clear_superseded_chunks(fleet: Fleet, before: list[PushRecord]) -> list[str]
             if variant.sha256 in still or variant.sha256 in cleared:
                 continue
             cleared.append(variant.sha256)
+            if variant.chunks is not None:  # v2: chunks by content, some shared
+                infos += clear_content_chunks(fleet, variant, still)
+                continue
             infos += [
                 fleet.conn.publish(fleet.topics.chunk(variant.sha256, i), b"", retain=True)
                 for i in range(variant.chunk_count)
@@ -349,10 +356,11 @@ def _roll_out(  # noqa: PLR0917 - private orchestration shared by push and rollb
     result = RolloutResult(
         template.name, version, targets, [], waited=plan.wait is not None, build=build_id(template)
     )
-    template = as_delta(template, blobs)  # v2: chunk lists; each device gets what it lacks
+    if delta_capable(fleet, targets):  # v2: chunk lists; each device gets what it lacks
+        template = as_delta(template, blobs)
     if template.v == 2:  # noqa: PLR2004
         result.transfers, wanted = plan_transfers(fleet, template, targets, full=plan.full)
-        result.bytes_published = publish_delta_chunks(fleet, blobs, template, wanted)
+        result.bytes_published, _ = publish_delta_chunks(fleet, blobs, template, wanted)
         for t in result.transfers:
             fleet.registry.record_transfer(t.device_id, template.name, version, t)
     else:

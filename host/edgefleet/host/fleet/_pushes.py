@@ -47,6 +47,7 @@ class Sent(Protocol):
     def send_bytes(self) -> int:
         """Bytes the device needed sent."""
 
+
 DEFAULT_STATE_DIR = Path.home() / ".local" / "share" / "edgefleet"
 
 _SCHEMA = """

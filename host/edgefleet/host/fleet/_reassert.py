@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from edgefleet.host.fleet._connection import BrokerSettings, connect
+from edgefleet.host.fleet._delta import probe_topics
 from edgefleet.host.fleet._fleet import Fleet
 from edgefleet.host.fleet._pgregistry import open_any_registry
 from edgefleet.host.fleet._push import publish_chunks, publish_desired
@@ -168,8 +169,7 @@ def _reassert_chunks(fleet: Fleet, current: list[PushRecord], report: ReassertRe
     variants = {v.sha256: (v, r.manifest) for r in current for v in r.manifest.variants}
     probes = {}
     for sha, (variant, _manifest) in variants.items():
-        for index in {0, variant.chunk_count - 1}:
-            probes[fleet.topics.chunk(sha, index)] = sha
+        probes.update(dict.fromkeys(probe_topics(fleet, variant), sha))
     present = {t for t, payload in _retained(fleet.conn, list(probes)).items() if payload}
     incomplete = {sha for topic, sha in probes.items() if topic not in present}
     for sha in sorted(incomplete):

@@ -365,10 +365,23 @@ def wait_summary(
 # -- ending ------------------------------------------------------------------------------
 
 
-def stop_shadow(fleet: Fleet, shadow: Shadow) -> None:
-    """Clear the shadow's retained manifests: devices end the comparison and report it."""
+def stop_shadow(fleet: Fleet, shadow: Shadow, *, clear_chunks: bool = True) -> None:
+    """Clear the shadow's retained manifests: devices end the comparison and report it.
+
+    ``clear_chunks``: also clear its retained chunks unless a push still wants them.
+    """
     for topic in shadow.topics:
         publish_desired(fleet, topic, b"")
+    if not clear_chunks:
+        return
+    wanted = fleet.registry.desired_shas()
+    infos = [
+        fleet.conn.publish(fleet.topics.chunk(v.sha256, i), b"", retain=True)
+        for v in shadow.manifest.variants
+        if v.sha256 not in wanted
+        for i in range(v.chunk_count)
+    ]
+    fleet.conn.wait_published(infos)
 
 
 def promote(fleet: Fleet, shadow: Shadow, plan: PushPlan) -> RolloutResult:
@@ -403,5 +416,5 @@ def promote(fleet: Fleet, shadow: Shadow, plan: PushPlan) -> RolloutResult:
     )
     result = push(fleet, ModelFiles(shadow.manifest.name, blobs, template), rollout)
     if not result.aborted:
-        stop_shadow(fleet, shadow)
+        stop_shadow(fleet, shadow, clear_chunks=False)  # the push wants them
     return result
