@@ -56,8 +56,11 @@ typecheck: $(STAMP)
 
 # The fleet load test runs at a reduced size here (10 agents); run it by hand with
 # EDGEFLEET_LOAD_AGENTS=100 for the full figure (see docs/testing.md).
+# The suite runs in TEST_WORKERS processes (pytest-xdist): most tests wait on brokers, agents
+# and child processes, so 3 workers keep 2 cores busy. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 pytest: $(STAMP) tools
-	$(BIN)/pytest -m "not load" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not load" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 	EDGEFLEET_LOAD_AGENTS=$${EDGEFLEET_LOAD_AGENTS:-10} $(BIN)/pytest -m load tests/load
 
 test: lint typecheck pytest

@@ -187,6 +187,17 @@ class Chroot:
         self._mount(["--rbind", "/dev"], "dev")
         run(["mount", "--make-rslave", str(self.root / "dev")])
 
+    def switch_cpu(self, cpu: str) -> None:
+        """Bind the cpuinfo of ``cpu`` instead (the other mounts stay; programs started
+        from now on get QEMU_CPU=cpu)."""
+        target = self.root / "proc/cpuinfo"
+        run(["umount", str(target)])
+        self.mounts.remove(target)
+        self.cpu = cpu
+        info = self.root.parent / f"cpuinfo-{cpu}"
+        info.write_text(cpuinfo(cpu))
+        self._mount(["--bind", str(info)], "proc/cpuinfo")
+
     def _mount(self, args: list[str], target: str) -> None:
         path = self.root / target
         run(["mount", *args, str(path)])

@@ -39,12 +39,11 @@ from edgefleet.device.runtime import (
 from edgefleet.device.safety import Guard
 from edgefleet.device.shadow import SHADOW_KINDS, Shadow
 from edgefleet.device.sources import FolderWatcher
+from edgefleet.device.status import Freshness, build_status, status_key
 from edgefleet.device.store import Pointer, StateStore
-from edgefleet.device.system import cpu_temp_c, rss_bytes
 from edgefleet.device.thumbnails import thumbnail_for
 from edgefleet.device.trust import load_trusted_keys
 from edgefleet.device.updater import Action, Publish, Subscribe, Updater, UpdaterSettings
-from edgefleet.shared import __version__
 from edgefleet.shared.errors import TopicError
 from edgefleet.shared.manifest import Manifest, select_variant
 from edgefleet.shared.messages import PredictionRecord, Status, TopK, encode
@@ -85,6 +84,7 @@ class Agent:
         self.accel = choose_accelerator(self.backend, config.runtime.edgetpu)
         self.accelerator_note = self.accel.note
         self.stats = LatencyStats()
+        self.freshness = Freshness()  # status sent early when the model or outbox moved
         self.classifier: Classifier | None = None
         self.watcher = (
             FolderWatcher(
@@ -399,40 +399,25 @@ class Agent:
         self._model_outcome(f"{type(exc).__name__}: {exc}")
 
     def status(self) -> Status:
-        """The current status / heartbeat."""
-        c = self.classifier
-        p50, p95 = self.stats.percentile(50), self.stats.percentile(95)
-        return Status(
-            device_id=self.config.device_id,
-            online=True,
-            agent_version=__version__,
-            boot_id=self.boot_id,
-            groups=list(self.config.groups),
-            runtime=self.backend.name,
-            runtime_version=self.backend.version,
-            accelerator=c.model.accelerator if c else self.accel.accelerators[0],
-            accelerator_note=self.accelerator_note[:4096] or None,
-            model_name=c.name if c else None,
-            model_version=c.version if c else None,
-            inference_count=self.stats.count,
-            latency_p50_ms=round(p50, 3) if p50 is not None else None,
-            latency_p95_ms=round(p95, 3) if p95 is not None else None,
-            outbox_depth=self.outbox.depth(),
-            dropped=self.outbox.dropped(),
-            ignored_manifests=int(self.store.ignored()["count"]),
-            rejected_inputs=self.intake.rejected_total,
-            safe_mode=self.guard.safe_mode,
-            unclean_exits=self.guard.start.unclean,
-            uptime_s=round(time.monotonic() - self.started, 1),
-            rss_bytes=rss_bytes(),
-            cpu_temp_c=cpu_temp_c(),
-            ts=time.time(),
-        )
+        """The current status / heartbeat (built by :mod:`.status`)."""
+        return build_status(self)
 
     def publish_status(self) -> None:
         """Publish the retained status (also the heartbeat)."""
-        topic = self.topics.status(self.config.device_id)
-        self.link.publish(topic, encode(self.status()), retain=True)
+        status = self.status()
+        self.link.publish(self.topics.status(self.config.device_id), encode(status), retain=True)
+        self.freshness.sent(status, time.monotonic())
+
+    def _status_moved(self) -> bool:
+        """Whether a status should go out before the next heartbeat (see :mod:`.status`)."""
+        c, now = self.classifier, time.monotonic()
+        key = status_key(
+            c.name if c else None,
+            c.version if c else None,
+            safe_mode=self.guard.safe_mode,
+            outbox_depth=self.outbox.depth(),
+        )
+        return self.link.connected.is_set() and self.freshness.due(key, now)
 
     # -- main loop ----------------------------------------------------------------------
 
@@ -467,6 +452,8 @@ class Agent:
                 next_poll = now + poll_s
                 self._poll_folder()
                 self._apply(self.updater.tick() + self.shadow.tick())
+                if self._status_moved():
+                    self.publish_status()
             if now >= next_beat:
                 next_beat = now + self.config.status.heartbeat_s
                 self.guard.beat(self.store)

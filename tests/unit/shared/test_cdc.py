@@ -7,10 +7,8 @@ import itertools
 import random
 import statistics
 
-import flatbuffers
 import numpy as np
 import pytest
-from ai_edge_litert import schema_py_generated as schema
 
 from edgefleet.shared.cdc import GEAR, CdcParams, chunk_model, fastcdc, mask, tflite_buffer_spans
 
@@ -19,7 +17,13 @@ P = CdcParams(min_size=256, avg_size=1024, max_size=4096)
 
 @pytest.fixture(scope="module")
 def flat_model() -> bytes:
-    """A real TFLite flatbuffer (no ops needed) with buffers of several sizes."""
+    """A real TFLite flatbuffer (no ops needed) with buffers of several sizes.
+
+    Built with the flatbuffers schema that ai-edge-litert ships; the legacy device environment
+    (tflite-runtime, tests/test_packaging.py) has neither, so the tests that need it skip there.
+    """
+    flatbuffers = pytest.importorskip("flatbuffers")
+    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
     model = schema.ModelT()
     model.version = 3
     model.subgraphs = [schema.SubGraphT()]
