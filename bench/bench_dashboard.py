@@ -38,6 +38,7 @@ from edgefleet.host.fleet import SqliteStore, open_registry
 from edgefleet.shared.messages import PredictionRecord, Status, Thumbnail, TopK, encode
 from edgefleet.shared.topics import Topics
 from support.broker import MosquittoBroker, free_port
+from support.chromium import headless_chromium
 
 GPR_SCANS = Path(__file__).resolve().parent.parent / "host/edgefleet/host/datasets/data/gpr/heldout"
 LABELS = ("metal", "plastic", "concrete", "none")
@@ -144,27 +145,7 @@ def fetch(port: int, path: str) -> tuple[float, float, int]:
 
 def browser_timings(port: int, runs: int, profile: Path) -> dict[str, tuple[float, float, float]]:
     """Median (TTFB, loadEventEnd, browser CPU) in ms per page (Navigation Timing, /proc)."""
-    from selenium import webdriver  # noqa: PLC0415 - optional: only when chromium is there
-    from selenium.webdriver.chrome.options import Options  # noqa: PLC0415
-    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
-
-    options = Options()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,900",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(
-        options=options, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    )
+    driver = headless_chromium(profile)
     out = {}
     try:
         for page in PAGES:

@@ -24,7 +24,7 @@ from support.agent import (
     crash_model,
     mnist_eval_pngs,
     shared_mnist_model,
-    write_agent_config,
+    signed_agent_config,
 )
 from support.broker import MosquittoBroker
 
@@ -47,16 +47,8 @@ def host(broker, prefix):
 
 @pytest.fixture
 def setup(tmp_path: Path, broker, prefix, host):
-    signer = Signer(tmp_path / "keys")
-    inbox = tmp_path / "inbox"
-    config = write_agent_config(
-        tmp_path / "device",
-        device_id=DEVICE,
-        broker_url=broker.url,
-        prefix=prefix,
-        keys=[signer.public_path],
-        groups=["field"],
-        watch_dir=inbox,
+    signer, inbox, config = signed_agent_config(
+        tmp_path, device_id=DEVICE, broker_url=broker.url, prefix=prefix, groups=["field"]
     )
     agents: list[AgentProcess] = []
 
@@ -362,21 +354,14 @@ def test_an_agent_speaking_mqtt_311_completes_an_update(tmp_path: Path, prefix, 
         tmp_path / "mosquitto", extra_conf="log_type notice\nconnection_messages true\n"
     ).start()
     host = FakeHost(broker.url, prefix)
-    signer = Signer(tmp_path / "keys")
-    config = write_agent_config(
-        tmp_path / "device",
-        device_id=DEVICE,
-        broker_url=broker.url,
-        prefix=prefix,
-        keys=[signer.public_path],
-        watch_dir=tmp_path / "inbox",
-        protocol="3.1.1",
+    signer, inbox, config = signed_agent_config(
+        tmp_path, device_id=DEVICE, broker_url=broker.url, prefix=prefix, protocol="3.1.1"
     )
     agent = AgentProcess(config)
     try:
         install(host, signer, mnist_bundle, 1)
         host.wait_report(DEVICE, state="active", version=1)
-        truth = mnist_eval_pngs(tmp_path / "inbox", 3)
+        truth = mnist_eval_pngs(inbox, 3)
         predictions_for(host, set(truth))
         assert f"as {DEVICE} (p2, c0" in broker.log_path.read_text()
     finally:

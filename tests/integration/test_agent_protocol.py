@@ -29,7 +29,7 @@ from support.agent import (
     Signer,
     mnist_eval_pngs,
     shared_mnist_model,
-    write_agent_config,
+    signed_agent_config,
 )
 from support.broker import MosquittoBroker, free_port
 
@@ -180,16 +180,8 @@ def _integrity_retry(host: FakeHost, signer: Signer, bundle: ModelBundle, tmp_pa
 def test_the_agent_on_the_wire_says_what_the_protocol_document_says(
     tmp_path: Path, broker, prefix, mnist_bundle
 ):
-    signer = Signer(tmp_path / "keys")
-    inbox = tmp_path / "inbox"
-    config = write_agent_config(
-        tmp_path / "device",
-        device_id=DEVICE,
-        broker_url=broker.url,
-        prefix=prefix,
-        keys=[signer.public_path],
-        groups=["field"],
-        watch_dir=inbox,
+    signer, inbox, config = signed_agent_config(
+        tmp_path, device_id=DEVICE, broker_url=broker.url, prefix=prefix, groups=["field"]
     )
     host = FakeHost(broker.url, prefix)
     agent = AgentProcess(config)
@@ -207,13 +199,12 @@ def test_the_agent_on_the_wire_says_what_the_protocol_document_says(
 
 def test_an_unreachable_broker_is_said_at_the_default_log_level(tmp_path: Path, prefix):
     port = free_port()
-    signer = Signer(tmp_path / "keys")
-    config = write_agent_config(
-        tmp_path / "device",
+    _, _, config = signed_agent_config(
+        tmp_path,
         device_id=DEVICE,
         broker_url=f"mqtt://127.0.0.1:{port}",
         prefix=prefix,
-        keys=[signer.public_path],
+        watch=False,
     )
     text = config.read_text().replace('log_level = "info"\n', "")  # the default: warning
     config.write_text(text)

@@ -14,10 +14,9 @@ from support.agent import (
     AgentProcess,
     FakeHost,
     ModelBundle,
-    Signer,
     mnist_eval_pngs,
     shared_mnist_model,
-    write_agent_config,
+    signed_agent_config,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,15 +42,8 @@ def test_predictions_made_while_the_broker_is_down_all_arrive_once(
     tmp_path: Path, own_broker, prefix, mnist_bundle
 ):
     host = FakeHost(own_broker.url, prefix)
-    signer = Signer(tmp_path / "keys")
-    inbox = tmp_path / "inbox"
-    config = write_agent_config(
-        tmp_path / "device",
-        device_id=DEVICE,
-        broker_url=own_broker.url,
-        prefix=prefix,
-        keys=[signer.public_path],
-        watch_dir=inbox,
+    signer, inbox, config = signed_agent_config(
+        tmp_path, device_id=DEVICE, broker_url=own_broker.url, prefix=prefix
     )
     agent = AgentProcess(config)
     try:
@@ -93,13 +85,8 @@ def test_agent_killed_mid_download_resumes_with_only_the_missing_chunks(
     chunk = 1024
     total = chunk_count(len(mnist_bundle.data), chunk)
     host = FakeHost(broker.url, prefix)
-    signer = Signer(tmp_path / "keys")
-    config = write_agent_config(
-        tmp_path / "device",
-        device_id=DEVICE,
-        broker_url=broker.url,
-        prefix=prefix,
-        keys=[signer.public_path],
+    signer, _, config = signed_agent_config(
+        tmp_path, device_id=DEVICE, broker_url=broker.url, prefix=prefix, watch=False
     )
     first = AgentProcess(config, fault="after_chunk_write:3")
     second = None

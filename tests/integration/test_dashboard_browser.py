@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.cookiejar
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -40,11 +39,10 @@ from support.agent import (
     write_agent_config,
 )
 from support.broker import free_port
+from support.chromium import headless_chromium
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
@@ -75,23 +73,7 @@ def _wait(what: str, check: Callable[[], Any], timeout: float = 30.0, every: flo
 
 
 def _browser(profile: Path) -> Any:
-    options = Options()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,900",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    driver = webdriver.Chrome(options=options, service=service)
+    driver = headless_chromium(profile, extra_flags=("--disable-dev-shm-usage",))
     driver.set_page_load_timeout(30)
     return driver
 

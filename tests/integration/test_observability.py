@@ -23,9 +23,9 @@ from support.agent import (
     AgentProcess,
     FakeHost,
     ModelBundle,
-    Signer,
     mnist_eval_pngs,
     shared_mnist_model,
+    signed_agent_config,
     write_agent_config,
 )
 from support.broker import free_port, wait_for_port
@@ -108,16 +108,12 @@ def test_both_endpoints_count_while_predictions_flow_and_logs_reach_the_host(
     host_port, _db, banner = listener
     assert f"http://127.0.0.1:{host_port}/metrics" in banner
     dev_port = free_port()
-    signer = Signer(tmp_path / "keys")
-    inbox = tmp_path / "inbox"
-    config = write_agent_config(
-        tmp_path / "device",
+    signer, inbox, config = signed_agent_config(
+        tmp_path,
         device_id=DEVICE,
         broker_url=broker.url,
         prefix=prefix,
-        keys=[signer.public_path],
         groups=["field"],
-        watch_dir=inbox,
         extra=f'[metrics]\nlisten = "127.0.0.1:{dev_port}"\n[logs]\nlevel = "warning"\n',
     )
     fake = FakeHost(broker.url, prefix)

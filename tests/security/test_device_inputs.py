@@ -26,10 +26,9 @@ from support.agent import (
     AgentProcess,
     FakeHost,
     ModelBundle,
-    Signer,
     mnist_eval_pngs,
     shared_mnist_model,
-    write_agent_config,
+    signed_agent_config,
 )
 from support.faults import digit_png, ping, wait_until
 
@@ -102,15 +101,11 @@ def mnist_bundle(tmp_path_factory) -> ModelBundle:
 def rig(tmp_path: Path, broker, prefix, mnist_bundle):
     """A real agent serving the tiny MNIST model, watching ``inbox``; yields helpers."""
     host = FakeHost(broker.url, prefix)
-    signer = Signer(tmp_path / "keys")
-    inbox = tmp_path / "inbox"
-    config = write_agent_config(
-        tmp_path / "device",
+    signer, inbox, config = signed_agent_config(
+        tmp_path,
         device_id=DEVICE,
         broker_url=broker.url,
         prefix=prefix,
-        keys=[signer.public_path],
-        watch_dir=inbox,
         extra=f"settle_s = {SETTLE_S}\nincomplete_timeout_s = {INCOMPLETE_S}\n",
     )
     agents: list[AgentProcess] = []

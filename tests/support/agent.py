@@ -428,6 +428,38 @@ def write_agent_config(
     return path
 
 
+def signed_agent_config(
+    tmp_path: Path,
+    *,
+    device_id: str,
+    broker_url: str,
+    prefix: str,
+    watch: bool = True,
+    groups: list[str] | None = None,
+    extra: str = "",
+    protocol: str | None = None,
+) -> tuple[Signer, Path, Path]:
+    """One test device: a key in ``tmp_path/keys``, its agent.toml in ``tmp_path/device``.
+
+    The agent trusts that key and (``watch``) watches ``tmp_path/inbox`` (not created).
+    Returns the signer, the inbox and the config's path.
+    """
+    signer = Signer(tmp_path / "keys")
+    inbox = tmp_path / "inbox"
+    config = write_agent_config(
+        tmp_path / "device",
+        device_id=device_id,
+        broker_url=broker_url,
+        prefix=prefix,
+        keys=[signer.public_path],
+        groups=groups,
+        watch_dir=inbox if watch else None,
+        extra=extra,
+        protocol=protocol,
+    )
+    return signer, inbox, config
+
+
 class AgentProcess:
     """``edgefleet-agent run --config PATH`` as a real child process."""
 

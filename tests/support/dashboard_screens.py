@@ -7,40 +7,23 @@ Debian's headless chromium.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: tests/ too
+
+from support.chromium import headless_chromium
 
 
 def main(url: str, out: Path) -> None:
     """Open each page, let the live updates settle, save it."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
-        options = Options()
-        options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-        for flag in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1400,820",
-            f"--user-data-dir={profile}",
-        ):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(
-            options=options,
-            service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"),
-        )
+        driver = headless_chromium(profile, window="1400,820")
         try:
             for name, path in (
                 ("fleet", "/"),

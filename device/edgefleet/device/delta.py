@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.device.download import MAX_REQUEST_INDEXES, PART_FILE, PROGRESS_STEP, Download
+from edgefleet.device.download import PART_FILE, ChunkFetch, Download
 from edgefleet.device.store import atomic_write
 from edgefleet.shared.chunklist import ChunkEntry, make_chunk_list
 from edgefleet.shared.errors import IntegrityError
@@ -101,7 +101,7 @@ def _listed(document: dict[str, Any], sha256: str) -> list[ChunkEntry] | None:
 
 
 @dataclass
-class DeltaDownload:
+class DeltaDownload(ChunkFetch):
     """The delta download of one v2 variant (see the module docstring)."""
 
     manifest: Manifest
@@ -210,19 +210,9 @@ class DeltaDownload:
         self.last_activity = now
         return True
 
-    def progress_due(self) -> bool:
-        """True once per ``PROGRESS_STEP`` of progress: time to report it."""
-        if self.progress - self.reported_progress < PROGRESS_STEP:
-            return False
-        self.reported_progress = self.progress
-        return True
-
     def request_missing(self, device_id: str, now: float) -> ChunkRequest:
         """Ask for the chunks still missing, by their index in the manifest's list."""
-        self.last_activity = now
-        self.requests += 1
-        indexes = sorted(i for v in self.missing.values() for i in v)[:MAX_REQUEST_INDEXES]
-        return ChunkRequest(device_id=device_id, sha256=self.variant.sha256, indexes=indexes)
+        return self._request(device_id, now, sorted(i for v in self.missing.values() for i in v))
 
     def verify(self) -> None:
         """Check the whole part file against the manifest's sha256, streaming it.

@@ -43,8 +43,39 @@ CHECKPOINT_S = 5.0
 PROGRESS_STEP = 0.1  # a "downloading" report for every tenth of the file
 
 
+class ChunkFetch:
+    """What a whole download and a delta download share: progress reports, chunk requests.
+
+    The subclass (a dataclass) has these fields and says how far along it is in ``progress``.
+    """
+
+    variant: ModelVariant
+    last_activity: float
+    reported_progress: float
+    requests: int
+
+    @property
+    def progress(self) -> float:
+        """The share of chunks in place, 0.0 to 1.0."""
+        raise NotImplementedError
+
+    def progress_due(self) -> bool:
+        """True once per ``PROGRESS_STEP`` of progress: time to report it."""
+        if self.progress - self.reported_progress < PROGRESS_STEP:
+            return False
+        self.reported_progress = self.progress
+        return True
+
+    def _request(self, device_id: str, now: float, missing: list[int]) -> ChunkRequest:
+        """Ask for the first ``MAX_REQUEST_INDEXES`` of ``missing`` (indexes in the manifest)."""
+        self.last_activity = now
+        self.requests += 1
+        indexes = missing[:MAX_REQUEST_INDEXES]
+        return ChunkRequest(device_id=device_id, sha256=self.variant.sha256, indexes=indexes)
+
+
 @dataclass
-class Download:
+class Download(ChunkFetch):
     """The download of one model variant (see the module docstring)."""
 
     manifest: Manifest
@@ -117,19 +148,9 @@ class Download:
             self._save_state(now)
         return new
 
-    def progress_due(self) -> bool:
-        """True once per ``PROGRESS_STEP`` of progress: time to report it."""
-        if self.progress - self.reported_progress < PROGRESS_STEP:
-            return False
-        self.reported_progress = self.progress
-        return True
-
     def request_missing(self, device_id: str, now: float) -> ChunkRequest:
         """Ask for the chunks still missing (the first ``MAX_REQUEST_INDEXES`` of them)."""
-        self.last_activity = now
-        self.requests += 1
-        missing = self.reassembler.missing()[:MAX_REQUEST_INDEXES]
-        return ChunkRequest(device_id=device_id, sha256=self.variant.sha256, indexes=missing)
+        return self._request(device_id, now, self.reassembler.missing())
 
     def verify(self) -> None:
         """Check the whole downloaded file against the manifest's sha256, in one pass.

@@ -9,27 +9,12 @@ import numpy as np
 
 from edgefleet.device.inference import Prediction
 from edgefleet.device.shadow import QUEUE_SIZE, Shadow, _Run
-from edgefleet.shared.manifest import Manifest, ModelVariant, Targets
-from edgefleet.shared.shadow import ShadowSpec
-from edgefleet.shared.spec import PreprocessSpec, TensorSpec
 from edgefleet.shared.topics import Topics
+from support.manifests import shadow_manifest
 
 
 def _shadow(tmp_path, sample: float) -> tuple[Shadow, _Run]:
-    manifest = Manifest(
-        name="cand",
-        version=2,
-        created_at=1,
-        expires_at=2,
-        targets=Targets(groups=["g"]),
-        variants=[ModelVariant.for_bytes(b"x" * 10, accelerator="cpu")],
-        mode="int8",
-        input=TensorSpec(shape=(1, 4, 4, 1), dtype="int8"),
-        output=TensorSpec(shape=(1, 2), dtype="int8"),
-        preprocess=PreprocessSpec(height=4, width=4),
-        labels=["a", "b"],
-        shadow=ShadowSpec(sample=sample),
-    )
+    manifest = shadow_manifest(version=2, sample=sample)
     agent = SimpleNamespace(
         config=SimpleNamespace(device_id="d1", groups=["g"]),
         topics=Topics("p"),

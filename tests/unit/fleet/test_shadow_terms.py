@@ -8,26 +8,12 @@ from typer.testing import CliRunner
 from edgefleet.host.cli import app
 from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet._shadow import Condition, Shadow, parse_until, summarize
-from edgefleet.shared.manifest import Manifest, ModelVariant, Targets
-from edgefleet.shared.shadow import LatencySummary, ShadowReport, ShadowSpec
-from edgefleet.shared.spec import PreprocessSpec, TensorSpec
+from edgefleet.shared.shadow import LatencySummary, ShadowReport
+from support.manifests import shadow_manifest
 
 
 def _shadow() -> Shadow:
-    manifest = Manifest(
-        name="cand",
-        version=7,
-        created_at=1,
-        expires_at=2,
-        targets=Targets(groups=["g"]),
-        variants=[ModelVariant.for_bytes(b"x" * 10, accelerator="cpu")],
-        mode="int8",
-        input=TensorSpec(shape=(1, 4, 4, 1), dtype="int8"),
-        output=TensorSpec(shape=(1, 2), dtype="int8"),
-        preprocess=PreprocessSpec(height=4, width=4),
-        labels=["a", "b"],
-        shadow=ShadowSpec(sample=0.5),
-    )
+    manifest = shadow_manifest(version=7, sample=0.5)
     return Shadow(manifest, ["p/groups/g/shadow"], "g", ["d1", "d2", "d3"])
 
 

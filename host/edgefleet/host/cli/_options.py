@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperOption
 
 from edgefleet.shared.errors import EdgefleetError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from edgefleet.host.fleet import Fleet
+
+T = TypeVar("T")
 
 # Exit codes shared by the fleet commands (docs/fleet.md, "Exit codes").
 EXIT_FAILED = 1
@@ -85,3 +92,35 @@ def fail(exc: EdgefleetError | str) -> typer.Exit:
     """Print a clear error to stderr and return the Exit to raise."""
     typer.echo(f"error: {exc}", err=True)
     return typer.Exit(code=1)
+
+
+def open_or_fail(
+    *,
+    broker: str | None,
+    fleet: Path | None,
+    prefix: str | None,
+    state_dir: Path | None,
+    **options: Any,  # noqa: ANN401 - open_fleet's other keywords (key_file, read_only, ...)
+) -> Fleet:
+    """``open_fleet`` from the CLI options; its error printed as :func:`fail` does."""
+    from edgefleet.host.fleet import open_fleet
+
+    try:
+        return open_fleet(
+            broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir, **options
+        )
+    except EdgefleetError as exc:
+        raise fail(exc) from exc
+
+
+def on_fleet(fl: Fleet, job: Callable[[Fleet], T]) -> T:
+    """Run ``job`` on an open fleet, close it, and print an error as :func:`fail` does."""
+    from edgefleet.host.fleet import close_fleet
+
+    try:
+        try:
+            return job(fl)
+        finally:
+            close_fleet(fl)
+    except EdgefleetError as exc:
+        raise fail(exc) from exc

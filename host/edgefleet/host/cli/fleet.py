@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.host.cli._options import Broker, FleetDir, Prefix, StateDir, example, fail
+from edgefleet.host.cli._options import (
+    Broker,
+    FleetDir,
+    Prefix,
+    StateDir,
+    example,
+    fail,
+    on_fleet,
+    open_or_fail,
+)
 from edgefleet.shared.errors import EdgefleetError
 
 app = typer.Typer()
@@ -44,20 +53,11 @@ def status(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     devices report (RSS, uptime, p95, inference count, agent version, ...). Read-only: it
     creates no file.
     """
-    from edgefleet.host.fleet import (
-        close_fleet,
-        device_rows,
-        format_table,
-        format_warnings,
-        open_fleet,
-    )
+    from edgefleet.host.fleet import close_fleet, device_rows, format_table, format_warnings
 
-    try:
-        fl = open_fleet(
-            broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir, read_only=True
-        )
-    except EdgefleetError as exc:
-        raise fail(exc) from exc
+    fl = open_or_fail(
+        broker=broker, fleet=fleet, prefix=prefix, state_dir=state_dir, read_only=True
+    )
     try:
         fl.observe()
         while True:
@@ -92,16 +92,10 @@ def reassert_cmd(
     republishes only what is missing or stale; `predictions listen` does the same on start
     and every few minutes.
     """
-    from edgefleet.host.fleet import close_fleet, open_fleet, reassert
+    from edgefleet.host.fleet import reassert
 
-    try:
-        fl = open_fleet(broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir)
-        try:
-            report = reassert(fl.conn, fl.topics, fl.registry)
-        finally:
-            close_fleet(fl)
-    except EdgefleetError as exc:
-        raise fail(exc) from exc
+    fl = open_or_fail(broker=broker, fleet=fleet, prefix=prefix, state_dir=state_dir)
+    report = on_fleet(fl, lambda fl: reassert(fl.conn, fl.topics, fl.registry))
     typer.echo(report.summary())
 
 
@@ -125,20 +119,17 @@ def send_image(  # noqa: PLR0917 - a typer command: its parameters are the CLI o
     Each input is recorded as `mqtt:PATH#SHA8` (the path as given and the start of the
     file's sha256), so two files of the same name stay apart in `predictions tail`.
     """
-    from edgefleet.host.fleet import close_fleet, open_fleet, send_images
+    from edgefleet.host.fleet import send_images
     from edgefleet.shared.topics import validate_id
 
     try:
         validate_id(device)
-        fl = open_fleet(
-            broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir, read_only=True
-        )
-        try:
-            n = send_images(fl.conn, fl, device, files)
-        finally:
-            close_fleet(fl)
     except EdgefleetError as exc:
         raise fail(exc) from exc
+    fl = open_or_fail(
+        broker=broker, fleet=fleet, prefix=prefix, state_dir=state_dir, read_only=True
+    )
+    n = on_fleet(fl, lambda fl: send_images(fl.conn, fl, device, files))
     typer.echo(
         f"sent {n} image(s) to {device} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())};"
         " see `edgefleet predictions tail`"

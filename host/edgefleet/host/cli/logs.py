@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from edgefleet.host.cli._options import Broker, FleetDir, Prefix, StateDir, fail
+from edgefleet.host.cli._options import (
+    Broker,
+    FleetDir,
+    Prefix,
+    StateDir,
+    fail,
+    open_or_fail,
+)
 from edgefleet.shared.errors import EdgefleetError
 
 if TYPE_CHECKING:
@@ -87,19 +94,16 @@ def _follow(
     prefix: str | None,
     state_dir: Path | None,
 ) -> None:
-    from edgefleet.host.fleet import close_fleet, open_fleet, random_client_id
+    from edgefleet.host.fleet import close_fleet, random_client_id
     from edgefleet.host.fleet._logs import follow, format_line
 
-    try:
-        fl = open_fleet(
-            broker=broker,
-            fleet_dir=fleet,
-            prefix=prefix,
-            state_dir=state_dir,
-            client_id=random_client_id("logs"),
-        )
-    except EdgefleetError as exc:
-        raise fail(exc) from exc
+    fl = open_or_fail(
+        broker=broker,
+        fleet=fleet,
+        prefix=prefix,
+        state_dir=state_dir,
+        client_id=random_client_id("logs"),
+    )
     typer.echo(f"following {device}'s logs on {fl.conn.url} (Ctrl-C to stop)", err=True)
     try:
         for line in follow(fl.conn, fl.topics, device):

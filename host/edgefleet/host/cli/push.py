@@ -19,6 +19,8 @@ from edgefleet.host.cli._options import (
     StateDir,
     example,
     fail,
+    on_fleet,
+    open_or_fail,
 )
 from edgefleet.shared.errors import EdgefleetError
 
@@ -137,19 +139,11 @@ def _roll_out(
     key: Path | None,
 ) -> NoReturn:
     """Open the fleet with its signing key, run a push or rollback, print it and exit."""
-    from edgefleet.host.fleet import close_fleet, open_fleet
+    from edgefleet.host.fleet import close_fleet
 
-    try:
-        fl = open_fleet(
-            broker=broker,
-            fleet_dir=fleet,
-            prefix=prefix,
-            state_dir=state_dir,
-            key_file=key,
-            need_key=True,
-        )
-    except EdgefleetError as exc:
-        raise fail(exc) from exc
+    fl = open_or_fail(
+        broker=broker, fleet=fleet, prefix=prefix, state_dir=state_dir, key_file=key, need_key=True
+    )
     from edgefleet.host.fleet._checks import broker_loss
 
     fl.on_progress = ProgressPrinter() if wait is not None else None
@@ -326,20 +320,14 @@ def rollout_status(  # noqa: PLR0917 - a typer command: its parameters are the C
     state_dir: StateDir = None,
 ) -> None:
     """Where each target of the latest push stands (from the devices' retained reports)."""
-    from edgefleet.host.fleet import close_fleet, device_target, group_target, open_fleet
+    from edgefleet.host.fleet import device_target, group_target
     from edgefleet.host.fleet import rollout_status as status
 
     target = group_target(group) if group else device_target(device) if device else None
-    try:
-        fl = open_fleet(
-            broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir, read_only=True
-        )
-        try:
-            rows = status(fl, target=target)
-        finally:
-            close_fleet(fl)
-    except EdgefleetError as exc:
-        raise fail(exc) from exc
+    fl = open_or_fail(
+        broker=broker, fleet=fleet, prefix=prefix, state_dir=state_dir, read_only=True
+    )
+    rows = on_fleet(fl, lambda fl: status(fl, target=target))
     if not rows:
         typer.echo("no rollouts recorded in this host's state dir")
     for record, progress in rows:
@@ -375,18 +363,12 @@ def rollout_cancel(  # noqa: PLR0917 - a typer command: its parameters are the C
     this host's registry. Devices that already run it keep it: `edgefleet rollback` returns
     them to the previous model.
     """
-    from edgefleet.host.fleet import cancel_rollout, close_fleet, device_target, open_fleet
+    from edgefleet.host.fleet import cancel_rollout, device_target
     from edgefleet.host.fleet import group_target as to_group
 
     if bool(device) == bool(group):
         raise fail("give either --group NAME or --device ID")
     target = to_group(group) if group else device_target(device or "")
-    try:
-        fl = open_fleet(broker=broker, fleet_dir=fleet, prefix=prefix, state_dir=state_dir)
-        try:
-            result = cancel_rollout(fl, target)
-        finally:
-            close_fleet(fl)
-    except EdgefleetError as exc:
-        raise fail(exc) from exc
+    fl = open_or_fail(broker=broker, fleet=fleet, prefix=prefix, state_dir=state_dir)
+    result = on_fleet(fl, lambda fl: cancel_rollout(fl, target))
     typer.echo(result.summary())

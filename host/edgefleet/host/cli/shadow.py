@@ -16,12 +16,12 @@ from edgefleet.host.cli._options import (
     StateDir,
     example,
     fail,
+    on_fleet,
+    open_or_fail,
 )
 from edgefleet.shared.errors import EdgefleetError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from edgefleet.host.fleet import Fleet, ModelFiles
     from edgefleet.host.fleet._shadow import Condition, FleetSummary, Shadow
 
@@ -64,30 +64,14 @@ def _open(
     *,
     need_key: bool = False,
 ) -> Fleet:
-    from edgefleet.host.fleet import open_fleet
-
-    try:
-        return open_fleet(
-            broker=broker,
-            fleet_dir=fleet,
-            prefix=prefix,
-            state_dir=state_dir,
-            key_file=key,
-            need_key=need_key,
-        )
-    except EdgefleetError as exc:
-        raise fail(exc) from exc
-
-
-def _with_fleet(fl: Fleet, job: Callable[[Fleet], int]) -> int:
-    from edgefleet.host.fleet import close_fleet
-
-    try:
-        return job(fl)
-    except EdgefleetError as exc:
-        raise fail(exc) from exc
-    finally:
-        close_fleet(fl)
+    return open_or_fail(
+        broker=broker,
+        fleet=fleet,
+        prefix=prefix,
+        state_dir=state_dir,
+        key_file=key,
+        need_key=need_key,
+    )
 
 
 def read_truth(directory: Path | None) -> dict[str, str] | None:
@@ -231,7 +215,7 @@ def shadow_push(  # noqa: PLR0917 - the options of `edgefleet push --shadow`
         return auto_promote(fl, shadow, condition, wait or 0.0, canary, max_failures)
 
     broker, fleet, prefix, state_dir, key = conn
-    return _with_fleet(_open(broker, fleet, prefix, state_dir, key, need_key=True), job)
+    return on_fleet(_open(broker, fleet, prefix, state_dir, key, need_key=True), job)
 
 
 def auto_promote(  # noqa: PLR0917 - the options of push --shadow --promote-if
@@ -299,7 +283,7 @@ def report(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
                 typer.echo(line)
         return 0
 
-    raise typer.Exit(_with_fleet(_open(broker, fleet, prefix, state_dir), job))
+    raise typer.Exit(on_fleet(_open(broker, fleet, prefix, state_dir), job))
 
 
 @app.command(
@@ -354,7 +338,7 @@ def promote_cmd(  # noqa: PLR0917 - a typer command: its parameters are the CLI 
         print_result(result)
         return result.exit_code
 
-    raise typer.Exit(_with_fleet(_open(broker, fleet, prefix, state_dir, key, need_key=True), job))
+    raise typer.Exit(on_fleet(_open(broker, fleet, prefix, state_dir, key, need_key=True), job))
 
 
 @app.command(
@@ -377,4 +361,4 @@ def stop(
         typer.echo(f"{shadow.rollout}: shadow ended on {len(shadow.devices)} device(s)")
         return 0
 
-    raise typer.Exit(_with_fleet(_open(broker, fleet, prefix, state_dir), job))
+    raise typer.Exit(on_fleet(_open(broker, fleet, prefix, state_dir), job))

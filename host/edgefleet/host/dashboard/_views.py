@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.host.fleet import device_rows
 from edgefleet.host.fleet._rollout import Phase, classify
-from edgefleet.shared.errors import DecodeError
-from edgefleet.shared.messages import Status, decode
+from edgefleet.host.fleet._status import parse_status
+from edgefleet.shared.messages import Status
 
 if TYPE_CHECKING:
     from edgefleet.host.fleet import DeviceRow, Fleet, PushRecord
@@ -25,13 +25,7 @@ def _last_status(fleet: Fleet, device_id: str, known: dict[str, Any]) -> Status 
     status = fleet.view.statuses.get(device_id)
     if status is not None and status.online:
         return status
-    text = known.get(device_id, ([], None, None))[1]
-    if text is None:
-        return None
-    try:
-        return decode(Status, text.encode())
-    except DecodeError:
-        return None
+    return parse_status(known.get(device_id, ([], None, None))[1])
 
 
 def _builds(fleet: Fleet) -> dict[tuple[str, int], Manifest]:

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgefleet.host.fleet import Ingestor, IngestStats, PredictionStore, SqliteStore
+from edgefleet.host.fleet._store import StoreWrapper
 from edgefleet.host.quantize import _measure as measure
 from edgefleet.shared.preprocess import preprocess
 from edgefleet.shared.tflite_model import read_model_info
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable
     from pathlib import Path
 
     from edgefleet.host.demo._data import Scan
@@ -26,11 +27,11 @@ if TYPE_CHECKING:
     from edgefleet.shared.messages import PredictionRecord
 
 
-class _LiveStore:
+class _LiveStore(StoreWrapper):
     """A PredictionStore that also hands each newly stored record to a callback."""
 
     def __init__(self, inner: PredictionStore, on_new: Callable[[PredictionRecord], None]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.on_new = on_new
         self.seen: set[tuple[str, str, int]] = set()
 
@@ -43,17 +44,6 @@ class _LiveStore:
                 self.seen.add(key)
                 self.on_new(record)
         return new
-
-    def count(self) -> int:
-        return self.inner.count()
-
-    def iter_records(
-        self, *, device_id: str | None = None, after_id: int = 0
-    ) -> Iterator[tuple[int, PredictionRecord]]:
-        return self.inner.iter_records(device_id=device_id, after_id=after_id)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @dataclass

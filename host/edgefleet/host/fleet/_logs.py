@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet._export import iso, parse_time
+from edgefleet.host.fleet._store import open_wal
 from edgefleet.shared.errors import DecodeError, TopicError
 from edgefleet.shared.messages import DeviceLog, decode
 from edgefleet.shared.topics import LOGS
@@ -65,9 +66,7 @@ class LogStore:
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = open_wal(path, busy_timeout_s)
             with self._db:
                 self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:

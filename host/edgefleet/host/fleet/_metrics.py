@@ -29,6 +29,7 @@ from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet._clientid import random_client_id
 from edgefleet.host.fleet._fleet import Fleet, open_fleet
 from edgefleet.host.fleet._push import _Rollout
+from edgefleet.host.fleet._store import StoreWrapper
 from edgefleet.shared.listen import split_listen
 
 if TYPE_CHECKING:
@@ -49,11 +50,11 @@ SNAPSHOT_EVERY_S = 5.0
 RETRY_S = 10.0
 
 
-class MeasuredStore:
+class MeasuredStore(StoreWrapper):
     """A PredictionStore that times its commits and the store lag (see the module docstring)."""
 
     def __init__(self, inner: PredictionStore, registry: CollectorRegistry) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.lag = Histogram(
             "edgefleet_ingest_store_lag_seconds",
             "Commit time minus the record's ts (device clock): how far behind storage is.",
@@ -78,20 +79,6 @@ class MeasuredStore:
         for record in records:
             self.lag.observe(max(0.0, now - record.ts))
         return new
-
-    def count(self) -> int:
-        """How many records are stored."""
-        return self.inner.count()
-
-    def iter_records(
-        self, *, device_id: str | None = None, after_id: int = 0
-    ) -> Iterator[tuple[int, PredictionRecord]]:
-        """The wrapped store's records."""
-        return self.inner.iter_records(device_id=device_id, after_id=after_id)
-
-    def close(self) -> None:
-        """Close the wrapped store."""
-        self.inner.close()
 
     def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - whatever else the store offers
         return getattr(self.inner, name)

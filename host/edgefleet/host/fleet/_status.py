@@ -120,7 +120,7 @@ def device_rows(fleet: Fleet) -> list[DeviceRow]:
         status = view.statuses.get(device_id)
         claimed_list, last_json, last_seen = known.get(device_id, ([], None, None))
         # An offline device's last will carries only its id: fill in from its last status.
-        last = status if status is not None and status.online else _parse_status(last_json)
+        last = status if status is not None and status.online else parse_status(last_json)
         report = view.reports.get(device_id)
         seen = status.ts if status is not None and status.online and status.ts else last_seen
         claimed = view.claimed_groups.get(device_id)
@@ -168,7 +168,8 @@ def device_rows(fleet: Fleet) -> list[DeviceRow]:
     return rows
 
 
-def _parse_status(text: str | None) -> Status | None:
+def parse_status(text: str | None) -> Status | None:
+    """A retained status message's text, decoded; None if absent or unreadable."""
     if text is None:
         return None
     try:

@@ -118,6 +118,44 @@ class PredictionStore(Protocol):
         """Release the store."""
 
 
+class StoreWrapper:
+    """A PredictionStore around another: passes every call on (subclasses extend ``add``)."""
+
+    def __init__(self, inner: PredictionStore) -> None:
+        self.inner = inner
+
+    def add(self, records: Iterable[PredictionRecord]) -> int:
+        """Store in the wrapped store."""
+        return self.inner.add(records)
+
+    def count(self) -> int:
+        """How many records are stored."""
+        return self.inner.count()
+
+    def iter_records(
+        self, *, device_id: str | None = None, after_id: int = 0
+    ) -> Iterator[tuple[int, PredictionRecord]]:
+        """The wrapped store's records."""
+        return self.inner.iter_records(device_id=device_id, after_id=after_id)
+
+    def close(self) -> None:
+        """Close the wrapped store."""
+        self.inner.close()
+
+
+def open_wal(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """Connect to the SQLite file ``path`` (its directory made if missing) in WAL mode.
+
+    Raises:
+        sqlite3.Error: The file cannot be opened or is not an SQLite database.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One thread at a time uses it; the check would refuse a hand-over between threads.
+    db = sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    return db
+
+
 class SqliteStore:
     """PredictionStore in one SQLite file (WAL; several processes may share it).
 
@@ -132,10 +170,7 @@ class SqliteStore:
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # One thread at a time uses it; the check would refuse a hand-over between threads.
-            self._db = sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = open_wal(path, busy_timeout_s)
             # NORMAL in WAL mode survives a process crash; FULL also survives power loss,
             # which is the promise made to devices when they delete acked records.
             self._db.execute("PRAGMA synchronous=FULL")
