@@ -182,7 +182,9 @@ def test_hostile_folder_inputs_are_rejected_and_the_agent_keeps_classifying(rig,
     # the slow writer's file is classified once complete, not rejected half-written
     writer.join()
     classified(host, {"slow.png"})
-    assert (inbox / "processed" / "slow.png").exists()
+    # The record can reach the host before the agent's main thread moves the file (it moves
+    # files once their records are committed, while the network thread already sends them).
+    wait_until((inbox / "processed" / "slow.png").exists, timeout=10, what="slow.png moved")
     assert not (inbox / "rejected" / "slow.png").exists()
 
     # empty and undecodable files wait for incomplete_timeout_s, then are rejected
