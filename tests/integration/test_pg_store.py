@@ -37,12 +37,11 @@ from edgefleet.host.fleet._pgregistry import to_postgres
 from edgefleet.host.fleet._pgstore import redact
 from edgefleet.host.fleet._pushes import _SCHEMA as REGISTRY_SCHEMA
 from edgefleet.host.fleet._store import _SCHEMA as PREDICTIONS_SCHEMA
-from edgefleet.shared.manifest import Manifest, ModelVariant, Targets
 from edgefleet.shared.messages import Ack, PredictionRecord, batch_payload, decode, encode
-from edgefleet.shared.spec import PreprocessSpec, TensorSpec
 from edgefleet.shared.topics import Topics
 from support.broker import free_port
 from support.fakebroker import FakeBroker
+from support.manifests import manifest
 
 pytestmark = pytest.mark.integration
 
@@ -59,23 +58,6 @@ def record(seq: int, *, device: str = "d", boot: str = "b1", label: str = "7") -
         model_version=1,
         ts=1.0 + seq,
         source=f"scan-{seq}.npy",
-    )
-
-
-def manifest(version: int, data: bytes) -> Manifest:
-    spec = TensorSpec(shape=(1, 2), dtype="int8")
-    return Manifest(
-        name="m",
-        version=version,
-        created_at=1,
-        expires_at=2,
-        targets=Targets(),
-        variants=[ModelVariant.for_bytes(data, accelerator="cpu")],
-        mode="int8",
-        input=spec,
-        output=spec,
-        preprocess=PreprocessSpec(height=1, width=1),
-        labels=["a", "b"],
     )
 
 

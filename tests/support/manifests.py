@@ -23,3 +23,21 @@ def shadow_manifest(*, version: int, sample: float) -> Manifest:
         labels=["a", "b"],
         shadow=ShadowSpec(sample=sample),
     )
+
+
+def manifest(version: int, data: bytes) -> Manifest:
+    """A two-label int8 manifest named ``m`` for ``data``, no targets: for registry/store tests."""
+    spec = TensorSpec(shape=(1, 2), dtype="int8")
+    return Manifest(
+        name="m",
+        version=version,
+        created_at=1,
+        expires_at=2,
+        targets=Targets(),
+        variants=[ModelVariant.for_bytes(data, accelerator="cpu")],
+        mode="int8",
+        input=spec,
+        output=spec,
+        preprocess=PreprocessSpec(height=1, width=1),
+        labels=["a", "b"],
+    )

@@ -6,9 +6,8 @@ import io
 import json
 
 from edgefleet.host.fleet import Registry, SqliteStore, device_target, export, group_target
-from edgefleet.shared.manifest import Manifest, ModelVariant, Targets
 from edgefleet.shared.messages import PredictionRecord
-from edgefleet.shared.spec import PreprocessSpec, TensorSpec
+from support.manifests import manifest
 
 
 def record(seq: int, boot: str = "b1") -> PredictionRecord:
@@ -33,23 +32,6 @@ def test_store_ignores_duplicates_across_two_handles_of_one_file(tmp_path):
     out = io.StringIO()
     assert export(b, out, fmt="jsonl") == 4
     assert [json.loads(line)["seq"] for line in out.getvalue().splitlines()] == [0, 1, 2, 0]
-
-
-def manifest(version: int, data: bytes) -> Manifest:
-    spec = TensorSpec(shape=(1, 2), dtype="int8")
-    return Manifest(
-        name="m",
-        version=version,
-        created_at=1,
-        expires_at=2,
-        targets=Targets(),
-        variants=[ModelVariant.for_bytes(data, accelerator="cpu")],
-        mode="int8",
-        input=spec,
-        output=spec,
-        preprocess=PreprocessSpec(height=1, width=1),
-        labels=["a", "b"],
-    )
 
 
 def test_registry_tracks_versions_and_which_models_are_still_desired(tmp_path):
