@@ -42,7 +42,7 @@ from support.broker import free_port
 from support.chromium import headless_chromium
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
@@ -64,8 +64,10 @@ def _wait(what: str, check: Callable[[], Any], timeout: float = 30.0, every: flo
     while time.monotonic() < deadline:
         try:
             value = check()
-        except StaleElementReferenceException:
-            value = None  # a live update replaced the element between find and read
+        except (StaleElementReferenceException, NoSuchElementException):
+            # A live update replaced the element between find and read, or a form post is
+            # still navigating and the new page has no body yet.
+            value = None
         if value:
             return value
         time.sleep(every)
