@@ -2,7 +2,8 @@
 
 A real mosquitto holds 1,000 retained device statuses (and the push registry knows them); a
 real SQLite prediction store holds N records (10 % with a radargram thumbnail of a bundled
-GPR scan). The dashboard runs as ``edgefleet dashboard`` in its own process. Measured:
+GPR scan, in the store's thumbnails side table, where an agent's InputThumbnail lands). The
+dashboard runs as ``edgefleet dashboard`` in its own process. Measured:
 
 * server side (``http.client``, R runs, median and max): time to first byte and to the last
   byte of each page;
@@ -16,7 +17,6 @@ Usage: ``.venv/bin/python bench/bench_dashboard.py [--devices 1000] [--records 1
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import os
 import platform
@@ -33,9 +33,9 @@ import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from edgefleet.device.thumbnails import encode_thumbnail
+from edgefleet.device.thumbnails import draw
 from edgefleet.host.fleet import SqliteStore, open_registry
-from edgefleet.shared.messages import PredictionRecord, Status, Thumbnail, TopK, encode
+from edgefleet.shared.messages import PredictionRecord, Status, TopK, encode
 from edgefleet.shared.topics import Topics
 from support.broker import MosquittoBroker, free_port
 from support.chromium import headless_chromium
@@ -96,8 +96,7 @@ def fill_store(path: Path, n: int, devices: list[str]) -> float:
     started = time.perf_counter()
     store = SqliteStore(path)
     scan = np.load(next(GPR_SCANS.glob("*/*.npy")))
-    fmt, png = encode_thumbnail(scan)  # a real radargram, as an agent attaches it
-    thumb = Thumbnail(format=fmt, data_b64=base64.b64encode(png).decode())  # type: ignore[arg-type]
+    picture = draw(scan)  # a real radargram, as an agent sends it
     t0 = time.time() - n * 0.5
     batch: list[PredictionRecord] = []
     for i in range(n):
@@ -115,9 +114,11 @@ def fill_store(path: Path, n: int, devices: list[str]) -> float:
                 model_name="gpr_convnet",
                 model_version=7,
                 ts=t0 + i * 0.5,
-                thumbnail=thumb if i % 10 == 0 else None,
             )
         )
+        if i % 10 == 0:
+            thumb = picture.message(device_id=devices[i % len(devices)], boot_id="b0", seq=i + 1)
+            store.add_thumbnails([(thumb, t0 + i * 0.5)])
         if len(batch) == 5000:
             store.add(batch)
             batch = []

@@ -25,6 +25,7 @@ from edgefleet.host.fleet import (
     PostgresStore,
     Registry,
     SqliteStore,
+    _pgstore,
     device_target,
     export,
     group_target,
@@ -37,7 +38,14 @@ from edgefleet.host.fleet._pgregistry import to_postgres
 from edgefleet.host.fleet._pgstore import redact
 from edgefleet.host.fleet._pushes import _SCHEMA as REGISTRY_SCHEMA
 from edgefleet.host.fleet._store import _SCHEMA as PREDICTIONS_SCHEMA
-from edgefleet.shared.messages import Ack, PredictionRecord, batch_payload, decode, encode
+from edgefleet.shared.messages import (
+    Ack,
+    InputThumbnail,
+    PredictionRecord,
+    batch_payload,
+    decode,
+    encode,
+)
 from edgefleet.shared.topics import Topics
 from support.broker import free_port
 from support.fakebroker import FakeBroker
@@ -89,6 +97,35 @@ def test_store_ignores_duplicates_reads_in_order_and_exports(pg_url):
     finally:
         a.close()
         b.close()
+
+
+def test_thumbnails_are_kept_beside_the_records_bounded_per_device(pg_url, monkeypatch):
+    monkeypatch.setattr(_pgstore, "THUMBNAILS_PER_DEVICE", 2)
+    png = (  # a 2x2 PNG (docs/protocol.md, vector input-thumbnail)
+        "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR42gXBAQEAAACCIPs/mmAqQjkt7gb7C98nEwAAAABJRU5ErkJggg=="
+    )
+
+    def thumb(seq: int, device: str = "d") -> InputThumbnail:
+        return InputThumbnail(
+            device_id=device, boot_id="b1", seq=seq, format="png", data_b64=png, width=2, height=2
+        )
+
+    store = PostgresStore(pg_url)
+    try:
+        assert store.add_thumbnail(thumb(5), received_at=1.0)  # before (or without) its record
+        assert not store.add_thumbnail(thumb(5), received_at=2.0)  # the first copy wins
+        for seq in (6, 7):
+            assert store.add_thumbnail(thumb(seq), received_at=1.0)
+        assert store.add_thumbnail(thumb(1, device="other"), received_at=1.0)
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute(
+                "SELECT device_id, seq, format, width, height, image FROM thumbnails ORDER BY id"
+            ).fetchall()
+        assert [(r[0], r[1]) for r in rows] == [("d", 6), ("d", 7), ("other", 1)]
+        assert bytes(rows[0][5]) == thumb(6).data()
+        assert rows[0][2:5] == ("png", 2, 2)
+    finally:
+        store.close()
 
 
 def test_records_survive_exactly_even_with_nul_and_formula_text(pg_url):

@@ -41,7 +41,7 @@ from edgefleet.device.shadow import SHADOW_KINDS, Shadow
 from edgefleet.device.sources import FolderWatcher
 from edgefleet.device.status import Freshness, build_status, status_key
 from edgefleet.device.store import Pointer, StateStore
-from edgefleet.device.thumbnails import thumbnail_for
+from edgefleet.device.thumbnails import ThumbnailSender
 from edgefleet.device.trust import load_trusted_keys
 from edgefleet.device.updater import Action, Publish, Subscribe, Updater, UpdaterSettings
 from edgefleet.shared.errors import TopicError
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from edgefleet.device.config import AgentConfig
+    from edgefleet.shared.gpr import ScanMetadata
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +127,14 @@ class Agent:
             topic=self.topics.predictions(config.device_id),
             link=self.link,
         )
+        self.thumbs = ThumbnailSender.of(self)  # best effort, QoS 0, beside the records
         self.telemetry = Telemetry(self)  # metrics, published logs: started by run()
         self.shadow = Shadow(self)  # a candidate beside the active model (docs/fleet.md)
         self._images: list[Callable[[int], bytes]] = []  # classified, not yet committed
         self.inference_failures = 0  # unexpected errors while classifying (model's side)
         self.intake = Intake(
             config.limits,
-            lambda array, *, source: self._predict(array, source=source),
+            lambda array, *, source, meta=None: self._predict(array, source=source, meta=meta),
             lambda exc: self.on_inference_failure(exc),  # noqa: PLW0108 - late-bound
             self.watcher,
         )
@@ -306,30 +308,38 @@ class Agent:
 
     # -- inference and outbox -----------------------------------------------------------
 
-    def classify(self, array: npt.NDArray[np.generic], *, source: str) -> int | None:
+    def classify(
+        self, array: npt.NDArray[np.generic], *, source: str, meta: ScanMetadata | None = None
+    ) -> int | None:
         """Classify one input and commit its record to the outbox; return its seq."""
-        (seq,) = self._commit([self._predict(array, source=source)])
+        (seq,) = self._commit([self._predict(array, source=source, meta=meta)])
         return seq
 
     def _commit(self, builds: list[Callable[[int], bytes]]) -> list[int | None]:
-        seqs = self.outbox.append_many(self.boot_id, builds)
+        with self.thumbs.committing():  # a failed commit drops its records' pictures
+            seqs = self.outbox.append_many(self.boot_id, builds)
         fault("after_outbox_commit")
+        self.thumbs.flush()  # the committed records' thumbnails, on their own topic
         self.inflight.drain()
         return seqs
 
-    def _predict(self, array: npt.NDArray[np.generic], *, source: str) -> Callable[[int], bytes]:
+    def _predict(
+        self, array: npt.NDArray[np.generic], *, source: str, meta: ScanMetadata | None = None
+    ) -> Callable[[int], bytes]:
         """Classify; return the record builder that the outbox calls with the seq."""
         classifier = self.classifier
         if classifier is None:
             raise ModelLoadError("no model is active yet")
-        prediction = classifier.classify(array)  # an InferenceError: on_inference_failure
+        prediction = classifier.classify(array, meta)  # an InferenceError: on_inference_failure
         self.telemetry.prediction(prediction)  # latency stats and metrics
         self.shadow.offer(array, prediction, source)  # never waits (docs/fleet.md)
         # NaN / infinite scores: the record says so (error), and it counts against the model.
         self._model_outcome(f"non-finite scores for {source[:200]}" if prediction.error else None)
         ts = time.time()
+        picture = self.thumbs.draw(array, classifier)  # None unless [inference] thumbnails
 
         def build(seq: int) -> bytes:
+            self.thumbs.note(seq, picture)
             return encode(
                 PredictionRecord(
                     device_id=self.config.device_id,
@@ -344,7 +354,6 @@ class Agent:
                     model_version=classifier.version,
                     ts=ts,
                     error=prediction.error,
-                    thumbnail=thumbnail_for(array, classifier, self.config.inference),
                 )
             )
 

@@ -139,9 +139,10 @@ class InferenceConfig(_Section):
     )
     thumbnails: bool = Field(
         default=False,
-        description="Attach a small picture of each input (at most 8 KiB) to its prediction "
-        "record, for the host dashboard. Hosts older than the thumbnail field refuse such "
-        "records: turn it on once every host is upgraded (docs/protocol.md 4.3.2).",
+        description="Publish a small picture of each input (at most 8 KiB) beside its "
+        "prediction record, on {p}/devices/{id}/thumbnails (QoS 0, best effort), for the host "
+        "dashboard. The record itself never carries it, so hosts that do not know thumbnails "
+        "are unaffected (docs/protocol.md 4.3.2).",
     )
 
 

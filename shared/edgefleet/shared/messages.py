@@ -196,15 +196,7 @@ class TopK(_Closed):
 
 MAX_THUMBNAIL_BYTES: Final = 8192  # a thumbnail's encoded image, before base64
 MAX_THUMBNAIL_B64: Final = 10924  # base64 of MAX_THUMBNAIL_BYTES
-
-
-class Thumbnail(_Closed):
-    """A small picture of the input a record was made on (opt-in, docs/protocol.md 4.3.2)."""
-
-    format: Literal["png", "jpeg"] = Field(description="Encoding of the image.")
-    data_b64: str = Field(
-        max_length=MAX_THUMBNAIL_B64, description="Base64 of the image, at most 8 KiB decoded."
-    )
+MAX_THUMBNAIL_SIDE: Final = 4096  # pixels, either side (the reference agent draws <= 128)
 
 
 class PredictionRecord(Message):
@@ -232,9 +224,6 @@ class PredictionRecord(Message):
             "Set when the model gave no usable class: 'non_finite' (NaN or infinity in its "
             "scores); label is then empty, score 0 and topk empty."
         ),
-    )
-    thumbnail: Thumbnail | None = Field(
-        default=None, description="The input as a small image (agent setting, opt-in)."
     )
 
 
@@ -292,6 +281,39 @@ class ImageMessage(Message):
             return base64.b64decode(self.data_b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise DecodeError(f"ImageMessage {self.name!r}: data_b64 is not base64") from exc
+
+
+class InputThumbnail(Message):
+    """Device -> host: a small picture of the input one prediction record was made on.
+
+    Sent on its own topic ``{p}/devices/{id}/thumbnails`` (QoS 0, best effort), never inside
+    the record (docs/protocol.md 4.3.2): it names the record by the record's identity
+    (device_id, boot_id, seq) and may arrive before it, after it, or without it.
+    """
+
+    device_id: DeviceId = Field(description="The device's id (the record's).")
+    boot_id: BootId = Field(description="The record's agent run.")
+    seq: Count = Field(description="The record's sequence number.")
+    format: Literal["png", "jpeg"] = Field(description="Encoding of the image.")
+    data_b64: str = Field(
+        max_length=MAX_THUMBNAIL_B64, description="Base64 of the image, at most 8 KiB decoded."
+    )
+    width: int = Field(ge=1, le=MAX_THUMBNAIL_SIDE, description="Image width, pixels.")
+    height: int = Field(ge=1, le=MAX_THUMBNAIL_SIDE, description="Image height, pixels.")
+
+    @model_validator(mode="after")
+    def _is_base64(self) -> InputThumbnail:
+        try:
+            data = base64.b64decode(self.data_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("data_b64 is not base64") from exc
+        if not data or len(data) > MAX_THUMBNAIL_BYTES:
+            raise ValueError(f"the image must be 1 .. {MAX_THUMBNAIL_BYTES} bytes")
+        return self
+
+    def data(self) -> bytes:
+        """The decoded image bytes (checked at validation)."""
+        return base64.b64decode(self.data_b64, validate=True)
 
 
 class DeviceLog(Message):

@@ -12,6 +12,7 @@ The scheme (``{p}`` is the prefix, one or more levels)::
     {p}/devices/{id}/predictions/ack    host -> device  QoS 1
     {p}/devices/{id}/images             anyone -> device QoS 1
     {p}/devices/{id}/logs               device -> host  QoS 0, not retained
+    {p}/devices/{id}/thumbnails         device -> host  QoS 0, not retained (input pictures)
     {p}/devices/{id}/shadow             host -> device  retained signed shadow manifest, QoS 1
     {p}/groups/{group}/shadow           host -> group   retained signed shadow manifest, QoS 1
     {p}/devices/{id}/shadow/report      device -> host  retained shadow summary, QoS 1
@@ -42,6 +43,7 @@ PREDICTIONS: Final = "predictions"
 PREDICTIONS_ACK: Final = "predictions_ack"
 IMAGES: Final = "images"
 LOGS: Final = "logs"
+THUMBNAILS: Final = "thumbnails"
 SHADOW_DEVICE: Final = "shadow_device"
 SHADOW_GROUP: Final = "shadow_group"
 SHADOW_REPORT: Final = "shadow_report"
@@ -55,6 +57,7 @@ _DEVICE_SUFFIXES: Final = {
     ("predictions", "ack"): PREDICTIONS_ACK,
     ("images",): IMAGES,
     ("logs",): LOGS,
+    ("thumbnails",): THUMBNAILS,
     ("shadow",): SHADOW_DEVICE,
     ("shadow", "report"): SHADOW_REPORT,
 }
@@ -182,6 +185,10 @@ class Topics:
         """Log lines published by one device."""
         return self._device(device_id, "logs")
 
+    def thumbnails(self, device_id: str) -> str:
+        """Small pictures of the inputs of one device's prediction records (best effort)."""
+        return self._device(device_id, "thumbnails")
+
     def shadow_device(self, device_id: str) -> str:
         """Retained signed shadow manifest (a candidate run beside the active model)."""
         return self._device(device_id, "shadow")
@@ -205,6 +212,10 @@ class Topics:
     def all_logs(self) -> str:
         """Filter for every device's log lines."""
         return f"{self.prefix}/devices/+/logs"
+
+    def all_thumbnails(self) -> str:
+        """Filter for every device's input thumbnails."""
+        return f"{self.prefix}/devices/+/thumbnails"
 
     def all_status(self) -> str:
         """Filter for every device's status."""

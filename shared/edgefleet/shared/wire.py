@@ -26,6 +26,7 @@ from edgefleet.shared.messages import (
     ChunkRequest,
     DeviceLog,
     ImageMessage,
+    InputThumbnail,
     Reported,
     Status,
     decode,
@@ -42,6 +43,7 @@ _MESSAGE_KINDS: Final[dict[str, type[BaseModel]]] = {
     topics.PREDICTIONS_ACK: Ack,
     topics.IMAGES: ImageMessage,
     topics.LOGS: DeviceLog,
+    topics.THUMBNAILS: InputThumbnail,
 }
 
 

@@ -8,13 +8,21 @@ without stopping the worker.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import pytest
 
 from edgefleet.host.errors import FleetError
-from edgefleet.host.fleet import Fleet, Ingestor, IngestStats, SqliteStore, open_registry
-from edgefleet.shared.messages import Ack, PredictionRecord, batch_payload, decode, encode
+from edgefleet.host.fleet import Fleet, Ingestor, IngestStats, SqliteStore, _store, open_registry
+from edgefleet.shared.messages import (
+    Ack,
+    InputThumbnail,
+    PredictionRecord,
+    batch_payload,
+    decode,
+    encode,
+)
 from edgefleet.shared.topics import Topics
 from support.fakebroker import FakeBroker, FakeClient
 
@@ -134,6 +142,86 @@ def test_a_malformed_message_is_skipped_and_the_worker_goes_on(broker, registry,
     assert stats.malformed == 3
     assert [r.seq for _, r in store.iter_records()] == [3]
     assert device.acks == [([3], 1)]
+
+
+PNG_B64 = (  # a 2x2 PNG (docs/protocol.md, vector input-thumbnail)
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR42gXBAQEAAACCIPs/mmAqQjkt7gb7C98nEwAAAABJRU5ErkJggg=="
+)
+
+
+def thumbnail(seq: int, device: str = "d1", boot: str = "boot1") -> InputThumbnail:
+    return InputThumbnail(
+        device_id=device, boot_id=boot, seq=seq, format="png", data_b64=PNG_B64, width=2, height=2
+    )
+
+
+def stored_thumbnails(path) -> list[tuple[str, str, int]]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT device_id, boot_id, seq FROM thumbnails ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def test_thumbnails_are_stored_beside_the_records_and_bad_ones_never_stop_ingest(
+    broker, registry, store, tmp_path
+):
+    worker = ingestor(broker, registry, store)
+    device = Device(broker, tmp_path / "predictions.sqlite")
+    topic = T.thumbnails("d1")
+    device.conn.publish(topic, encode(thumbnail(0)))  # before its record
+    device.conn.publish(topic, encode(thumbnail(77)))  # a record that never comes
+    device.conn.publish(topic, b"{not json")
+    device.conn.publish(topic, encode(thumbnail(1, device="d2")))  # names another device
+    bad_image = encode(thumbnail(2)).replace(PNG_B64.encode(), b"not base64!")
+    device.conn.publish(topic, bad_image)
+    device.conn.publish(topic, b'{"v":1,"device_id":"d1"}')  # fields missing
+    device.send(record(0), record(1))
+    device.conn.publish(topic, encode(thumbnail(1)))  # after its record
+    device.conn.publish(topic, encode(thumbnail(1)))  # a second copy: stored once
+    stats = run_once(worker)
+    assert [r.seq for _, r in store.iter_records()] == [0, 1]
+    assert device.acks == [([0, 1], 2)]  # thumbnails are never acked
+    assert (stats.thumbnails, stats.bad_thumbnails, stats.malformed) == (3, 4, 0)
+    assert stored_thumbnails(tmp_path / "predictions.sqlite") == [
+        ("d1", "boot1", 0),
+        ("d1", "boot1", 77),
+        ("d1", "boot1", 1),
+    ]
+    assert all("thumbnail" not in p.payload.decode() for p in broker.published(T.predictions("d1")))
+
+
+class ThumbnailDiskFull(SqliteStore):
+    def add_thumbnails(self, thumbs):  # noqa: ARG002 - fails whatever it gets
+        raise FleetError("storing a thumbnail failed: database or disk is full")
+
+
+def test_a_thumbnail_the_store_refuses_is_dropped_and_its_record_still_acked(
+    broker, registry, tmp_path
+):
+    store = ThumbnailDiskFull(tmp_path / "predictions.sqlite")
+    try:
+        worker = ingestor(broker, registry, store)
+        device = Device(broker, tmp_path / "predictions.sqlite")
+        device.conn.publish(T.thumbnails("d1"), encode(thumbnail(0)))
+        device.send(record(0))
+        stats = run_once(worker)
+        assert (stats.bad_thumbnails, stats.stored, stats.failed_batches) == (1, 1, 0)
+        assert device.acks == [([0], 1)]
+    finally:
+        store.close()
+
+
+def test_each_device_keeps_only_its_newest_thumbnails(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(_store, "THUMBNAILS_PER_DEVICE", 3)
+    for seq in range(6):
+        assert store.add_thumbnail(thumbnail(seq), received_at=1.0)
+        assert store.add_thumbnail(thumbnail(seq, device="d2"), received_at=1.0)
+    assert not store.add_thumbnail(thumbnail(5), received_at=2.0)  # already there
+    kept = stored_thumbnails(tmp_path / "predictions.sqlite")
+    assert [(d, s) for d, _, s in kept] == [
+        ("d1", 3), ("d2", 3), ("d1", 4), ("d2", 4), ("d1", 5), ("d2", 5)
+    ]  # fmt: skip
 
 
 class FailingStore(SqliteStore):

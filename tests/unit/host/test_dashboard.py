@@ -59,9 +59,9 @@ from edgefleet.shared.gpr import render_png
 from edgefleet.shared.messages import (
     MAX_THUMBNAIL_BYTES,
     DeviceLog,
+    InputThumbnail,
     PredictionRecord,
-    Thumbnail,
-    decode_predictions,
+    decode,
     encode,
 )
 from edgefleet.shared.spec import PreprocessSpec
@@ -148,7 +148,6 @@ def _record(
     label: str = "metal",
     score: float = 0.9,
     ts: float = 1_800_000_000.0,
-    thumb: Thumbnail | None = None,
 ) -> PredictionRecord:
     return PredictionRecord(
         device_id=device,
@@ -161,7 +160,6 @@ def _record(
         model_name="gpr_convnet",
         model_version=3,
         ts=ts,
-        thumbnail=thumb,
     )
 
 
@@ -169,7 +167,13 @@ def _record(
 def store(tmp_path: Path) -> Path:
     path = tmp_path / "predictions.sqlite"
     s = SqliteStore(path)
-    png = Thumbnail(format="png", data_b64=base64.b64encode(b"\x89PNG fake").decode())
+    png = base64.b64encode(b"\x89PNG fake").decode()
+    # Record 9's thumbnail arrives before the record; one names a record that never comes.
+    for seq in (9, 99):
+        thumb = InputThumbnail(
+            device_id="pi-1", boot_id="b1", seq=seq, format="png", data_b64=png, width=2, height=3
+        )
+        assert s.add_thumbnail(thumb, received_at=1_800_000_000.0)
     s.add(
         [
             _record(
@@ -178,7 +182,6 @@ def store(tmp_path: Path) -> Path:
                 label=("metal", "plastic", "none")[i % 3],
                 score=i / 10,
                 ts=1_800_000_000.0 + 30 * i,
-                thumb=png if i == 9 else None,
             )
             for i in range(1, 10)
         ]
@@ -205,20 +208,40 @@ def test_search_counts_and_chart_use_every_filter(store: Path) -> None:
     assert sum(counts) == 9
     assert start % 60 == 0
     assert counts[-1] >= 1  # the window ends at the newest record
-    assert record_json(db, 9)["thumbnail"]["format"] == "png"
+    assert record_json(db, 9)["thumbnail"] == {"format": "png", "width": 2, "height": 3}
+    assert "thumbnail" not in json.loads(  # the stored record itself never carries it
+        db.execute("SELECT record FROM predictions WHERE id = 9").fetchone()[0]
+    )
+    assert record_json(db, 1)["thumbnail"] is None
     assert record_json(db, 99) is None
     db.close()
-    # A record stored before the thumbnail field existed still opens (thumbnail None).
+    # A record stored by the development version that kept a thumbnail inside the record
+    # still opens (the old field is ignored; pictures come from the side table only).
     raw = sqlite3.connect(store)
     old = json.loads(raw.execute("SELECT record FROM predictions WHERE id = 1").fetchone()[0])
-    old.pop("thumbnail")
+    old["thumbnail"] = {"format": "png", "data_b64": png_b64()}
     with raw:
         raw.execute("UPDATE predictions SET record = ? WHERE id = 1", (json.dumps(old),))
     raw.close()
     db = open_readonly(store)
     assert db is not None
     assert record_json(db, 1)["thumbnail"] is None
+    assert record_json(db, 1)["seq"] == 1
     db.close()
+    # A store made before the side table existed: no pictures, no errors.
+    raw = sqlite3.connect(store)
+    with raw:
+        raw.execute("DROP TABLE thumbnails")
+    raw.close()
+    db = open_readonly(store)
+    assert db is not None
+    assert not any(r["has_thumb"] for r in latest(db, Search()))
+    assert record_json(db, 9)["thumbnail"] is None
+    db.close()
+
+
+def png_b64() -> str:
+    return base64.b64encode(b"\x89PNG fake").decode()
 
 
 def test_device_log_lines_show_when_the_store_has_them(store: Path) -> None:
@@ -326,32 +349,42 @@ def test_thumbnails_are_opt_in_and_never_cost_the_prediction() -> None:
     digit[8:20, 12:16] = 255
     grey = thumbnail_for(digit, _Model(image), on)
     assert grey is not None
-    rgb = _pixels(base64.b64decode(grey.data_b64))
+    assert (grey.width, grey.height) == (28, 28)
+    rgb = _pixels(grey.data)
     assert (rgb[..., 0] == rgb[..., 2]).all()
     assert rgb[10, 13].tolist() == [255, 255, 255]
 
 
-def test_a_record_with_a_thumbnail_round_trips_within_the_limits() -> None:
-    thumb = thumbnail_for(np.load(GPR_SCAN), _Model(GPR), InferenceConfig(thumbnails=True))
-    payload = encode(_record(1, thumb=thumb))
-    assert len(payload) < 128 * 1024
-    [back] = decode_predictions(payload)
-    assert back.thumbnail == thumb
-    too_big = {"format": "png", "data_b64": "A" * 10_928}
+def test_a_thumbnail_message_round_trips_within_the_limits() -> None:
+    picture = thumbnail_for(np.load(GPR_SCAN), _Model(GPR), InferenceConfig(thumbnails=True))
+    assert picture is not None
+    message = picture.message(device_id="pi-1", boot_id="b1", seq=7)
+    payload = encode(message)
+    assert len(payload) < 12 * 1024
+    back = decode(InputThumbnail, payload)
+    assert back == message
+    assert back.data() == picture.data
+    assert (back.width, back.height) == (picture.width, picture.height)
+    keys = {"device_id": "pi-1", "boot_id": "b1", "seq": 1, "format": "png", "width": 1}
+    too_big = {**keys, "height": 1, "data_b64": "A" * 10_928}
     with pytest.raises(ValueError, match="10924"):
-        Thumbnail.model_validate(too_big)
+        InputThumbnail.model_validate(too_big)
+    not_base64 = {**keys, "height": 1, "data_b64": "not base64!"}
+    with pytest.raises(ValueError, match="not base64"):
+        InputThumbnail.model_validate(not_base64)
+    with pytest.raises(ValueError, match="height"):
+        InputThumbnail.model_validate({**keys, "data_b64": png_b64()})
 
 
 def test_the_protocol_doc_vector_for_thumbnails_decodes() -> None:
     doc = (ROOT / "docs" / "protocol.md").read_text()
-    marker = "<!-- vector:thumbnail-record -->"
+    marker = "<!-- vector:input-thumbnail -->"
     assert marker in doc
-    block = doc[doc.index(marker) :].split("```")[1].strip().removeprefix("json").strip()
-    [record] = decode_predictions(block.encode())
-    assert record.thumbnail is not None
-    image = Image.open(io.BytesIO(base64.b64decode(record.thumbnail.data_b64)))
+    block = doc[doc.index(marker) :].split("```")[1].strip()
+    thumb = decode(InputThumbnail, block.encode())
+    image = Image.open(io.BytesIO(thumb.data()))
     assert image.format == "PNG"
-    assert image.size == (2, 2)
+    assert image.size == (thumb.width, thumb.height) == (2, 2)
 
 
 # -- a served dashboard, plain HTTP ---------------------------------------------------------

@@ -46,6 +46,7 @@ def test_acl_patterns_are_exactly_the_protocol_topics_of_a_device(tmp_path):
         ("write", t.predictions("d1")),
         ("write", t.chunk_request("d1")),
         ("write", t.logs("d1")),
+        ("write", t.thumbnails("d1")),
         ("read", t.shadow_device("d1")),
         ("write", t.shadow_report("d1")),
     }

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import re
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from PIL import Image
 
 from edgefleet.shared.chunks import HEADER_SIZE, split_model
 from edgefleet.shared.errors import DecodeError, ExpiredError, RollbackError
@@ -25,11 +29,13 @@ from edgefleet.shared.messages import (
     ChunkRequest,
     DeviceLog,
     ImageMessage,
+    InputThumbnail,
     PredictionBatch,
     PredictionRecord,
     Reported,
     Status,
     decode,
+    encode,
 )
 from edgefleet.shared.spec import PreprocessSpec, TensorSpec
 
@@ -101,6 +107,7 @@ MESSAGE_TYPES = [
     ChunkRequest,
     ImageMessage,
     DeviceLog,
+    InputThumbnail,
 ]
 
 
@@ -117,3 +124,34 @@ def test_every_json_example_is_a_valid_message():
                 continue
             kinds.append(model)
         assert len(kinds) == 1, (example, kinds)
+
+
+def test_input_thumbnail_vector_is_what_the_reference_encodes():
+    text = vector("input-thumbnail")
+    thumb = decode(InputThumbnail, text.encode())
+    assert encode(thumb).decode() == text  # byte for byte: compact, documented key order
+    assert (thumb.device_id, thumb.boot_id, thumb.seq) == ("pi-07", "5f2c9a0e41d84b7a", 42)
+    image = Image.open(io.BytesIO(base64.b64decode(thumb.data_b64))).convert("RGB")
+    assert image.size == (thumb.width, thumb.height) == (2, 2)
+    assert [image.getpixel(xy) for xy in ((0, 0), (1, 0), (0, 1), (1, 1))] == [
+        (255, 0, 0),
+        (255, 255, 255),
+        (255, 255, 255),
+        (0, 0, 255),
+    ]
+    # Never inside a record: a record that carries one is refused, like any unknown field.
+    record = {
+        "device_id": "pi-07",
+        "boot_id": "5f2c9a0e41d84b7a",
+        "seq": 42,
+        "label": "metal",
+        "score": 0.96875,
+        "latency_ms": 3.1,
+        "model_name": "gpr_convnet",
+        "model_version": 8,
+        "ts": 1800003602.0,
+    }
+    decode(PredictionRecord, json.dumps(record).encode())
+    old = {**record, "thumbnail": {"format": "png", "data_b64": thumb.data_b64}}
+    with pytest.raises(DecodeError, match="thumbnail"):
+        decode(PredictionRecord, json.dumps(old).encode())

@@ -10,8 +10,6 @@ the audit log in the push registry.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import secrets
 import time
@@ -39,6 +37,7 @@ from edgefleet.host.dashboard._queries import (
     open_readonly,
     per_minute,
     record_json,
+    thumbnail_image,
 )
 from edgefleet.host.dashboard._render import (
     HERE,
@@ -356,22 +355,18 @@ class Dashboard:
         )
 
     async def thumbnail(self, request: Request) -> Response:
-        """The input image a device attached to a record."""
+        """The input thumbnail a device sent for a record (the store's side table)."""
         db = self._db()
-        record = None
+        found = None
         if db is not None:
             try:
-                record = record_json(db, request.path_params["row_id"])
+                found = thumbnail_image(db, request.path_params["row_id"])
             finally:
                 db.close()
-        thumb = (record or {}).get("thumbnail")
-        if not thumb:
+        if found is None:
             return Response("no image for this record\n", status_code=404, media_type="text/plain")
-        try:
-            data = base64.b64decode(thumb["data_b64"], validate=True)
-        except (binascii.Error, KeyError, TypeError):
-            return Response("stored image is damaged\n", status_code=500, media_type="text/plain")
-        media = "image/png" if thumb.get("format") == "png" else "image/jpeg"
+        fmt, data = found
+        media = "image/png" if fmt == "png" else "image/jpeg"
         return Response(data, media_type=media, headers={"cache-control": "private, max-age=3600"})
 
     async def events(self, _request: Request) -> Response:

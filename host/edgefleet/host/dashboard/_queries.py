@@ -5,6 +5,10 @@ ingestor) writes; the dashboard opens it read-only with its own connection, so i
 blocks a writer for long (WAL). Every query is bounded: the newest 100 matching rows, counts
 grouped by class, a per-minute histogram over the last hour of data.
 
+Input thumbnails are in the store's side table ``thumbnails``, keyed by the record's
+identity (device_id, boot_id, seq); a record shows its picture by joining it. A store
+written by an edgefleet without that table simply has no pictures.
+
 The audit log is a table ``audit`` in the push registry (``STATE_DIR/registry.sqlite``): one
 row per dashboard action (who, what, target, result).
 """
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.host.errors import FleetError
-from edgefleet.shared.messages import PredictionRecord
+from edgefleet.host.fleet._store import load_record
 
 PAGE_ROWS = 100
 CHART_MINUTES = 60
@@ -26,7 +30,12 @@ LOG_ROWS = 100
 _LIST_COLUMNS = (
     "id, device_id, seq, ts, label, score, model_name, model_version, latency_ms, source"
 )
-_HAS_THUMB = "instr(record, '\"thumbnail\":{') > 0"
+# A record's thumbnail, joined on its identity (the side table's UNIQUE index).
+_THUMB_OF = (
+    "t.device_id = predictions.device_id AND t.boot_id = predictions.boot_id"
+    " AND t.seq = predictions.seq"
+)
+_HAS_THUMB = f"EXISTS (SELECT 1 FROM thumbnails t WHERE {_THUMB_OF})"  # noqa: S608 - constants
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,14 @@ def open_readonly(path: Path) -> sqlite3.Connection | None:
     return db
 
 
+def has_thumbnails(db: sqlite3.Connection) -> bool:
+    """True if the store has the ``thumbnails`` side table (a store made before it has not)."""
+    row = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'thumbnails'"
+    ).fetchone()
+    return row is not None
+
+
 def _row(r: tuple[Any, ...]) -> dict[str, Any]:
     keys = [*_LIST_COLUMNS.split(", "), "has_thumb"]
     return dict(zip(keys, r, strict=True))
@@ -88,7 +105,8 @@ def latest(
     if after_id:
         where += (" AND" if where else " WHERE") + " id > ?"
         args.append(after_id)
-    sql = f"SELECT {_LIST_COLUMNS}, {_HAS_THUMB} FROM predictions{where} ORDER BY id DESC LIMIT ?"  # noqa: S608 - constant clauses
+    has_thumb = _HAS_THUMB if has_thumbnails(db) else "0"
+    sql = f"SELECT {_LIST_COLUMNS}, {has_thumb} FROM predictions{where} ORDER BY id DESC LIMIT ?"  # noqa: S608 - constant clauses
     return [_row(r) for r in db.execute(sql, [*args, limit])]
 
 
@@ -125,15 +143,38 @@ def per_minute(
 
 
 def record_json(db: sqlite3.Connection, row_id: int) -> dict[str, Any] | None:
-    """The full stored record of one row (with its thumbnail), or None.
+    """The full stored record of one row, or None.
 
-    Every field of the current schema is present (a record stored before a field existed,
-    such as ``thumbnail``, has it as None).
+    Every field of the current schema is present (a record stored before a field existed
+    has it as None), plus ``thumbnail``: ``{"format", "width", "height"}`` of the input
+    thumbnail stored for the record, or None.
     """
     row = db.execute("SELECT record FROM predictions WHERE id = ?", (row_id,)).fetchone()
     if row is None:
         return None
-    return PredictionRecord.model_validate_json(row[0]).model_dump(mode="json")
+    record = load_record(row[0]).model_dump(mode="json")
+    record["thumbnail"] = None
+    if has_thumbnails(db):
+        found = db.execute(
+            f"SELECT t.format, t.width, t.height FROM predictions JOIN thumbnails t ON {_THUMB_OF}"  # noqa: S608 - constant clauses
+            " WHERE predictions.id = ?",
+            (row_id,),
+        ).fetchone()
+        if found is not None:
+            record["thumbnail"] = dict(zip(("format", "width", "height"), found, strict=True))
+    return record
+
+
+def thumbnail_image(db: sqlite3.Connection, row_id: int) -> tuple[str, bytes] | None:
+    """(format, image bytes) of the input thumbnail stored for a row's record, or None."""
+    if not has_thumbnails(db):
+        return None
+    found = db.execute(
+        f"SELECT t.format, t.image FROM predictions JOIN thumbnails t ON {_THUMB_OF}"  # noqa: S608 - constant clauses
+        " WHERE predictions.id = ?",
+        (row_id,),
+    ).fetchone()
+    return None if found is None else (str(found[0]), bytes(found[1]))
 
 
 LOG_COLUMNS = ("ts", "level", "logger", "message")

@@ -16,6 +16,14 @@ No message a device sends can stop a worker (docs/fleet.md, "Bad records"):
 - a database failure (``FleetError`` from the store) acks nothing: the devices keep the
   records and send them again; the worker waits a second and goes on.
 
+Input thumbnails (``{p}/devices/+/thumbnails``, docs/protocol.md 4.3.2) are not part of
+this exactly-once path: the ones collected with a batch are stored in the store's
+``thumbnails`` side table (if the store keeps them) in one commit just before the batch's,
+never acked, and whatever goes wrong with one (it does not decode, names another device,
+the table refuses it) is counted, logged and dropped. A
+thumbnail may arrive before its record, or with no record at all; the store keeps it
+keyed by the record's identity either way (bounded per device).
+
 Warnings are rate-limited per device (:class:`WarningBudget`), so a flood of bad messages
 costs counters, not log disk.
 """
@@ -30,18 +38,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgefleet.host.errors import FleetError
+from edgefleet.host.fleet._store import ThumbnailStore
 from edgefleet.shared.errors import DecodeError, TopicError
 from edgefleet.shared.messages import (
     MAX_COUNT,
     MAX_SEQS,
     Ack,
     ChunkRequest,
+    InputThumbnail,
     PredictionRecord,
     decode,
     decode_predictions,
     encode,
 )
-from edgefleet.shared.topics import CHUNK_REQUEST, PREDICTIONS
+from edgefleet.shared.topics import CHUNK_REQUEST, PREDICTIONS, THUMBNAILS
 
 if TYPE_CHECKING:
     import threading
@@ -62,7 +72,9 @@ class IngestStats:
 
     ``malformed`` counts messages that did not decode and records the store refused for a
     reason of their own; ``unstorable`` is the second kind alone (acked and dropped).
-    ``errors`` counts unexpected failures the worker survived.
+    ``errors`` counts unexpected failures the worker survived. ``thumbnails`` counts input
+    thumbnails stored, ``bad_thumbnails`` the ones dropped (undecodable, naming another
+    device, or refused by the store).
     """
 
     received: int = 0
@@ -74,6 +86,8 @@ class IngestStats:
     chunk_requests: int = 0
     failed_batches: int = 0
     errors: int = 0
+    thumbnails: int = 0
+    bad_thumbnails: int = 0
 
 
 @dataclass
@@ -124,11 +138,17 @@ class Ingestor:
     batch_wait_s: float = 0.05
     stats: IngestStats = field(default_factory=IngestStats)
     warnings: WarningBudget = field(default_factory=WarningBudget)
+    _thumbs: list[tuple[InputThumbnail, float]] = field(default_factory=list, repr=False)
 
     def subscribe(self, *, shared: bool = True) -> None:
-        """Subscribe to every device's predictions and chunk requests (shared by workers)."""
+        """Subscribe to every device's predictions and chunk requests (shared by workers).
+
+        Also to their input thumbnails, when the store keeps them.
+        """
         topics = self.fleet.topics
         filters = [topics.all_predictions(), topics.all_chunk_requests()]
+        if isinstance(self.store, ThumbnailStore):
+            filters.append(topics.all_thumbnails())
         if shared:
             filters = [topics.shared(f, group=SHARE_GROUP) for f in filters]
         self.conn.subscribe(*filters)
@@ -143,6 +163,7 @@ class Ingestor:
         while not stop.is_set():
             try:
                 batch = self._collect(timeout=0.5)
+                self._store_thumbnails()
                 if not batch:
                     continue
                 self.commit_and_ack(batch)
@@ -184,6 +205,9 @@ class Ingestor:
                 self.stats.chunk_requests += 1
                 self._answer(msg, decode(ChunkRequest, msg.payload), parsed.device_id)
                 return []
+            if parsed.kind == THUMBNAILS:
+                self._thumbnail(msg, parsed.device_id)
+                return []
             if parsed.kind != PREDICTIONS:
                 return []
             records = decode_predictions(msg.payload)
@@ -200,6 +224,37 @@ class Ingestor:
             return []
         self.stats.received += len(records)
         return records
+
+    def _thumbnail(self, msg: Message, device_id: str | None) -> None:
+        """Take one input thumbnail for the next commit, or drop it (counted, logged)."""
+        try:
+            thumb = decode(InputThumbnail, msg.payload)
+        except DecodeError as exc:
+            problem = str(exc)
+        else:
+            if thumb.device_id == device_id:
+                self._thumbs.append((thumb, msg.received_at))
+                return
+            problem = f"it names device {thumb.device_id!r}"
+        self.stats.bad_thumbnails += 1
+        self._warn(msg.topic, "dropping the thumbnail on %s: %s", msg.topic, problem)
+
+    def _store_thumbnails(self) -> None:
+        """Store the thumbnails collected with a batch (one commit); never raises.
+
+        Called before the records' commit, so a page that shows a new record finds its
+        picture.
+        """
+        thumbs, self._thumbs = self._thumbs, []
+        if not thumbs or not isinstance(self.store, ThumbnailStore):
+            return
+        try:
+            new = self.store.add_thumbnails(thumbs)
+        except Exception as exc:  # noqa: BLE001 - a thumbnail is best effort, never fatal
+            self.stats.bad_thumbnails += len(thumbs)
+            self._warn("thumbnails", "dropping %d thumbnails: %s", len(thumbs), exc)
+        else:
+            self.stats.thumbnails += new
 
     def _answer(self, msg: Message, request: ChunkRequest, device_id: str | None) -> None:
         try:

@@ -210,6 +210,8 @@ class _IngestCollector:
             ("failed_batches", s.failed_batches, "Batches the database refused (retried)."),
             ("chunk_requests", s.chunk_requests, "Chunk re-requests received."),
             ("errors", s.errors, "Unexpected errors the worker survived."),
+            ("thumbnails", s.thumbnails, "Input thumbnails stored (best effort, never acked)."),
+            ("bad_thumbnails", s.bad_thumbnails, "Input thumbnails dropped (bad, or not stored)."),
         ):
             yield CounterMetricFamily(f"edgefleet_ingest_{name}", text, value=value)
         for name, text, read in self.extra:

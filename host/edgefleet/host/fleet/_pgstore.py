@@ -22,7 +22,7 @@ record (``record``, what export and tail read) keeps them, escaped in its JSON.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -35,11 +35,16 @@ from edgefleet.host.fleet._store import (
     _COLUMNS,
     _SCHEMA,
     PREDICTIONS_MIGRATIONS,
+    THUMB_COLUMNS,
+    THUMB_PRUNE,
+    THUMBNAILS_PER_DEVICE,
     PredictionStore,
     SqliteStore,
     check_record,
+    load_record,
+    thumbnail_row,
 )
-from edgefleet.shared.messages import PredictionRecord
+from edgefleet.shared.messages import InputThumbnail, PredictionRecord
 
 SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT_S = 10
@@ -51,6 +56,12 @@ _INSERT = (
     f" VALUES ({', '.join(['%s'] * (len(_COLUMNS) + 1))})"
     " ON CONFLICT (device_id, boot_id, seq) DO NOTHING"
 )
+_INSERT_THUMB = (
+    f"INSERT INTO thumbnails ({', '.join(THUMB_COLUMNS)})"  # noqa: S608 - constants
+    f" VALUES ({', '.join(['%s'] * len(THUMB_COLUMNS))})"
+    " ON CONFLICT (device_id, boot_id, seq) DO NOTHING"
+)
+_PRUNE_THUMBS = THUMB_PRUNE.replace("?", "%s")
 # Errors PostgreSQL raises for the values it was given: the record's own problem.
 _RECORD_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
 
@@ -187,6 +198,36 @@ class PostgresStore:
             return max(new, 0)
         return 0  # pragma: no cover - the loop returns or raises
 
+    def add_thumbnails(self, thumbs: Sequence[tuple[InputThumbnail, float]]) -> int:
+        """Store thumbnails in one transaction; return how many were new.
+
+        The first copy of a record's thumbnail wins; each device keeps its newest ones.
+
+        Raises:
+            FleetError: The database failed.
+        """
+        rows = [
+            tuple(_clean(v) if isinstance(v, str) else v for v in thumbnail_row(t, at))
+            for t, at in sorted(thumbs, key=lambda p: (p[0].device_id, p[0].boot_id, p[0].seq))
+        ]
+        devices = sorted({t.device_id for t, _ in thumbs})
+        if not rows:
+            return 0
+        try:
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(_INSERT_THUMB, rows)  # rowcount: the rows inserted, summed
+                new = cur.rowcount
+                cur.executemany(_PRUNE_THUMBS, [(d, d, THUMBNAILS_PER_DEVICE) for d in devices])
+                return max(new, 0)
+        except psycopg.Error as exc:
+            self._drop_if_broken()
+            raise FleetError(f"storing thumbnails in {self.where} failed: {exc}") from exc
+
+    def add_thumbnail(self, thumb: InputThumbnail, *, received_at: float) -> bool:
+        """Store one thumbnail (see :meth:`add_thumbnails`); True if it was new."""
+        return self.add_thumbnails([(thumb, received_at)]) == 1
+
     def _drop_if_broken(self) -> None:
         conn = self._conn
         if conn is not None and (conn.closed or conn.broken):
@@ -224,7 +265,7 @@ class PostgresStore:
                 cur.itersize = 2000
                 cur.execute(sql + " ORDER BY id", args)
                 for row_id, text in cur:
-                    yield int(str(row_id)), PredictionRecord.model_validate_json(str(text))
+                    yield int(str(row_id)), load_record(str(text))
         except psycopg.Error as exc:
             raise FleetError(f"reading {self.where} failed: {str(exc).strip()}") from exc
 

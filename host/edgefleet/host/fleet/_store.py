@@ -13,18 +13,24 @@ returns: callers publish the application-level ack only after that.
   committed; the Ingestor then stores the batch record by record to find the bad one.
 
 The CSV export neutralises spreadsheet formulas in every text cell (:func:`csv_safe`).
+
+Input thumbnails (docs/protocol.md 4.3.2) are kept beside the records in a side table
+``thumbnails``, keyed by the record's identity (device_id, boot_id, seq) and not joined to
+it when stored: a thumbnail may come before its record, or with no record at all. The table
+is bounded: each device keeps its newest :data:`THUMBNAILS_PER_DEVICE` thumbnails.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet._migrations import Migration, migrate_sqlite
-from edgefleet.shared.messages import MAX_COUNT, PredictionRecord
+from edgefleet.shared.messages import MAX_COUNT, InputThumbnail, PredictionRecord
 
 # Changes to the schema after _SCHEMA (the baseline), applied on open (see _migrations).
 PREDICTIONS_MIGRATIONS: tuple[Migration, ...] = ()
@@ -49,7 +55,37 @@ CREATE INDEX IF NOT EXISTS predictions_device_ts ON predictions(device_id, ts);
 -- For the dashboard: per-minute chart and per-class counts (docs/dashboard.md).
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions(ts);
 CREATE INDEX IF NOT EXISTS predictions_label ON predictions(label, score);
+-- Input thumbnails, keyed by their record's identity; no foreign key (docs/protocol.md 4.3.2).
+CREATE TABLE IF NOT EXISTS thumbnails (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL,
+    boot_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    image BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    UNIQUE (device_id, boot_id, seq)
+);
+CREATE INDEX IF NOT EXISTS thumbnails_device ON thumbnails(device_id, id);
 """
+THUMBNAILS_PER_DEVICE = 1000  # newest thumbnails kept per device (older ones are deleted)
+THUMB_COLUMNS = (
+    "device_id",
+    "boot_id",
+    "seq",
+    "format",
+    "width",
+    "height",
+    "image",
+    "received_at",
+)
+# Keep the newest THUMBNAILS_PER_DEVICE of one device (parameters: device, device, bound).
+THUMB_PRUNE = (
+    "DELETE FROM thumbnails WHERE device_id = ? AND id <= (SELECT id FROM thumbnails"
+    " WHERE device_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
+)
 _COLUMNS = (
     "device_id",
     "boot_id",
@@ -86,6 +122,34 @@ def check_record(record: PredictionRecord) -> None:
             )
 
 
+def load_record(text: str) -> PredictionRecord:
+    """A record from its stored JSON.
+
+    A development version of the protocol kept a ``thumbnail`` object inside the record;
+    such a stored record still loads (without it: thumbnails are in their own table now).
+    """
+    if '"thumbnail":' in text:
+        data = json.loads(text)
+        if isinstance(data, dict):
+            data.pop("thumbnail", None)
+            return PredictionRecord.model_validate_json(json.dumps(data))
+    return PredictionRecord.model_validate_json(text)
+
+
+def thumbnail_row(thumb: InputThumbnail, received_at: float) -> tuple[object, ...]:
+    """The ``thumbnails`` row of a message, in :data:`THUMB_COLUMNS` order."""
+    return (
+        thumb.device_id,
+        thumb.boot_id,
+        thumb.seq,
+        thumb.format,
+        thumb.width,
+        thumb.height,
+        thumb.data(),
+        received_at,
+    )
+
+
 def csv_safe(value: object) -> object:
     """A CSV cell a spreadsheet shows as text: ``'`` before a leading = + - @ tab or CR.
 
@@ -118,6 +182,19 @@ class PredictionStore(Protocol):
         """Release the store."""
 
 
+@runtime_checkable
+class ThumbnailStore(Protocol):
+    """A store that also keeps input thumbnails (both edgefleet stores do)."""
+
+    def add_thumbnails(self, thumbs: Sequence[tuple[InputThumbnail, float]]) -> int:
+        """Store (thumbnail, received_at) pairs in one commit; return how many were new.
+
+        Each record's thumbnail is stored once; each device keeps its newest ones.
+
+        Raises ``FleetError`` for a database failure.
+        """
+
+
 class StoreWrapper:
     """A PredictionStore around another: passes every call on (subclasses extend ``add``)."""
 
@@ -127,6 +204,12 @@ class StoreWrapper:
     def add(self, records: Iterable[PredictionRecord]) -> int:
         """Store in the wrapped store."""
         return self.inner.add(records)
+
+    def add_thumbnails(self, thumbs: Sequence[tuple[InputThumbnail, float]]) -> int:
+        """Store in the wrapped store, if it keeps thumbnails (else drop them: 0)."""
+        if isinstance(self.inner, ThumbnailStore):
+            return self.inner.add_thumbnails(thumbs)
+        return 0
 
     def count(self) -> int:
         """How many records are stored."""
@@ -223,6 +306,34 @@ class SqliteStore:
                 f"storing {len(rows)} predictions in {self.path} failed: {exc}"
             ) from exc
 
+    def add_thumbnails(self, thumbs: Sequence[tuple[InputThumbnail, float]]) -> int:
+        """Store thumbnails in one commit; return how many were new.
+
+        The first copy of a record's thumbnail wins; each device keeps its newest ones.
+
+        Raises:
+            FleetError: The database refused the write.
+        """
+        rows = [thumbnail_row(t, at) for t, at in thumbs]
+        devices = sorted({t.device_id for t, _ in thumbs})
+        try:
+            with self._db:
+                before = self._db.total_changes
+                self._db.executemany(
+                    f"INSERT OR IGNORE INTO thumbnails ({', '.join(THUMB_COLUMNS)})"  # noqa: S608 - constants
+                    f" VALUES ({', '.join('?' * len(THUMB_COLUMNS))})",
+                    rows,
+                )
+                new = self._db.total_changes - before
+                self._db.executemany(THUMB_PRUNE, [(d, d, THUMBNAILS_PER_DEVICE) for d in devices])
+                return new
+        except sqlite3.Error as exc:
+            raise FleetError(f"storing thumbnails in {self.path} failed: {exc}") from exc
+
+    def add_thumbnail(self, thumb: InputThumbnail, *, received_at: float) -> bool:
+        """Store one thumbnail (see :meth:`add_thumbnails`); True if it was new."""
+        return self.add_thumbnails([(thumb, received_at)]) == 1
+
     def count(self) -> int:
         """How many records are stored."""
         return int(self._db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
@@ -237,7 +348,7 @@ class SqliteStore:
             sql += " AND device_id = ?"
             args.append(device_id)
         for row_id, text in self._db.execute(sql + " ORDER BY id", args):
-            yield int(row_id), PredictionRecord.model_validate_json(text)
+            yield int(row_id), load_record(text)
 
     def close(self) -> None:
         """Close the database."""
