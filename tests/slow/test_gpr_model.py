@@ -61,11 +61,34 @@ def test_cli_trains_and_scores_a_data_set_given_with_data(tmp_path):
             np.save(folder / f"{k:07d}.npy", ds.x[i])
     model = tmp_path / "m.keras"
     res = CliRunner().invoke(
-        app, ["gpr", "train", "--out", str(model), "--epochs", "1", "--data", str(root)]
+        app,
+        [
+            "gpr",
+            "train",
+            "--out",
+            str(model),
+            "--epochs",
+            "1",
+            "--data",
+            str(root),
+            "--set",
+            "first",
+        ],
     )
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(
-        app, ["gpr", "evaluate", str(model), "--out", str(tmp_path / "eval"), "--data", str(root)]
+        app,
+        [
+            "gpr",
+            "evaluate",
+            str(model),
+            "--out",
+            str(tmp_path / "eval"),
+            "--data",
+            str(root),
+            "--set",
+            "first",
+        ],
     )
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "eval" / "gpr_evaluation.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -13,10 +14,14 @@ import numpy.typing as npt
 
 from edgefleet.device.errors import InferenceError, ModelLoadError
 from edgefleet.device.runtime import Backend, Model, open_model
+from edgefleet.shared import gpr
 from edgefleet.shared.errors import ModelFormatError
 from edgefleet.shared.preprocess import dequantize_output, preprocess, to_input_tensor
 from edgefleet.shared.spec import PreprocessSpec
 from edgefleet.shared.tflite_model import read_model_info
+
+log = logging.getLogger(__name__)
+NOTE_LOG_INTERVAL_S = 60.0  # a GPR metadata note is logged at most this often
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -40,6 +45,7 @@ class Prediction:
     latency_ms: float
     error: str | None = None
     preprocess_ms: float = 0.0  # the part of latency_ms spent preparing the input tensor
+    note: str | None = None  # what a GPR scan's conditioning had to estimate (no metadata)
 
 
 class Classifier:
@@ -60,6 +66,7 @@ class Classifier:
         self.name = name
         self.version = version
         self.preprocess_spec = preprocess_spec
+        self._note_logged_at = -NOTE_LOG_INTERVAL_S
         self.top_k = top_k
         classes = 1
         for dim in model.output_spec.shape:
@@ -78,8 +85,14 @@ class Classifier:
         """The name of output ``index`` (its number if the manifest names none)."""
         return self.labels[index] if index < len(self.labels) else str(index)
 
-    def classify(self, array: npt.NDArray[np.generic]) -> Prediction:
-        """Classify one decoded input (image array or GPR B-scan).
+    def classify(
+        self, array: npt.NDArray[np.generic], meta: gpr.ScanMetadata | None = None
+    ) -> Prediction:
+        """Classify one decoded input (image array or GPR B-scan with its ``meta``).
+
+        For a GPR model that resamples to a physical scale, a scan without (full) metadata
+        gets a ``note`` saying what was estimated; it is logged as a warning at most once a
+        minute (the agent's log goes to the host at WARNING).
 
         A model whose scores are NaN or infinite gives a Prediction with ``error`` set
         (never an exception: the caller counts it against the model).
@@ -89,7 +102,8 @@ class Classifier:
             InferenceError: the interpreter failed on this input.
         """
         start = time.perf_counter()
-        x = to_input_tensor(preprocess(array, self.preprocess_spec), self.model.input_spec)
+        x = to_input_tensor(preprocess(array, self.preprocess_spec, meta), self.model.input_spec)
+        note = self._metadata_note(meta)
         prep_ms = (time.perf_counter() - start) * 1000.0
         try:
             y = self.model.run(x)
@@ -98,7 +112,9 @@ class Classifier:
         scores = np.asarray(dequantize_output(y, self.model.output_spec)).reshape(-1)
         latency_ms = (time.perf_counter() - start) * 1000.0
         if scores.size == 0 or not np.all(np.isfinite(scores)):
-            return Prediction("", 0.0, [], latency_ms, error=NON_FINITE, preprocess_ms=prep_ms)
+            return Prediction(
+                "", 0.0, [], latency_ms, error=NON_FINITE, preprocess_ms=prep_ms, note=note
+            )
         k = min(self.top_k, scores.size)
         if scores.size > 4 * k:  # a partial sort: large outputs stay cheap
             best = np.argpartition(-scores, k - 1)[:k]
@@ -106,7 +122,20 @@ class Classifier:
         else:
             order = np.argsort(-scores, kind="stable")[:k]
         topk = [(self.label(int(i)), float(scores[i])) for i in order]
-        return Prediction(topk[0][0], topk[0][1], topk, latency_ms, preprocess_ms=prep_ms)
+        return Prediction(
+            topk[0][0], topk[0][1], topk, latency_ms, preprocess_ms=prep_ms, note=note
+        )
+
+    def _metadata_note(self, meta: gpr.ScanMetadata | None) -> str | None:
+        options = self.preprocess_spec.gpr
+        if self.preprocess_spec.kind != "gpr" or options is None:
+            return None
+        note = gpr.metadata_note(options, meta)
+        now = time.monotonic()
+        if note is not None and now - self._note_logged_at >= NOTE_LOG_INTERVAL_S:
+            self._note_logged_at = now
+            log.warning("model %s: %s", self.name, note)
+        return note
 
 
 def spec_from_model(model: Model) -> PreprocessSpec:

@@ -34,6 +34,7 @@ from edgefleet.device.limits import (
     check_pixels,
 )
 from edgefleet.shared.errors import InputError
+from edgefleet.shared.gpr import METADATA_MAX_BYTES, ScanMetadata, parse_metadata
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -46,6 +47,8 @@ _SIXTEEN_BIT_GRAY = {"I;16", "I;16B", "I;16L"}
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _NPY_HEADER_MAX = 10_000  # numpy's own default cap on a .npy header's length
+SIDECAR_SUFFIX = ".json"  # a GPR scan's metadata beside it: scan.npy -> scan.json
+PNG_METADATA_KEY = "edgefleet-gpr"  # ... or inside a PNG, as a text chunk of that keyword
 
 
 def load_input(
@@ -213,3 +216,36 @@ def _decode_npy(data: bytes, limits: LimitsConfig) -> npt.NDArray[np.generic]:
         )
     flat = np.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset)
     return flat.reshape(shape, order="F" if fortran else "C").copy()
+
+
+def load_metadata(path: Path) -> ScanMetadata | None:
+    """A GPR scan's physical metadata: its sidecar ``<stem>.json``, else a PNG's text chunk.
+
+    None when the scan has neither (the model then estimates; see docs/gpr.md). The sidecar
+    is read like an input: a regular file only (no link is followed), at most 4 KiB.
+
+    Raises:
+        InputError: the sidecar or the text chunk is there but not valid metadata (the
+            message names the file and the key).
+    """
+    sidecar = path.with_suffix(SIDECAR_SUFFIX)
+    if os.path.lexists(sidecar):
+        meta_limits = DEFAULT_LIMITS.model_copy(update={"max_input_bytes": METADATA_MAX_BYTES})
+        raw = read_input_file(sidecar, meta_limits, follow_symlinks=False)
+        try:
+            return parse_metadata(raw)
+        except InputError as exc:
+            raise InputError(f"{sidecar}: {exc}") from exc
+    if path.suffix.lower() != ".png":
+        return None
+    try:
+        with PngImagePlugin.PngImageFile(str(path)) as img:
+            text = img.text.get(PNG_METADATA_KEY)
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read its PNG text chunks: {exc}") from exc
+    if text is None:
+        return None
+    try:
+        return parse_metadata(str(text))
+    except InputError as exc:
+        raise InputError(f"{path} ({PNG_METADATA_KEY} text chunk): {exc}") from exc

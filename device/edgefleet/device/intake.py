@@ -21,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from edgefleet.device.errors import InputLimitError, ModelLoadError
-from edgefleet.device.inputs import decode_input, load_input
+from edgefleet.device.inputs import decode_input, load_input, load_metadata
 from edgefleet.device.limits import check_message_bytes
 from edgefleet.shared.errors import DecodeError, InputError
 from edgefleet.shared.messages import ImageMessage, decode
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from edgefleet.device.config import LimitsConfig
     from edgefleet.device.sources import FolderWatcher
+    from edgefleet.shared.gpr import ScanMetadata
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,10 @@ log = logging.getLogger(__name__)
 class Predict(Protocol):
     """The agent's classifier step: an array in, the record builder (seq -> bytes) out."""
 
-    def __call__(self, array: npt.NDArray[np.generic], *, source: str) -> Callable[[int], bytes]:
-        """Classify ``array``; the builder makes the record once the outbox gives a seq."""
+    def __call__(
+        self, array: npt.NDArray[np.generic], *, source: str, meta: ScanMetadata | None = None
+    ) -> Callable[[int], bytes]:
+        """Classify ``array`` (``meta``: a GPR scan's sidecar); the builder makes the record."""
 
 
 def unexpected(step: str, exc: BaseException) -> InputError:
@@ -79,10 +82,14 @@ class Intake:
         return self.rejected + (self.watcher.rejected if self.watcher else 0)
 
     def _classify(
-        self, array: npt.NDArray[np.generic], source: str, refuse: Callable[[str], None]
+        self,
+        array: npt.NDArray[np.generic],
+        source: str,
+        refuse: Callable[[str], None],
+        meta: ScanMetadata | None = None,
     ) -> Callable[[int], bytes] | None:
         try:
-            build = self.predict(array, source=source)
+            build = self.predict(array, source=source, meta=meta)
             build(0)  # the record validates now, for this input, not in the batch's commit
         except ModelLoadError:
             raise  # no model (yet): not the input's fault
@@ -109,6 +116,7 @@ class Intake:
 
         try:
             array = load_input(path, self.limits, follow_symlinks=False)
+            meta = load_metadata(path)  # a GPR scan's sidecar or PNG text chunk, if any
         except InputLimitError as exc:
             refuse(str(exc))
             return None
@@ -119,7 +127,7 @@ class Intake:
         except Exception as exc:  # noqa: BLE001 - MemoryError too: this input only
             refuse(str(unexpected("loading", exc)))
             return None
-        return self._classify(array, path.name, refuse)
+        return self._classify(array, path.name, refuse, meta)
 
     def image_message(self, payload: bytes) -> Callable[[int], bytes] | None:
         """One image-topic message; None when it was refused (logged and counted).

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
-from edgefleet.device.inputs import describe_file_type
+from edgefleet.device.inputs import SIDECAR_SUFFIX, describe_file_type
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +198,16 @@ class FolderWatcher:
                 self.rejected += 1
                 target = _unique(self._subdir(REJECTED) / path.name)
                 _move(path, target)
+                _move_sidecar(path, target)
                 _write_note(target.with_name(target.name + NOTE_SUFFIX), error)
                 log.warning("rejected %s: %s", path.name, error)
             elif self.after == "delete":
                 path.unlink(missing_ok=True)
+                _sidecar(path).unlink(missing_ok=True)
             else:
-                _move(path, _unique(self._subdir(PROCESSED) / path.name))
+                target = _unique(self._subdir(PROCESSED) / path.name)
+                _move(path, target)
+                _move_sidecar(path, target)
         except OSError as exc:
             self._stuck.add(path)
             log.warning("cannot move %s out of the watched folder: %s", path, exc)
@@ -230,6 +234,17 @@ def _move(path: Path, target: Path) -> None:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             raise
         shutil.move(path, target)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(SIDECAR_SUFFIX)
+
+
+def _move_sidecar(path: Path, target: Path) -> None:
+    # A GPR scan's metadata sidecar (scan.json beside scan.npy) goes where its scan went.
+    sidecar = _sidecar(path)
+    if os.path.lexists(sidecar) and sidecar != path:
+        _move(sidecar, target.with_suffix(SIDECAR_SUFFIX))
 
 
 def _write_note(note: Path, text: str) -> None:

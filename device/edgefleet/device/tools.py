@@ -12,7 +12,7 @@ from edgefleet.device.agent import Agent
 from edgefleet.device.config import load_config
 from edgefleet.device.errors import InferenceError
 from edgefleet.device.inference import classifier_from_file
-from edgefleet.device.inputs import load_input
+from edgefleet.device.inputs import load_input, load_metadata
 from edgefleet.device.outbox import Outbox
 from edgefleet.device.runtime import discover_backend
 from edgefleet.device.store import StateStore
@@ -108,7 +108,7 @@ def predict_files(
     )
     for path in files:
         try:
-            p = classifier.classify(load_input(path))
+            p = classifier.classify(load_input(path), load_metadata(path))
         except (InputError, InferenceError) as exc:  # this file only; the rest go on
             yield {"source": str(path), "error": str(exc)}
             continue
@@ -123,6 +123,7 @@ def predict_files(
             "latency_ms": round(p.latency_ms, 3),
             "model_name": classifier.name,
             "ts": time.time(),
+            **({"note": p.note} if p.note else {}),
         }
 
 

@@ -15,7 +15,10 @@ scaled to [-1, 1], ready for ``edgefleet.shared.preprocess`` to resize.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -105,7 +108,12 @@ def _checked(array: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
     return traces
 
 
-def condition(bscan: npt.NDArray[np.generic], options: GprOptions) -> FloatArray:
+def condition(
+    bscan: npt.NDArray[np.generic],
+    options: GprOptions,
+    meta: ScanMetadata | None = None,
+    shape: tuple[int, int] | None = None,
+) -> FloatArray:
     """Condition one B-scan for a model: float32 ``(samples, traces)`` in [-1, 1].
 
     Steps, each switchable in ``options``: time-zero alignment (traces shifted onto a
@@ -116,8 +124,12 @@ def condition(bscan: npt.NDArray[np.generic], options: GprOptions) -> FloatArray
     Args:
         bscan: ``(traces, samples)`` float array, or a uint8/16 PNG image (time down the rows).
         options: which steps to apply and how strong the gain is.
+        meta: the scan's physical metadata (sidecar), for ``options.resample``.
+        shape: the model's (rows, columns), for ``options.resample``.
 
     With ``options.stack`` it returns ``(samples, traces, 3)`` instead, see :func:`stacked`.
+    With ``options.resample`` and a ``shape`` (rows, columns), the time-zeroed scan is first
+    put on the common physical scale (:func:`common_scale`, using ``meta`` where given).
 
     Raises:
         InputError: the input is not a usable B-scan.
@@ -125,6 +137,8 @@ def condition(bscan: npt.NDArray[np.generic], options: GprOptions) -> FloatArray
     traces = as_traces(bscan)
     if options.time_zero:
         traces = align_time_zero(traces)
+    if options.resample and shape is not None:
+        traces = common_scale(traces, options, meta, shape)
     if options.stack:
         return stacked(traces, options)
     if options.background_removal:
@@ -235,3 +249,212 @@ def normalise(traces: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     if scale <= 0.0:
         return np.zeros_like(traces)
     return np.clip(traces / scale, -1.0, 1.0)
+
+
+# --- Physical metadata and the common scale (GprOptions.resample) ---------------------------
+
+C0 = 299_792_458.0  # m/s
+PERIOD_PER_MEDIAN = 1.17  # centre period x median power frequency, measured (docs/gpr.md)
+METADATA_MAX_BYTES = 4096
+_METADATA_FIELDS = ("sample_interval_ns", "time_window_ns", "trace_spacing_m", "antenna_mhz")
+
+
+@dataclass(frozen=True)
+class ScanMetadata:
+    """What a radar knows about a scan (the sidecar ``<scan>.json``; docs/gpr.md, Metadata).
+
+    Every field is optional: ``sample_interval_ns`` (or ``time_window_ns``, the whole
+    trace's duration), ``trace_spacing_m`` and ``antenna_mhz`` (the antenna's centre
+    frequency). With all three, a scan is put on the common scale exactly; what is missing
+    is estimated or replaced, and :func:`metadata_note` says what.
+    """
+
+    sample_interval_ns: float | None = None
+    time_window_ns: float | None = None
+    trace_spacing_m: float | None = None
+    antenna_mhz: float | None = None
+
+    def interval_ns(self, samples: int) -> float | None:
+        """The sample interval, from itself or from the time window over ``samples``."""
+        if self.sample_interval_ns is not None:
+            return self.sample_interval_ns
+        if self.time_window_ns is not None and samples > 0:
+            return self.time_window_ns / samples
+        return None
+
+
+def parse_metadata(raw: bytes | str | dict[str, Any]) -> ScanMetadata:
+    """A sidecar's JSON (bytes, text or a parsed object) as :class:`ScanMetadata`.
+
+    Raises:
+        InputError: not a JSON object, an unknown key, or a value that is not a positive
+            finite number (the message names the key).
+    """
+    if isinstance(raw, bytes | str):
+        if len(raw) > METADATA_MAX_BYTES:
+            raise InputError(f"scan metadata is {len(raw)} bytes; at most {METADATA_MAX_BYTES}")
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise InputError(f"scan metadata is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InputError(
+            "scan metadata must be a JSON object, e.g. "
+            '{"sample_interval_ns": 0.1, "trace_spacing_m": 0.02, "antenna_mhz": 400}'
+        )
+    unknown = sorted(set(raw) - set(_METADATA_FIELDS))
+    if unknown:
+        raise InputError(
+            f"scan metadata: unknown key(s) {unknown}; known: {list(_METADATA_FIELDS)}"
+        )
+    values: dict[str, float] = {}
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"scan metadata: {key} must be a number, got {value!r}")
+        if not math.isfinite(value) or value <= 0:
+            raise InputError(f"scan metadata: {key} must be positive and finite, got {value!r}")
+        values[key] = float(value)
+    return ScanMetadata(**values)
+
+
+def metadata_note(options: GprOptions, meta: ScanMetadata | None) -> str | None:
+    """What the common scale had to estimate or replace for this metadata (None: nothing)."""
+    if not options.resample:
+        return None
+    meta = meta or ScanMetadata()
+    missing = []
+    if meta.sample_interval_ns is None and meta.time_window_ns is None:
+        missing.append("sample interval (time scale estimated from the scan's spectrum)")
+    if meta.antenna_mhz is None:
+        missing.append("antenna frequency (estimated from the scan's spectrum)")
+    if meta.trace_spacing_m is None or (
+        meta.antenna_mhz is None and meta.sample_interval_ns is None and meta.time_window_ns is None
+    ):
+        missing.append("trace spacing (the whole scan was resized to the model's width)")
+    if not missing:
+        return None
+    return "no scan metadata for: " + "; ".join(missing) + " - add a sidecar (docs/gpr.md)"
+
+
+def samples_per_period(traces: npt.NDArray[np.float64]) -> float:
+    """The antenna's centre period in samples, estimated from the scan alone.
+
+    The mean trace is mostly the direct wave (noise and echoes average out); the frequency
+    that splits its power spectrum in half, times :data:`PERIOD_PER_MEDIAN`, is the centre
+    period. On the simulated scans the estimate is within 10 % of the truth for 80 % of
+    scans (docs/gpr.md).
+    """
+    n = traces.shape[1]
+    if n < 8:  # noqa: PLR2004 - too short for a spectrum: say 4 samples a period
+        return 4.0
+    power = np.abs(np.fft.rfft(traces.mean(axis=0))) ** 2
+    power[0] = 0.0
+    cumulative = np.cumsum(power)
+    if cumulative[-1] <= 0:
+        return 4.0
+    median = float(np.fft.rfftfreq(n)[int(np.searchsorted(cumulative, cumulative[-1] / 2))])
+    return float(PERIOD_PER_MEDIAN / max(median, 1.0 / n))
+
+
+def common_scale(
+    traces: npt.NDArray[np.float64],
+    options: GprOptions,
+    meta: ScanMetadata | None,
+    shape: tuple[int, int],
+) -> npt.NDArray[np.float64]:
+    """Put a time-zeroed scan on the model's scale: ``shape`` = (rows, traces) out.
+
+    Time: ``options.periods`` centre periods from time zero, band-limited to ``rows``
+    samples (zero after the end of a shorter trace). Distance: ``options.line_wavelengths``
+    free-space wavelengths, resampled to ``columns`` traces around the strongest echo
+    (edge traces repeated beyond a shorter scan); without a trace spacing the whole scan is
+    resized to ``columns`` instead.
+
+    Returns float64 ``(columns, rows)`` (traces, samples), like its input.
+    """
+    meta = meta or ScanMetadata()
+    rows, columns = shape
+    n_traces, n_samples = traces.shape
+    interval = meta.interval_ns(n_samples)
+    estimated = samples_per_period(traces)
+    if meta.antenna_mhz is not None and interval is not None:
+        period = 1e3 / meta.antenna_mhz / interval  # samples per centre period
+    else:
+        period = estimated
+    freq_hz = (
+        meta.antenna_mhz * 1e6
+        if meta.antenna_mhz is not None
+        else (1e9 / (estimated * interval) if interval is not None else None)
+    )
+    window = max(2, round(options.periods * period))
+    timed = np.zeros((n_traces, window))
+    keep = min(window, n_samples)
+    timed[:, :keep] = traces[:, :keep]
+    timed = _resample_rows(timed, rows)
+    if meta.trace_spacing_m is None or freq_hz is None:
+        return _resize_traces(timed, columns)
+    spacing = meta.trace_spacing_m
+    step = options.line_wavelengths * C0 / freq_hz / (columns - 1) / spacing  # in input traces
+    half = (columns - 1) / 2.0 * step
+    centre = (n_traces - 1) / 2.0  # a line no longer than the window: all of it, centred
+    if n_traces - 1 > 2 * half:  # a longer line: the window on its strongest echo, inside it
+        centre = min(max(_strongest_echo(timed, max(1.0, step)), half), n_traces - 1 - half)
+    positions = centre + (np.arange(columns, dtype=np.float64) - (columns - 1) / 2.0) * step
+    smoothed = _box_smooth(timed, step) if step > 1.0 else timed
+    return _interp_traces(smoothed, positions)
+
+
+def _resample_rows(traces: npt.NDArray[np.float64], rows: int) -> npt.NDArray[np.float64]:
+    n_in = traces.shape[1]
+    if n_in == rows:
+        return traces
+    spectrum = np.fft.rfft(traces, axis=1)
+    keep = min(spectrum.shape[1], rows // 2 + 1)
+    out = np.fft.irfft(spectrum[:, :keep], n=rows, axis=1)
+    return np.asarray(out * (rows / n_in), dtype=np.float64)
+
+
+def _resize_traces(traces: npt.NDArray[np.float64], columns: int) -> npt.NDArray[np.float64]:
+    n = traces.shape[0]
+    step = (n - 1) / (columns - 1) if columns > 1 else 0.0
+    smoothed = _box_smooth(traces, step) if step > 1.0 else traces
+    return _interp_traces(smoothed, np.linspace(0.0, n - 1.0, columns))
+
+
+def _box_smooth(traces: npt.NDArray[np.float64], width: float) -> npt.NDArray[np.float64]:
+    # A moving average over about `width` traces: no aliasing when keeping every width-th.
+    k = max(1, round(width))
+    if k <= 1:
+        return traces
+    padded = np.pad(traces, ((k // 2, k - 1 - k // 2), (0, 0)), mode="edge")
+    csum = np.cumsum(np.pad(padded, ((1, 0), (0, 0))), axis=0)
+    out: npt.NDArray[np.float64] = (csum[k:] - csum[:-k]) / k
+    return out
+
+
+def _interp_traces(
+    traces: npt.NDArray[np.float64], positions: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    n = traces.shape[0]
+    pos = np.clip(positions, 0.0, n - 1.0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = (pos - lo)[:, np.newaxis]
+    out: npt.NDArray[np.float64] = traces[lo] * (1.0 - frac) + traces[hi] * frac
+    return out
+
+
+def _strongest_echo(traces: npt.NDArray[np.float64], width: float) -> float:
+    """Trace index of the strongest echo: the most energy left once the median trace is gone.
+
+    A hyperbola's echo is strongest at its apex (spreading and the antenna pattern weaken
+    its flanks), so the window lands on the apex. Energy is summed over a few output
+    columns' width, so a single bright stone counts less than a target's wide hyperbola.
+    """
+    n = traces.shape[0]
+    echoes = traces - np.median(traces, axis=0, keepdims=True)
+    energy = (echoes**2).sum(axis=1)
+    energy = _box_smooth(energy[:, np.newaxis], 4.0 * width)[:, 0]
+    if float(energy.max()) <= 0.0:
+        return float(n - 1) / 2.0
+    return float(np.argmax(energy))

@@ -38,14 +38,18 @@ _NP_DTYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "float16": 
 _RGB_TO_GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma
 
 
-def preprocess(array: npt.NDArray[np.generic], spec: PreprocessSpec) -> FloatArray:
+def preprocess(
+    array: npt.NDArray[np.generic], spec: PreprocessSpec, meta: gpr.ScanMetadata | None = None
+) -> FloatArray:
     """Turn one decoded input into float32 ``(height, width, channels)`` in ``spec.scale``.
+
+    ``meta`` is a GPR scan's physical metadata (sidecar), used by ``gpr.resample`` specs.
 
     Raises:
         InputError: the array is empty, not 2-D/3-D, or not finite.
     """
     if spec.kind == "gpr":
-        unit = _gpr_to_unit(array, spec)
+        unit = _gpr_to_unit(array, spec, meta)
     else:
         full_scale = 65535.0 if array.dtype == np.uint16 else 255.0  # 16-bit PNGs too
         unit = _as_hwc(array).astype(np.float32) / np.float32(full_scale)
@@ -76,8 +80,13 @@ def _as_hwc(array: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
     return hwc
 
 
-def _gpr_to_unit(array: npt.NDArray[np.generic], spec: PreprocessSpec) -> FloatArray:
-    bscan = np.asarray(gpr.condition(array, spec.gpr or GprOptions()), dtype=np.float32)
+def _gpr_to_unit(
+    array: npt.NDArray[np.generic], spec: PreprocessSpec, meta: gpr.ScanMetadata | None
+) -> FloatArray:
+    bscan = np.asarray(
+        gpr.condition(array, spec.gpr or GprOptions(), meta, (spec.height, spec.width)),
+        dtype=np.float32,
+    )
     if bscan.ndim == 3:  # noqa: PLR2004 - stacked views, each already on its own [-1, 1] scale
         return (bscan * np.float32(0.5) + np.float32(0.5)).astype(np.float32)
     bscan = _as_hwc(bscan)[:, :, :1].astype(np.float32)

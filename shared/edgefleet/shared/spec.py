@@ -6,9 +6,16 @@ device given only the model can turn a sensor image into its input and name its 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 DType = Literal["float32", "float16", "int8", "uint8", "int16", "int32", "int64"]
 
@@ -50,12 +57,47 @@ class GprOptions(_Strict):
             " Needs channels = 3; background_removal then applies to none of them."
         ),
     )
+    resample: bool = Field(
+        default=False,
+        description=(
+            "Put every scan on one physical scale before resizing: `periods` centre periods"
+            " of time from time zero and `line_wavelengths` free-space wavelengths along the"
+            " line, from the scan's metadata (sample interval, trace spacing, antenna"
+            " frequency) or estimated where it has none (docs/gpr.md)."
+        ),
+    )
+    periods: float = Field(
+        default=12.0, gt=0, le=1000, description="Time the model sees, in centre periods."
+    )
+    line_wavelengths: float = Field(
+        default=2.0, gt=0, le=1000, description="Survey line the model sees, in wavelengths."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_common_scale_when_off(self, handler: SerializerFunctionWrapHandler) -> Any:  # noqa: ANN401
+        # The three common-scale fields came with preprocess schema_version 2. Without
+        # `resample` they are left out, so every recipe that does not use them is written
+        # byte for byte as before and older agents still read it (docs/protocol.md 5.4).
+        data = handler(self)
+        if not self.resample and isinstance(data, dict):
+            for key in COMMON_SCALE_FIELDS:
+                data.pop(key, None)
+        return data
+
+
+COMMON_SCALE_FIELDS = ("resample", "periods", "line_wavelengths")
+SPEC_VERSIONS = (1, 2)  # 2: gpr may carry COMMON_SCALE_FIELDS
 
 
 class PreprocessSpec(_Strict):
     """The one image -> tensor recipe shared by calibration (host) and inference (device)."""
 
-    schema_version: int = Field(default=1, description="Version of this spec's format.")
+    schema_version: int = Field(
+        default=1,
+        ge=1,
+        le=2,
+        description="Version of this spec's format: 2 when gpr.resample is used, else 1.",
+    )
     kind: Literal["image", "gpr"] = Field(
         default="image", description="Plain image, or a GPR B-scan (traces x samples)."
     )
@@ -72,6 +114,9 @@ class PreprocessSpec(_Strict):
     def _stack_needs_three_channels(self) -> PreprocessSpec:
         if self.kind == "gpr" and self.gpr is not None and self.gpr.stack and self.channels != 3:  # noqa: PLR2004
             msg = "a stacked GPR spec (gpr.stack = true) needs channels = 3"
+            raise ValueError(msg)
+        if self.gpr is not None and self.gpr.resample and self.schema_version < 2:  # noqa: PLR2004
+            msg = "gpr.resample needs preprocess schema_version 2 (older agents cannot read it)"
             raise ValueError(msg)
         return self
 

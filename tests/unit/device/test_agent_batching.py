@@ -30,7 +30,7 @@ def test_image_messages_are_committed_once_per_drained_batch(tmp_path: Path):
     config = parse_config('device_id = "b1"\nstate_dir = "state"', base=tmp_path)
     agent = Agent(config)
     # A stand-in for the interpreter (this test is about the outbox transactions).
-    agent._predict = lambda _a, *, source: lambda seq: f"{source}:{seq}".encode()  # type: ignore[method-assign]
+    agent._predict = lambda _a, *, source, **_k: lambda seq: f"{source}:{seq}".encode()  # type: ignore[method-assign]
     commits: list[int] = []
     append_many = agent.outbox.append_many
 
@@ -118,7 +118,7 @@ def test_acks_are_handled_between_folder_batches(tmp_path: Path):
         f'batch_records = 50\n[inference]\nwatch_dir = "{inbox}"\npoll_s = 0.001\nsettle_s = 0.001',
     )
     agent.classifier = object()  # type: ignore[assignment] - _predict is stubbed below
-    agent._predict = lambda _a, *, source: _record_builder(source)  # type: ignore[method-assign]
+    agent._predict = lambda _a, *, source, **_k: _record_builder(source)  # type: ignore[method-assign]
     try:
         agent._commit([_record_builder(f"early{i}") for i in range(3)])
         ack = Ack(device_id="b1", boot_id="boot", seqs=[1, 2, 3])

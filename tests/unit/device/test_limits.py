@@ -293,7 +293,7 @@ def test_any_exception_in_classifying_is_contained_to_the_input(tmp_path: Path):
     failures: list[BaseException] = []
     errors = iter([RuntimeError("gather index out of range"), MemoryError()])
 
-    def predict(_array, *, source):
+    def predict(_array, *, source, meta=None):
         raise next(errors)
 
     watcher = FolderWatcher(tmp_path, settle_s=0)
@@ -308,7 +308,7 @@ def test_any_exception_in_classifying_is_contained_to_the_input(tmp_path: Path):
 
 
 def test_image_messages_over_a_limit_are_counted_not_classified(tmp_path: Path):
-    def predict(_array, *, source):
+    def predict(_array, *, source, meta=None):
         raise AssertionError("never classified")
 
     intake = Intake(LimitsConfig(max_image_message_bytes=5000), predict, print)
@@ -321,7 +321,7 @@ def test_image_messages_over_a_limit_are_counted_not_classified(tmp_path: Path):
 def test_a_record_that_cannot_be_built_is_caught_per_input(tmp_path: Path):
     failures: list[BaseException] = []
 
-    def predict(_array, *, source):
+    def predict(_array, *, source, meta=None):
         def build(seq: int) -> bytes:
             raise ValueError("score: NaN")
 

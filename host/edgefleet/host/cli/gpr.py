@@ -44,7 +44,18 @@ def generate(
 # --data of train and evaluate: a data set other than the bundled one.
 DataOption = Annotated[
     Path | None,
-    typer.Option(help="Data set root holding train/ and heldout/ (default: the bundled set)."),
+    typer.Option(
+        help="Data set root holding train/ and heldout/ (and ood/ for --set radars); "
+        "default: the bundled set."
+    ),
+]
+SetOption = Annotated[
+    str,
+    typer.Option(
+        "--set",
+        help="radars: the radar set (250 MHz-1.6 GHz, in- and out-of-distribution splits); "
+        "first: the first generator's scans (300-600 MHz, the demo's).",
+    ),
 ]
 
 
@@ -53,37 +64,70 @@ DataOption = Annotated[
 )
 def train(
     out: Annotated[Path, typer.Option(help="Where to save the Keras model (.keras).")],
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 25,
+    epochs: Annotated[int, typer.Option(help="Training epochs (radars: 20, first: 25).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed for weights and shuffling.")] = 0,
     data: DataOption = None,
+    scan_set: SetOption = "radars",
 ) -> None:
-    """Train the GPR ConvNet (the seed ConvNet adapted) on the GPR scans (bundled, or --data)."""
+    """Train the GPR ConvNet on the GPR scans (bundled, or --data); --set picks which."""
     from edgefleet.host.errors import HostError
-    from edgefleet.host.training import train_gpr_convnet
+    from edgefleet.host.training import train_gpr_convnet, train_radar_convnet
 
+    _check_set(scan_set)
     try:
-        path = train_gpr_convnet(out, epochs=epochs, seed=seed, directory=data)
+        if scan_set == "radars":
+            path = train_radar_convnet(out, epochs=epochs or 20, seed=seed, directory=data)
+        else:
+            path = train_gpr_convnet(out, epochs=epochs or 25, seed=seed, directory=data)
     except HostError as exc:
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc
     print(f"saved {path}")
 
 
-@app.command("evaluate", epilog=example("edgefleet gpr evaluate quantized/gpr_convnet_int8.tflite"))
+@app.command(
+    "evaluate",
+    epilog=example(
+        "edgefleet gpr evaluate gpr_radars.keras --out gpr-eval",
+        "edgefleet gpr evaluate gpr_convnet.keras --out gpr-eval --set first",
+    ),
+)
 def evaluate(
     model: Annotated[Path, typer.Argument(help="A Keras model trained on GPR scans.")],
     out: Annotated[Path, typer.Option(help="Folder for the .tflite files and the JSON.")],
     data: DataOption = None,
+    scan_set: SetOption = "radars",
 ) -> None:
-    """Convert to float32 and full int8; print held-out accuracy per class for both."""
+    """Convert to float32 and full int8; print held-out accuracy (radars: in and out of set)."""
     from edgefleet.host.errors import HostError, ModelLoadError
     from edgefleet.host.training import evaluate as run_evaluation
+    from edgefleet.host.training import evaluate_radars
 
+    _check_set(scan_set)
     try:
-        result = run_evaluation(model, out, directory=data)
+        if scan_set == "radars":
+            radar = evaluate_radars(model, out, directory=data)
+        else:
+            result = run_evaluation(model, out, directory=data)
     except (HostError, ModelLoadError) as exc:
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc
+    if scan_set == "radars":
+        print(radar.table())
+        print()
+        print(radar.settings_table())
+        print(
+            f"int8 {radar.size_bytes['int8']:,} B; {radar.ms_per_scan['int8']:.2f} ms per scan "
+            f"(invoke), conditioning {radar.conditioning_ms:.1f} ms per scan"
+        )
+        print(f"Edge TPU pre-check (int8): compatible={radar.edgetpu_precheck_compatible}")
+        return
     print(f"held-out scans: {result.count} {result.class_counts}")
     print(result.table())
     print(f"Edge TPU pre-check (int8): compatible={result.edgetpu_precheck_compatible}")
+
+
+def _check_set(scan_set: str) -> None:
+    if scan_set not in {"radars", "first"}:
+        print(f"error: unknown --set {scan_set!r}; use radars or first")
+        raise typer.Exit(code=2)

@@ -1,0 +1,260 @@
+"""The GPR ConvNet for many radars: one physical scale, scored in and out of distribution.
+
+The scans of the radar set (``datasets._radar``) and of the first generator (``datasets._gpr``)
+are put on one scale by ``edgefleet.shared.gpr.common_scale``: 12 centre periods of time from
+time zero and two free-space wavelengths along the line, from each scan's metadata. Each scan
+is also seen without its metadata (the conditioning then estimates the time scale and resizes
+the whole line), so a scan that arrives without a sidecar is still classified sensibly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+
+from edgefleet.host.datasets import CLASSES
+from edgefleet.host.datasets._radar import (
+    HELDOUT_BAND,
+    MAX_TRAIN_DEPTH,
+    RadarDataset,
+    first_generator_metadata,
+    load_radar,
+)
+from edgefleet.host.quantize import _convert as convert
+from edgefleet.host.quantize import _edgetpu as edgetpu
+from edgefleet.host.quantize import _measure as measure
+from edgefleet.host.quantize import describe, embed_model_info
+from edgefleet.host.training._gpr import (
+    BATCH_SIZE,
+    INPUT_CHANNELS,
+    INPUT_HEIGHT,
+    INPUT_WIDTH,
+    LEARNING_RATE,
+    _save_without_optimizer,
+    shifted_copies,
+)
+from edgefleet.host.training._models import build_gpr_convnet, train
+from edgefleet.shared.atomic import write_atomic
+from edgefleet.shared.preprocess import preprocess
+from edgefleet.shared.spec import GprOptions, PreprocessSpec
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+MODEL_NAME = "gpr_radars"
+FIRST_GENERATOR_SCANS = 1000  # of its 2000 training scans, balanced
+EPOCHS = 20
+LOW_BAND_TOP = 400e6  # Hz: the per-setting table splits the band below the held-out one here
+
+# The conditioning of docs/gpr.md (stacked views) on the common physical scale. The gain is
+# gentler than the first model's: a 12-period window is long, and a steep gain lifts the
+# receiver noise at its end above the echoes.
+RADAR_OPTIONS = GprOptions(
+    time_zero=True,
+    stack=True,
+    gain="exponential",
+    gain_factor=1.0,
+    resample=True,
+    periods=12.0,
+    line_wavelengths=2.0,
+)
+
+
+def radar_spec() -> PreprocessSpec:
+    """The preprocessing recipe the radar model is trained and deployed with."""
+    return PreprocessSpec(
+        schema_version=2,  # gpr.resample (docs/protocol.md 5.4)
+        kind="gpr",
+        height=INPUT_HEIGHT,
+        width=INPUT_WIDTH,
+        channels=INPUT_CHANNELS,
+        gpr=RADAR_OPTIONS,
+    )
+
+
+def conditioned(ds: RadarDataset, *, with_meta: bool = True) -> npt.NDArray[np.float32]:
+    """Every scan of ``ds`` through ``shared.preprocess`` (with or without its metadata)."""
+    spec = radar_spec()
+    return np.stack(
+        [preprocess(x, spec, m if with_meta else None) for x, m in zip(ds.x, ds.meta, strict=True)]
+    ).astype(np.float32)
+
+
+def _subset(ds: RadarDataset, limit: int) -> RadarDataset:
+    per_class = [np.flatnonzero(ds.y == c) for c in range(len(CLASSES))]
+    # Round-robin over the classes first, then cut: any limit stays balanced.
+    order = [i for group in zip(*per_class, strict=False) for i in group][:limit]
+    picked = np.array(sorted(order), dtype=np.int64)
+    return RadarDataset(
+        x=ds.x[picked],
+        y=ds.y[picked],
+        meta=tuple(ds.meta[i] for i in picked),
+        freq_hz=ds.freq_hz[picked],
+        depth=ds.depth[picked],
+    )
+
+
+def training_inputs(
+    *, directory: Path | None = None, first_generator: int = FIRST_GENERATOR_SCANS, seed: int = 0
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The augmented training inputs: radar set (with and without metadata) + first generator.
+
+    Every scan is mirrored (the survey walked the other way) and gets one shifted copy.
+    """
+    radar = load_radar("train", directory)
+    parts = [conditioned(radar), conditioned(radar, with_meta=False)]
+    labels = [radar.y, radar.y]
+    if first_generator > 0:
+        first = _subset(first_generator_metadata("train"), first_generator)
+        parts.append(conditioned(first))
+        labels.append(first.y)
+    x = np.concatenate(parts)
+    y = np.concatenate(labels)
+    x = np.concatenate([x, x[:, :, ::-1, :]])
+    y = np.concatenate([y, y])
+    x = shifted_copies(x, 1, np.random.default_rng(seed))
+    return x, np.tile(y, 2)
+
+
+def train_radar_convnet(
+    out_path: Path,
+    *,
+    epochs: int = EPOCHS,
+    seed: int = 0,
+    directory: Path | None = None,
+    first_generator: int = FIRST_GENERATOR_SCANS,
+) -> Path:
+    """Train the GPR ConvNet on the radar set's train split (see the module doc); save it."""
+    x, y = training_inputs(directory=directory, first_generator=first_generator, seed=seed)
+    keras.utils.set_random_seed(seed)
+    model = build_gpr_convnet((INPUT_HEIGHT, INPUT_WIDTH, INPUT_CHANNELS), len(CLASSES))
+    steps = max(1, epochs * -(-len(x) // BATCH_SIZE))
+    schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps, alpha=0.05)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    train(model, x, y, epochs=epochs, batch_size=BATCH_SIZE, seed=seed)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _save_without_optimizer(model, out_path)
+    return out_path
+
+
+@dataclass
+class SplitScore:
+    """One evaluation split: accuracy per mode, per class, and per setting."""
+
+    name: str
+    count: int
+    accuracy: dict[str, float] = field(default_factory=dict)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_setting: dict[str, dict[str, float]] = field(default_factory=dict)
+    setting_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RadarEvaluation:
+    """In- and out-of-distribution accuracy of the float32 and int8 conversions."""
+
+    splits: list[SplitScore] = field(default_factory=list)
+    size_bytes: dict[str, int] = field(default_factory=dict)
+    ms_per_scan: dict[str, float] = field(default_factory=dict)
+    conditioning_ms: float = 0.0
+    edgetpu_precheck_compatible: bool | None = None
+
+    def table(self) -> str:
+        """Markdown: one row per split and mode, overall then per class (%)."""
+        head = "| split | scans | mode | all | " + " | ".join(CLASSES) + " |"
+        rows = [head, "|" + "---|" * (4 + len(CLASSES))]
+        for s in self.splits:
+            for mode, acc in s.accuracy.items():
+                cells = " | ".join(f"{100 * s.per_class[mode][c]:.1f}" for c in CLASSES)
+                rows.append(f"| {s.name} | {s.count} | {mode} | {100 * acc:.1f} | {cells} |")
+        return "\n".join(rows)
+
+    def settings_table(self) -> str:
+        """Markdown: int8 accuracy per setting (frequency band, depth, metadata) and split."""
+        rows = ["| split | setting | scans | int8 |", "|---|---|---|---|"]
+        for s in self.splits:
+            for name, by_mode in s.per_setting.items():
+                count, acc = s.setting_counts[name], 100 * by_mode["int8"]
+                rows.append(f"| {s.name} | {name} | {count} | {acc:.1f} |")
+        return "\n".join(rows)
+
+
+def _settings(ds: RadarDataset) -> dict[str, npt.NDArray[np.bool_]]:
+    f, d = ds.freq_hz, ds.depth
+    return {
+        "250-400 MHz": (f < LOW_BAND_TOP),
+        "400-700 MHz": (f >= LOW_BAND_TOP) & (f < HELDOUT_BAND[0]),
+        "700-1000 MHz (held-out band)": (f >= HELDOUT_BAND[0]) & (f < HELDOUT_BAND[1]),
+        "1.0-1.6 GHz": (f >= HELDOUT_BAND[1]),
+        "depth <= 0.15 m": d <= 0.15,  # noqa: PLR2004
+        f"depth 0.15-{MAX_TRAIN_DEPTH} m": (d > 0.15) & (d <= MAX_TRAIN_DEPTH),  # noqa: PLR2004
+        f"depth > {MAX_TRAIN_DEPTH} m (held out)": d > MAX_TRAIN_DEPTH,
+    }
+
+
+def evaluate_radars(
+    model_path: Path, out_dir: Path, *, directory: Path | None = None, calibration: int = 300
+) -> RadarEvaluation:
+    """Convert to float32 and int8; score in-distribution, out-of-distribution, no-metadata."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = convert.load_model(model_path)
+    spec = radar_spec()
+    calib = _subset(load_radar("train", directory), calibration)
+    x_cal = conditioned(calib)
+    heldout, ood = load_radar("heldout", directory), load_radar("ood", directory)
+    start = time.perf_counter()
+    splits = [
+        ("in-distribution", heldout, conditioned(heldout)),
+        ("out-of-distribution", ood, conditioned(ood)),
+    ]
+    result = RadarEvaluation(
+        conditioning_ms=(time.perf_counter() - start) * 1000 / (len(heldout) + len(ood))
+    )
+    splits += [
+        ("in-distribution, no metadata", heldout, conditioned(heldout, with_meta=False)),
+        ("out-of-distribution, no metadata", ood, conditioned(ood, with_meta=False)),
+    ]
+    scores = [SplitScore(name, len(ds)) for name, ds, _ in splits]
+    for mode in ("float32", "int8"):
+        data = convert.convert(model, mode, representative=x_cal)
+        info = describe(data, name=MODEL_NAME, mode=mode, labels=CLASSES, preprocess=spec)
+        blob = embed_model_info(data, info)
+        path = out_dir / f"{MODEL_NAME}_{mode}.tflite"
+        write_atomic(path, blob)
+        result.size_bytes[mode] = len(blob)
+        for score, (_, ds, x) in zip(scores, splits, strict=True):
+            t0 = time.perf_counter()
+            predicted = np.argmax(measure.predict_all(path, x, info), axis=1)
+            result.ms_per_scan[mode] = (time.perf_counter() - t0) * 1000 / len(x)
+            right = predicted == ds.y
+            score.accuracy[mode] = float(np.mean(right))
+            score.per_class[mode] = {
+                c: float(np.mean(right[ds.y == i])) if (ds.y == i).any() else float("nan")
+                for i, c in enumerate(CLASSES)
+            }
+            for name, mask in _settings(ds).items():
+                if mask.any():
+                    score.per_setting.setdefault(name, {})[mode] = float(np.mean(right[mask]))
+                    score.setting_counts[name] = int(mask.sum())
+        if mode == "int8":
+            result.edgetpu_precheck_compatible = edgetpu.precheck(blob).compatible
+    result.splits = scores
+    write_atomic(
+        out_dir / "gpr_radars_evaluation.json", json.dumps(asdict(result), indent=2).encode()
+    )
+    return result
+
+
+def as_json(result: RadarEvaluation) -> dict[str, Any]:
+    """The evaluation as a JSON-ready dict."""
+    return asdict(result)

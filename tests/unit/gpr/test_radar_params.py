@@ -1,0 +1,76 @@
+"""The radar set's scan parameters: the ranges docs/gpr.md promises and the held-out settings."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgefleet.host.datasets._radar import (
+    FREQ_RANGE,
+    HELDOUT_BAND,
+    MAX_DEPTH,
+    MAX_TRAIN_DEPTH,
+    metadata,
+    radar_input_file,
+    reach,
+    sample_radar_params,
+)
+
+
+def _draw(split: str, n: int = 400, start: int = 0) -> list:
+    return [sample_radar_params(start + i, split) for i in range(n)]  # type: ignore[arg-type]
+
+
+def test_training_scans_span_the_band_but_never_the_held_out_settings():
+    scans = _draw("train")
+    freqs = np.array([p.freq_hz for p in scans])
+    assert freqs.min() >= FREQ_RANGE[0]
+    assert freqs.max() <= FREQ_RANGE[1]
+    assert freqs.min() < 300e6  # both ends of the band are drawn
+    assert freqs.max() > 1.4e9
+    assert not ((freqs >= HELDOUT_BAND[0]) & (freqs < HELDOUT_BAND[1])).any()
+    depths = np.array([p.target_depth for p in scans])
+    assert depths.max() <= MAX_TRAIN_DEPTH
+    assert depths.max() > 0.3  # deep targets where the window reaches them
+    assert {p.label for p in scans[:4]} == {"metal", "plastic", "concrete", "none"}
+    assert all(16 <= p.n_traces <= 20 and 256 <= p.n_samples <= 512 for p in scans)
+    assert all(-60 <= p.noise_db <= -30 for p in scans)
+
+
+def test_the_ood_split_holds_out_a_band_and_the_deepest_targets():
+    scans = _draw("ood", 200, 940000)
+    in_band = [HELDOUT_BAND[0] <= p.freq_hz < HELDOUT_BAND[1] for p in scans]
+    deep = [p.target_depth > MAX_TRAIN_DEPTH for p in scans]
+    assert all(b or d for b, d in zip(in_band, deep, strict=True))  # every scan is held out
+    assert 0.4 < np.mean(in_band) < 0.6
+    assert max(p.target_depth for p in scans) <= MAX_DEPTH
+    assert max(p.target_depth for p in scans) >= 0.5  # down to half a metre
+    assert all(32 <= p.n_traces <= 40 and 512 <= p.n_samples <= 1024 for p in scans)
+
+
+def test_every_target_top_echo_is_inside_its_window():
+    for p in _draw("train", 200) + _draw("ood", 100, 940000):
+        periods = (p.time_window - 2 * p.height / 299_792_458.0) * p.freq_hz - 1.5
+        # The echo from the target's top, and a period of its wavelet, are recorded.
+        assert p.target_depth <= reach(p.freq_hz, p.soil_eps, periods - 1.0)
+
+
+def test_a_scan_is_its_seed_and_its_input_file_holds_the_clutter():
+    a, b = sample_radar_params(20001, "train"), sample_radar_params(20001, "train")
+    assert a == b
+    assert a != sample_radar_params(20001, "heldout") or a.seed == 20001  # same seed, any split
+    text = radar_input_file(a)
+    assert "#box:" in text  # soil and its second layer
+    assert text.count("layer") >= 2
+    assert text.count("stone") >= 4  # at least two stones, each a material and a cylinder
+    assert f"#waveform: ricker 1 {a.freq_hz:.6g} pulse" in text
+    meta = metadata(a)
+    assert meta["antenna_mhz"] * 1e6 == round(a.freq_hz / 1e6, 3) * 1e6
+    assert meta["trace_spacing_m"] == round(a.spacing, 5)
+    assert abs(meta["sample_interval_ns"] * a.n_samples - a.time_window * 1e9) < 1e-3
+
+
+def test_native_scans_are_long_lines():
+    for p in _draw("native", 20, 960000):
+        assert 150 <= p.n_traces <= 250
+        assert 0.01 <= p.spacing <= 0.015
+        assert p.n_samples >= 512
