@@ -12,6 +12,7 @@ its own topics.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import signal
 import sqlite3
@@ -38,7 +39,16 @@ from edgefleet.host.fleet import (
     push,
 )
 from edgefleet.host.provision import init_fleet, provision_device
-from edgefleet.shared.messages import Ack, PredictionRecord, Status, TopK, decode, encode
+from edgefleet.shared.messages import (
+    Ack,
+    DeviceLog,
+    InputThumbnail,
+    PredictionRecord,
+    Status,
+    TopK,
+    decode,
+    encode,
+)
 from edgefleet.shared.topics import Topics
 from support.agent import (
     AgentProcess,
@@ -109,7 +119,10 @@ def _tls_setup(config, cas: Path) -> TlsSetup:
     Routing keys are MQTT topics with ``/`` as ``.``; ``{username}`` is the CN.
     """
     p = TLS_PREFIX
-    device_write = rf"^{p}\.devices\.{{username}}\.(status|reported|predictions|chunk-requests)$"
+    device_write = (
+        rf"^{p}\.devices\.{{username}}\."
+        r"(status|reported|predictions|chunk-requests|logs|thumbnails|shadow\.report)$"
+    )
     users = {config.host_identity: (rf"^{p}\..*", rf"^{p}\..*")}
     for device, groups in TLS_DEVICES.items():
         group_re = "|".join(groups)
@@ -437,6 +450,31 @@ def _tls_agent(broker: RabbitMQBroker, device: str, tmp_path: Path) -> AgentProc
     return AgentProcess(config)
 
 
+def _log_line(device: str) -> DeviceLog:
+    return DeviceLog(
+        device_id=device,
+        boot_id="b1",
+        seq=1,
+        ts=time.time(),
+        level="WARNING",
+        logger="edgefleet.device.agent",
+        message="a line on the device's own logs topic",
+    )
+
+
+def _thumbnail(device: str) -> InputThumbnail:
+    png = b"\x89PNG\r\n\x1a\n"  # the permissions are tested, not the picture
+    return InputThumbnail(
+        device_id=device,
+        boot_id="b1",
+        seq=1,
+        format="png",
+        data_b64=base64.b64encode(png).decode(),
+        width=1,
+        height=1,
+    )
+
+
 def test_mutual_tls_with_fleet_certificates_and_per_device_topic_permissions(
     second_broker, mnist_bundle, tmp_path
 ):
@@ -481,11 +519,25 @@ def test_mutual_tls_with_fleet_certificates_and_per_device_topic_permissions(
         [(_, payload, retained)] = probe.wait(1, 10)
         assert retained
         assert decode(Status, payload).online is True  # the retained status is tls-a's own
-        # and tls-b's own status topic is its to write
+        # and tls-b's own status, logs and thumbnails topics are its to write (a refused
+        # publish would close its connection, as for the forger above)
+        sink = _Collector(
+            str(config.host_broker_url),
+            [t.logs("tls-b"), t.thumbnails("tls-b")],
+            ca=settings.ca_file,
+            cert=settings.cert_file,
+            key=settings.key_file,
+        )
+        stack.callback(sink.close)
         own = _Collector(second_broker.tls_url, [], **b_tls)
         own.client.publish(
             t.status("tls-b"), encode(Status(device_id="tls-b", online=True)), 1
         ).wait_for_publish(10)
+        own.client.publish(t.logs("tls-b"), encode(_log_line("tls-b")), 0)
+        own.client.publish(t.thumbnails("tls-b"), encode(_thumbnail("tls-b")), 0)
+        got = sink.wait(2, 10)
+        assert sorted(topic for topic, _, _ in got) == [t.logs("tls-b"), t.thumbnails("tls-b")]
+        assert not own.closed.is_set(), "the broker closed tls-b's connection"
         own.close()
         fleet.pump(2.0)
         assert fleet.view.statuses["tls-b"].online is True
