@@ -113,13 +113,23 @@ def run(
     epilog=_examples("edgefleet-agent predict --model model_int8.tflite scan1.png scan2.npy")
 )
 def predict(
-    files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or .npy inputs.")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="PNG, JPEG or .npy inputs. A GPR scan's metadata is read from a sidecar "
+            "<name>.json beside it or a PNG's edgefleet-gpr text chunk (docs/gpr.md)."
+        ),
+    ],
     model: Annotated[Path, typer.Option("--model", "-m", help="A .tflite model.")],
     backend: Annotated[str, typer.Option(help="auto, ai_edge_litert, tflite_runtime.")] = "auto",
     threads: Annotated[int, typer.Option(min=1, help="Interpreter threads.")] = 1,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes per line.")] = 3,
 ) -> None:
-    """Classify files with a local model and print one JSON line per file (no broker)."""
+    """Classify files with a local model and print one JSON line per file (no broker).
+
+    A GPR model on the common scale classifies a scan of any size; a line gets a "note"
+    when the scan had no (or partial) metadata and the scale had to be estimated.
+    """
     failed = False
     try:
         for line in predict_files(model, files, backend=backend, num_threads=threads, top_k=top_k):

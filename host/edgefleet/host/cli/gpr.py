@@ -13,17 +13,33 @@ app = typer.Typer(help="Simulated GPR B-scans (gprMax).", no_args_is_help=True)
 
 
 @app.command(
-    "generate", epilog=example("edgefleet gpr generate --out gpr-scans --n 400 --workers 2")
+    "generate",
+    epilog=example(
+        "edgefleet gpr generate --out scans/train --n 600 --seed 20000 --split train --workers 2",
+        "edgefleet gpr generate --out gpr-scans --n 400 --set first --workers 2",
+    ),
 )
-def generate(
+def generate(  # noqa: PLR0917 - typer options
     out: Annotated[Path, typer.Option(help="Data set folder (gets <class>/<seed>.npy).")],
     n: Annotated[int, typer.Option(help="Number of scans.")] = 400,
     seed: Annotated[int, typer.Option(help="Seed of the first scan; scan i uses seed + i.")] = 0,
     workers: Annotated[int, typer.Option(help="Parallel gprMax processes.")] = 1,
+    scan_set: Annotated[
+        str,
+        typer.Option(
+            "--set",
+            help="radars: the radar set (many antennas, with sidecars); first: the first one.",
+        ),
+    ] = "radars",
+    split: Annotated[
+        str,
+        typer.Option(help="Radar set only: train, heldout, ood (held-out settings) or native."),
+    ] = "train",
 ) -> None:
     """Simulate N labelled B-scans; rerun the same command to resume after an interruption."""
-    from edgefleet.host.datasets import _gpr as gpr
     from edgefleet.host.errors import HostError
+
+    _check_set(scan_set)
 
     def progress(done: int, total: int) -> None:
         print(f"{done}/{total} scans", flush=True)
@@ -34,11 +50,16 @@ def generate(
         print(f"error: gprMax is not installed ({exc}); pip install 'edgefleet-host[gpr]'")
         raise typer.Exit(code=1) from exc
     try:
-        paths = _gprmax.generate(out, n=n, seed=seed, workers=workers, progress=progress)
+        if scan_set == "radars":
+            paths = _gprmax.generate_radar(
+                out, split=split, n=n, seed=seed, workers=workers, progress=progress
+            )
+        else:
+            paths = _gprmax.generate(out, n=n, seed=seed, workers=workers, progress=progress)
     except HostError as exc:
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc
-    print(f"{len(paths)} scans in {out} (manifest: {out / gpr.MANIFEST})")
+    print(f"{len(paths)} scans in {out} (manifest: {out / 'manifest.jsonl'})")
 
 
 # --data of train and evaluate: a data set other than the bundled one.

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from edgefleet.shared.spec import PreprocessSpec
 
 GPR_MODEL_NAMES = ("gpr_convnet.keras", "gpr_convnet.h5")
+RADAR_MODEL_NAME = "gpr_radars.keras"  # the model on the common physical scale
 MNIST_EPOCHS = 1
 MNIST_BATCH = 64
 
@@ -73,6 +74,12 @@ def bundled_gpr_model() -> Path | None:
             return folder / name
     others = sorted(folder.glob("gpr*.keras")) if folder.is_dir() else []
     return others[0] if others else None
+
+
+def bundled_radar_model() -> Path | None:
+    """The bundled GPR model trained across radars (docs/gpr.md), if the package ships one."""
+    path = models_dir() / RADAR_MODEL_NAME
+    return path if path.is_file() else None
 
 
 def pick(name: str | None, *, train: bool = False) -> DemoData:

@@ -1,0 +1,123 @@
+"""The bundled radar model across radars: int8 floors in and out of distribution, native scans.
+
+docs/gpr.md ("Across radars") gives the figures these floors guard. A change to the
+conditioning, the common scale, the data or the converter that costs accuracy on scans from
+other radars than the training set's shows up here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgefleet.host.cli import app
+from edgefleet.host.datasets import CLASSES
+from edgefleet.host.datasets._radar import load_radar, radar_dir
+from edgefleet.host.demo._data import bundled_radar_model
+from edgefleet.host.training._radar import evaluate_radars
+
+pytestmark = pytest.mark.slow
+
+FLOOR = 0.90  # the issue's floor, int8, on both of the project's own splits
+AGENT = Path(sys.executable).parent / "edgefleet-agent"  # the device's console script
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory: pytest.TempPathFactory):
+    model = bundled_radar_model()
+    assert model is not None, "the radar model ships with the host package"
+    out = tmp_path_factory.mktemp("radar-eval")
+    return out, evaluate_radars(model, out, calibration=100)
+
+
+def test_int8_holds_the_floor_in_and_out_of_distribution(evaluation):
+    _, result = evaluation
+    by_name = {s.name: s for s in result.splits}
+    ind, ood = by_name["in-distribution"], by_name["out-of-distribution"]
+    assert ind.count == len(load_radar("heldout"))
+    assert ood.count == len(load_radar("ood"))
+    assert ind.accuracy["int8"] >= FLOOR
+    assert ood.accuracy["int8"] >= FLOOR
+    for split in (ind, ood):  # int8 tracks float32, and no class is traded for the others
+        assert abs(split.accuracy["int8"] - split.accuracy["float32"]) <= 0.02
+    assert result.edgetpu_precheck_compatible is True
+    saved = json.loads((evaluation[0] / "gpr_radars_evaluation.json").read_text())
+    assert saved["splits"][1]["accuracy"] == ood.accuracy
+
+
+def _agent_predict(model: Path, files: list[Path]) -> list[dict]:
+    # The device's own command, as a field engineer runs it (no TensorFlow in it).
+    out = subprocess.run(
+        [str(AGENT), "predict", "--model", str(model), *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_agent_predict_takes_native_size_scans_with_and_without_metadata(evaluation, tmp_path):
+    model = evaluation[0] / "gpr_radars_int8.tflite"
+    native = sorted((radar_dir() / "native").glob("*/*.npy"))
+    assert len(native) >= 8
+    with_meta, without = tmp_path / "with", tmp_path / "without"
+    with_meta.mkdir()
+    without.mkdir()
+    for scan in native:
+        assert np.load(scan).shape[0] >= 150  # a whole survey line: hundreds of traces
+        shutil.copy(scan, with_meta / scan.name)
+        shutil.copy(scan.with_suffix(".json"), with_meta / scan.with_suffix(".json").name)
+        shutil.copy(scan, without / scan.name)
+    truth = [scan.parent.name for scan in native]
+    lines = _agent_predict(model, sorted(with_meta.glob("*.npy")))
+    lines_bare = _agent_predict(model, sorted(without.glob("*.npy")))
+    for line, bare in zip(lines, lines_bare, strict=True):
+        assert line["label"] in CLASSES
+        assert bare["label"] in CLASSES
+        assert "note" not in line  # the sidecar gave the whole scale
+        assert "no scan metadata" in bare["note"]
+        assert "docs/gpr.md" in bare["note"]
+    by_name = {Path(line["source"]).name: line["label"] for line in lines}
+    right = sum(by_name[scan.name] == label for scan, label in zip(native, truth, strict=True))
+    assert right >= len(native) - 2  # documented: docs/gpr.md, native survey lines
+
+
+def test_the_shipped_radar_scans_are_what_the_generator_makes(tmp_path):
+    # One training scan regenerated with the documented command is the shipped file, bit for
+    # bit, sidecar included: the data set is the code's, not a one-off.
+    res = CliRunner().invoke(
+        app,
+        [
+            "gpr",
+            "generate",
+            "--out",
+            str(tmp_path),
+            "--n",
+            "1",
+            "--seed",
+            "20001",
+            "--split",
+            "train",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    (made,) = tmp_path.glob("*/0020001.npy")
+    shipped = radar_dir() / "train" / made.parent.name / made.name
+    assert made.read_bytes() == shipped.read_bytes()
+    assert made.with_suffix(".json").read_bytes() == shipped.with_suffix(".json").read_bytes()
+    scan = np.load(made)
+    assert scan.dtype == np.float16
+    assert 16 <= scan.shape[0] <= 20
+    assert 256 <= scan.shape[1] <= 512
+    row = json.loads((tmp_path / "manifest.jsonl").read_text())
+    assert row["seed"] == 20001
+    assert row["split"] == "train"
