@@ -72,5 +72,17 @@ def test_a_scan_is_its_seed_and_its_input_file_holds_the_clutter():
 def test_native_scans_are_long_lines():
     for p in _draw("native", 20, 960000):
         assert 150 <= p.n_traces <= 250
-        assert 0.01 <= p.spacing <= 0.015
+        assert 0.005 <= p.spacing <= max(0.015, p.dx) + p.dx / 2  # 1-1.5 cm, whole cells
         assert p.n_samples >= 512
+
+
+def test_the_spacing_is_what_gprmax_simulates_and_every_trace_is_outside_the_pml():
+    # gprMax rounds #src_steps / #rx_steps to whole cells: a spacing between cells would be
+    # simulated as another one (the sidecar would lie) and the line could run into the PML.
+    for split, start in (("train", 20000), ("ood", 940000), ("native", 960000)):
+        for p in _draw(split, 100 if split != "native" else 20, start):
+            cells = p.spacing / p.dx
+            assert abs(cells - round(cells)) < 1e-6
+            assert round(cells) >= 1
+            last_rx = p.x0 + p.offset + (p.n_traces - 1) * p.spacing
+            assert last_rx <= p.width - 8 * p.dx - 0.03  # the PML is 8 cells

@@ -185,12 +185,18 @@ def sample_radar_params(scan_seed: int, split: RadarSplit) -> RadarScanParams:  
     spacing = line / (n_traces - 1)
     native = split == "native"
     if native:  # a whole survey line as a radar records it: 150-250 traces, 1-1.5 cm apart
+        # (at least one cell: at 250 MHz the cell, and so the spacing, can be 3 cm)
         n_traces = int(rng.integers(150, 251))
         spacing = float(rng.uniform(0.01, 0.015))
         line = (n_traces - 1) * spacing
     lam_soil = C0 / math.sqrt(soil_eps) / (2.0 * freq)
     dx = min(max(min(lam_soil / 4, radius / 3), DX_MIN), DX_MAX)
     dx = math.floor(dx * 2000) / 2000
+    # gprMax steps the antennas by whole cells (#src_steps is rounded to the nearest cell):
+    # snap the spacing to what is simulated, so the sidecar states the true spacing and the
+    # last trace stays out of the PML.
+    spacing = max(1, round(spacing / dx)) * dx
+    line = (n_traces - 1) * spacing
     offset = OFFSET_WAVELENGTHS * wavelength
     where = float(rng.uniform(0.2, 0.8) if native else rng.uniform(0.3, 0.7))
     target_x = PML_CELLS * dx + MARGIN + offset / 2 + line * where
@@ -437,7 +443,8 @@ def first_generator_metadata(split: str, directory: Path | None = None) -> Radar
         metas.append(
             ScanMetadata(
                 sample_interval_ns=row["time_window"] / row["n_samples"] * 1e9,
-                trace_spacing_m=row["spacing"],
+                # gprMax stepped the antennas by whole cells: the spacing it simulated.
+                trace_spacing_m=max(1, round(row["spacing"] / row["dx"])) * row["dx"],
                 antenna_mhz=row["freq_hz"] / 1e6,
             )
         )
