@@ -34,7 +34,7 @@ def evaluation(tmp_path_factory: pytest.TempPathFactory):
     model = bundled_radar_model()
     assert model is not None, "the radar model ships with the host package"
     out = tmp_path_factory.mktemp("radar-eval")
-    return out, evaluate_radars(model, out, calibration=100)
+    return out, evaluate_radars(model, out, calibration=100, without_metadata=False)
 
 
 def test_int8_holds_the_floor_in_and_out_of_distribution(evaluation):

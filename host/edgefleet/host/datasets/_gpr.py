@@ -60,8 +60,41 @@ class Stone:
     eps: float
 
 
+class LineGeometry:
+    """The domain of a B-scan along its survey line (both generators' scan parameters).
+
+    The subclass supplies ``dx``, ``n_traces``, ``spacing``, ``offset`` and ``soil_top``.
+    """
+
+    dx: float
+    n_traces: int
+    spacing: float
+    offset: float
+
+    @property
+    def soil_top(self) -> float:
+        """Height of the soil surface above the domain's bottom edge."""
+        raise NotImplementedError
+
+    @property
+    def width(self) -> float:
+        """Domain width in metres: the survey line plus margins and PML."""
+        pml = PML_CELLS * self.dx
+        return (self.n_traces - 1) * self.spacing + self.offset + 2 * (pml + MARGIN)
+
+    @property
+    def x0(self) -> float:
+        """Transmitter position of the first trace."""
+        return PML_CELLS * self.dx + MARGIN
+
+    @property
+    def height_total(self) -> float:
+        """Domain height: PML, soil, air, PML."""
+        return self.soil_top + AIR_THICKNESS + PML_CELLS * self.dx
+
+
 @dataclass(frozen=True)
-class ScanParams:
+class ScanParams(LineGeometry):
     """Everything that defines one simulated B-scan (the manifest row)."""
 
     seed: int
@@ -85,25 +118,9 @@ class ScanParams:
     stones: tuple[Stone, ...] = field(default_factory=tuple)
 
     @property
-    def width(self) -> float:
-        """Domain width in metres: the survey line plus margins and PML."""
-        pml = PML_CELLS * self.dx
-        return (self.n_traces - 1) * self.spacing + self.offset + 2 * (pml + MARGIN)
-
-    @property
-    def x0(self) -> float:
-        """Transmitter position of the first trace."""
-        return PML_CELLS * self.dx + MARGIN
-
-    @property
     def soil_top(self) -> float:
         """Height of the soil surface above the domain's bottom edge."""
         return PML_CELLS * self.dx + SOIL_THICKNESS
-
-    @property
-    def height_total(self) -> float:
-        """Domain height: PML, soil, air, PML."""
-        return self.soil_top + AIR_THICKNESS + PML_CELLS * self.dx
 
 
 def _cell_size(soil_eps: float, freq: float, radius: float) -> float:

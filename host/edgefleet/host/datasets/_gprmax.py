@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from multiprocessing import get_context
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import gprMax
 import gprMax.contexts
@@ -35,33 +35,34 @@ from edgefleet.shared.atomic import write_atomic
 
 def simulate(params: ScanParams) -> npt.NDArray[np.float32]:
     """Run gprMax for one scan and return float32 ``(traces, samples)``."""
+    raw = run_traces(input_file(params), params.n_traces)
+    return resample(raw, params.n_samples).astype(np.float32)
+
+
+def run_traces(text: str, n_traces: int) -> npt.NDArray[np.float64]:
+    """Run the gprMax input ``text`` for ``n_traces`` traces: received ``Ez`` per time step."""
     # gprMax runs a full gc.collect() after every trace (model); for these small models that
     # is ~30% of the run time, and a worker's memory stays small (maxtasksperchild bounds it).
     saved_gc, gprMax.contexts.gc = gprMax.contexts.gc, SimpleNamespace(collect=lambda: 0)
     try:
-        return _simulate(gprMax, h5py, params)
+        with tempfile.TemporaryDirectory(prefix="edgefleet-gpr-") as tmp:
+            path = Path(tmp) / "scan.in"
+            path.write_text(text)
+            gprMax.run(
+                inputfile=str(path),
+                n=n_traces,
+                geometry_fixed=True,
+                log_level=40,
+                hide_progress_bars=True,
+                allow_underresolved=True,
+            )
+            traces = []
+            for k in range(1, n_traces + 1):
+                with h5py.File(Path(tmp) / f"scan{k}.h5", "r") as h5:
+                    traces.append(np.asarray(h5["rxs/rx1/Ez"], dtype=np.float64))
     finally:
         gprMax.contexts.gc = saved_gc
-
-
-def _simulate(gprmax: ModuleType, h5py: ModuleType, params: ScanParams) -> npt.NDArray[np.float32]:
-    with tempfile.TemporaryDirectory(prefix="edgefleet-gpr-") as tmp:
-        path = Path(tmp) / "scan.in"
-        path.write_text(input_file(params))
-        gprmax.run(
-            inputfile=str(path),
-            n=params.n_traces,
-            geometry_fixed=True,
-            log_level=40,
-            hide_progress_bars=True,
-            allow_underresolved=True,
-        )
-        traces = []
-        for k in range(1, params.n_traces + 1):
-            with h5py.File(Path(tmp) / f"scan{k}.h5", "r") as h5:
-                traces.append(np.asarray(h5["rxs/rx1/Ez"], dtype=np.float64))
-    raw = np.stack(traces)
-    return resample(raw, params.n_samples).astype(np.float32)
+    return np.stack(traces)
 
 
 def _save_atomic(path: Path, array: npt.NDArray[np.float32]) -> None:
@@ -140,27 +141,8 @@ RADAR_SPLITS = ("train", "heldout", "ood", "native")
 
 def simulate_radar(params: _radar.RadarScanParams) -> npt.NDArray[np.float32]:
     """Run gprMax for one radar-set scan: ``(traces, samples)`` with receiver noise added."""
-    saved_gc, gprMax.contexts.gc = gprMax.contexts.gc, SimpleNamespace(collect=lambda: 0)
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgefleet-gpr-") as tmp:
-            path = Path(tmp) / "scan.in"
-            path.write_text(_radar.radar_input_file(params))
-            gprMax.run(
-                inputfile=str(path),
-                n=params.n_traces,
-                geometry_fixed=True,
-                log_level=40,
-                hide_progress_bars=True,
-                allow_underresolved=True,
-            )
-            traces = []
-            for k in range(1, params.n_traces + 1):
-                with h5py.File(Path(tmp) / f"scan{k}.h5", "r") as h5:
-                    traces.append(np.asarray(h5["rxs/rx1/Ez"], dtype=np.float64))
-    finally:
-        gprMax.contexts.gc = saved_gc
-    scan = _radar.add_noise(resample(np.stack(traces), params.n_samples), params)
-    return scan.astype(np.float32)
+    raw = run_traces(_radar.radar_input_file(params), params.n_traces)
+    return _radar.add_noise(resample(raw, params.n_samples), params).astype(np.float32)
 
 
 def _make_radar(job: tuple[str, str, int]) -> int:

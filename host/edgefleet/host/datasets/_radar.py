@@ -42,7 +42,9 @@ from edgefleet.host.datasets._gpr import (
     C0,
     CLASSES,
     MANIFEST,
+    MARGIN,
     PML_CELLS,
+    LineGeometry,
     Stone,
     default_dir,
     load_gpr,
@@ -62,8 +64,6 @@ RADIUS_RANGE = (0.04, 0.10)  # m: service pipes and conduits of 8-20 cm outer di
 LINE_WAVELENGTHS = 2.0  # survey line length in free-space wavelengths
 WINDOW_PERIODS = (10.0, 14.0)  # time window after the direct wave, in centre periods
 DX_MIN, DX_MAX = 0.004, 0.03  # FDTD cell size range, m
-MARGIN = 0.04  # m between the PML and the first/last antenna position
-AIR = 0.06  # m of air between the surface and the top PML
 OFFSET_WAVELENGTHS = 0.075  # Tx-Rx offset in free-space wavelengths (as in _gpr)
 SEED_SALT = 0x5EED  # the radar set's random stream differs from _gpr's for the same seed
 
@@ -78,7 +78,7 @@ class Bump:
 
 
 @dataclass(frozen=True)
-class RadarScanParams:
+class RadarScanParams(LineGeometry):
     """Everything that defines one scan of the radar set (the manifest row)."""
 
     seed: int
@@ -109,21 +109,9 @@ class RadarScanParams:
     bumps: tuple[Bump, ...] = field(default_factory=tuple)
 
     @property
-    def width(self) -> float:
-        pml = PML_CELLS * self.dx
-        return (self.n_traces - 1) * self.spacing + self.offset + 2 * (pml + MARGIN)
-
-    @property
-    def x0(self) -> float:
-        return PML_CELLS * self.dx + MARGIN
-
-    @property
     def soil_top(self) -> float:
+        """Height of the soil surface above the domain's bottom edge."""
         return PML_CELLS * self.dx + self.soil_thickness
-
-    @property
-    def height_total(self) -> float:
-        return self.soil_top + AIR + PML_CELLS * self.dx
 
     @property
     def sample_interval_ns(self) -> float:

@@ -119,19 +119,27 @@ def train_gpr_convnet(
         np.concatenate([x, x[:, :, ::-1, :]]), SHIFTED_COPIES, np.random.default_rng(seed)
     )
     y_aug = np.tile(y, 2 * (1 + SHIFTED_COPIES))
+    model = fit_gpr_convnet(x_aug, y_aug, epochs=epochs, seed=seed)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _save_without_optimizer(model, out_path)
+    return out_path
+
+
+def fit_gpr_convnet(
+    x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], *, epochs: int, seed: int
+) -> Any:  # noqa: ANN401 - keras.Model is untyped
+    """A new GPR ConvNet fitted on ``x``, ``y``: Adam, learning rate on a cosine to 5 %."""
     keras.utils.set_random_seed(seed)  # the initial weights too, not only the shuffles
     model = build_gpr_convnet((INPUT_HEIGHT, INPUT_WIDTH, INPUT_CHANNELS), len(CLASSES))
-    steps = max(1, epochs * -(-len(x_aug) // BATCH_SIZE))
+    steps = max(1, epochs * -(-len(x) // BATCH_SIZE))
     schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps, alpha=0.05)
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    train(model, x_aug, y_aug, epochs=epochs, batch_size=BATCH_SIZE, seed=seed)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    _save_without_optimizer(model, out_path)
-    return out_path
+    train(model, x, y, epochs=epochs, batch_size=BATCH_SIZE, seed=seed)
+    return model
 
 
 def _save_without_optimizer(model: Any, out_path: Path) -> None:  # noqa: ANN401

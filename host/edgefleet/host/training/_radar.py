@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from edgefleet.host.datasets import CLASSES
@@ -31,15 +30,13 @@ from edgefleet.host.quantize import _edgetpu as edgetpu
 from edgefleet.host.quantize import _measure as measure
 from edgefleet.host.quantize import describe, embed_model_info
 from edgefleet.host.training._gpr import (
-    BATCH_SIZE,
     INPUT_CHANNELS,
     INPUT_HEIGHT,
     INPUT_WIDTH,
-    LEARNING_RATE,
     _save_without_optimizer,
+    fit_gpr_convnet,
     shifted_copies,
 )
-from edgefleet.host.training._models import build_gpr_convnet, train
 from edgefleet.shared.atomic import write_atomic
 from edgefleet.shared.preprocess import preprocess
 from edgefleet.shared.spec import GprOptions, PreprocessSpec
@@ -132,16 +129,7 @@ def train_radar_convnet(
 ) -> Path:
     """Train the GPR ConvNet on the radar set's train split (see the module doc); save it."""
     x, y = training_inputs(directory=directory, first_generator=first_generator, seed=seed)
-    keras.utils.set_random_seed(seed)
-    model = build_gpr_convnet((INPUT_HEIGHT, INPUT_WIDTH, INPUT_CHANNELS), len(CLASSES))
-    steps = max(1, epochs * -(-len(x) // BATCH_SIZE))
-    schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps, alpha=0.05)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    train(model, x, y, epochs=epochs, batch_size=BATCH_SIZE, seed=seed)
+    model = fit_gpr_convnet(x, y, epochs=epochs, seed=seed)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _save_without_optimizer(model, out_path)
     return out_path
@@ -203,9 +191,14 @@ def _settings(ds: RadarDataset) -> dict[str, npt.NDArray[np.bool_]]:
 
 
 def evaluate_radars(
-    model_path: Path, out_dir: Path, *, directory: Path | None = None, calibration: int = 300
+    model_path: Path,
+    out_dir: Path,
+    *,
+    directory: Path | None = None,
+    calibration: int = 300,
+    without_metadata: bool = True,
 ) -> RadarEvaluation:
-    """Convert to float32 and int8; score in-distribution, out-of-distribution, no-metadata."""
+    """Convert to float32 and int8; score in- and out-of-distribution (and without metadata)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = convert.load_model(model_path)
     spec = radar_spec()
@@ -220,10 +213,11 @@ def evaluate_radars(
     result = RadarEvaluation(
         conditioning_ms=(time.perf_counter() - start) * 1000 / (len(heldout) + len(ood))
     )
-    splits += [
-        ("in-distribution, no metadata", heldout, conditioned(heldout, with_meta=False)),
-        ("out-of-distribution, no metadata", ood, conditioned(ood, with_meta=False)),
-    ]
+    if without_metadata:
+        splits += [
+            ("in-distribution, no metadata", heldout, conditioned(heldout, with_meta=False)),
+            ("out-of-distribution, no metadata", ood, conditioned(ood, with_meta=False)),
+        ]
     scores = [SplitScore(name, len(ds)) for name, ds, _ in splits]
     for mode in ("float32", "int8"):
         data = convert.convert(model, mode, representative=x_cal)
