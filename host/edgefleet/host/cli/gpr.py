@@ -80,9 +80,7 @@ SetOption = Annotated[
 ]
 
 
-@app.command(
-    "train", epilog=example("edgefleet gpr train --out gpr_convnet.keras --data gpr-scans")
-)
+@app.command("train", epilog=example("edgefleet gpr train --out gpr_radars.keras --data gpr-scans"))
 def train(
     out: Annotated[Path, typer.Option(help="Where to save the Keras model (.keras).")],
     epochs: Annotated[int, typer.Option(help="Training epochs (radars: 20, first: 25).")] = 0,

@@ -322,7 +322,7 @@ def load_gpr(split: Split = "train", directory: Path | None = None) -> Dataset:
     if not files:
         raise DatasetError(
             f"no GPR scans under {root}; generate them with "
-            f"`edgefleet gpr generate --out {root} --n 400 --seed <S>`"
+            f"`edgefleet gpr generate --out {root} --n 400 --seed <S> --set first`"
         )
     return Dataset(
         x=_object_array(_load_scan(f) for f in files),
