@@ -370,6 +370,7 @@ class RadarDataset:
     meta: tuple[ScanMetadata, ...]
     freq_hz: npt.NDArray[np.float64]
     depth: npt.NDArray[np.float64]
+    soil_eps: npt.NDArray[np.float64] | None = None
     labels: tuple[str, ...] = CLASSES
 
     def __len__(self) -> int:
@@ -393,7 +394,7 @@ def load_radar(split: RadarSplit, directory: Path | None = None) -> RadarDataset
     files = sorted(f for f in root.glob("*/*.npy") if f.parent.name in CLASSES)
     if not files:
         raise DatasetError(f"no radar-set scans under {root}; see docs/gpr.md to generate them")
-    scans, metas, freqs, depths = [], [], [], []
+    scans, metas, freqs, depths, soils = [], [], [], [], []
     for f in files:
         try:
             scan = np.load(f, allow_pickle=False).astype(np.float32)
@@ -405,12 +406,14 @@ def load_radar(split: RadarSplit, directory: Path | None = None) -> RadarDataset
         metas.append(meta)
         freqs.append(params.freq_hz)
         depths.append(params.target_depth)
+        soils.append(params.soil_eps)
     return RadarDataset(
         x=_objects(scans),
         y=np.array([CLASSES.index(f.parent.name) for f in files], dtype=np.int64),
         meta=tuple(metas),
         freq_hz=np.array(freqs, dtype=np.float64),
         depth=np.array(depths, dtype=np.float64),
+        soil_eps=np.array(soils, dtype=np.float64),
     )
 
 
@@ -423,7 +426,7 @@ def first_generator_metadata(split: str, directory: Path | None = None) -> Radar
         row = json.loads(line)
         rows[(row["label"], int(row["seed"]))] = row
     files = sorted(f for f in root.glob("*/*.npy") if f.parent.name in CLASSES)
-    metas, freqs, depths = [], [], []
+    metas, freqs, depths, soils = [], [], [], []
     for f in files:
         row = rows.get((f.parent.name, int(f.stem)))
         if row is None:
@@ -438,12 +441,14 @@ def first_generator_metadata(split: str, directory: Path | None = None) -> Radar
         )
         freqs.append(row["freq_hz"])
         depths.append(row["target_depth"])
+        soils.append(row["soil_eps"])
     return RadarDataset(
         x=_objects(list(ds.x)),
         y=ds.y,
         meta=tuple(metas),
         freq_hz=np.array(freqs, dtype=np.float64),
         depth=np.array(depths, dtype=np.float64),
+        soil_eps=np.array(soils, dtype=np.float64),
     )
 
 

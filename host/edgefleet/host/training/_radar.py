@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 MODEL_NAME = "gpr_radars"
 FIRST_GENERATOR_SCANS = 600  # of its 2000 training scans, balanced
 EPOCHS = 20
+DRY_SOIL_EPS, WET_SOIL_EPS = 10.0, 17.0  # per-setting table bins
 LOW_BAND_TOP = 400e6  # Hz: the per-setting table splits the band below the held-out one here
 
 # The conditioning of docs/gpr.md (stacked views) on the common physical scale. The gain is
@@ -94,6 +95,7 @@ def _subset(ds: RadarDataset, limit: int) -> RadarDataset:
         meta=tuple(ds.meta[i] for i in picked),
         freq_hz=ds.freq_hz[picked],
         depth=ds.depth[picked],
+        soil_eps=None if ds.soil_eps is None else ds.soil_eps[picked],
     )
 
 
@@ -187,6 +189,20 @@ def _settings(ds: RadarDataset) -> dict[str, npt.NDArray[np.bool_]]:
         "depth <= 0.15 m": d <= 0.15,  # noqa: PLR2004
         f"depth 0.15-{MAX_TRAIN_DEPTH} m": (d > 0.15) & (d <= MAX_TRAIN_DEPTH),  # noqa: PLR2004
         f"depth > {MAX_TRAIN_DEPTH} m (held out)": d > MAX_TRAIN_DEPTH,
+        **_soil_settings(ds),
+    }
+
+
+def _soil_settings(ds: RadarDataset) -> dict[str, npt.NDArray[np.bool_]]:
+    # Soil permittivity: dry sand (3) to wet clay (25); a concrete duct (eps 5-9) in soil of
+    # its own permittivity reflects almost nothing.
+    if ds.soil_eps is None:
+        return {}
+    e = ds.soil_eps
+    return {
+        "soil eps 3-10 (dry)": e < DRY_SOIL_EPS,
+        "soil eps 10-17": (e >= DRY_SOIL_EPS) & (e < WET_SOIL_EPS),
+        "soil eps 17-25 (wet)": e >= WET_SOIL_EPS,
     }
 
 
