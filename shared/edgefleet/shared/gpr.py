@@ -376,21 +376,19 @@ def common_scale(
     rows, columns = shape
     n_traces, n_samples = traces.shape
     interval = meta.interval_ns(n_samples)
-    estimated = samples_per_period(traces)
+    freq_hz = meta.antenna_mhz * 1e6 if meta.antenna_mhz is not None else None
     if meta.antenna_mhz is not None and interval is not None:
         period = 1e3 / meta.antenna_mhz / interval  # samples per centre period
-    else:
-        period = estimated
-    freq_hz = (
-        meta.antenna_mhz * 1e6
-        if meta.antenna_mhz is not None
-        else (1e9 / (estimated * interval) if interval is not None else None)
-    )
+    else:  # the spectrum is read only when the metadata cannot give the period
+        period = samples_per_period(traces)
+        if freq_hz is None and interval is not None:
+            freq_hz = 1e9 / (period * interval)
     window = max(2, round(options.periods * period))
     timed = np.zeros((n_traces, window))
     keep = min(window, n_samples)
     timed[:, :keep] = traces[:, :keep]
-    timed = _resample_rows(timed, rows)
+    if window != rows:
+        timed = resample_samples(timed, rows)
     if meta.trace_spacing_m is None or freq_hz is None:
         return _resize_traces(timed, columns)
     spacing = meta.trace_spacing_m
@@ -404,14 +402,17 @@ def common_scale(
     return _interp_traces(smoothed, positions)
 
 
-def _resample_rows(traces: npt.NDArray[np.float64], rows: int) -> npt.NDArray[np.float64]:
-    n_in = traces.shape[1]
-    if n_in == rows:
-        return traces
-    spectrum = np.fft.rfft(traces, axis=1)
-    keep = min(spectrum.shape[1], rows // 2 + 1)
-    out = np.fft.irfft(spectrum[:, :keep], n=rows, axis=1)
-    return np.asarray(out * (rows / n_in), dtype=np.float64)
+def resample_samples(traces: npt.NDArray[np.float64], n_samples: int) -> npt.NDArray[np.float64]:
+    """Band-limited resampling of each row to ``n_samples`` (FFT, spectrum truncated).
+
+    The one resampler of the project: the conditioning's time axis and the gprMax
+    generators' FDTD steps to samples.
+    """
+    n_in = traces.shape[-1]
+    spectrum = np.fft.rfft(traces, axis=-1)
+    keep = min(spectrum.shape[-1], n_samples // 2 + 1)
+    out = np.fft.irfft(spectrum[..., :keep], n=n_samples, axis=-1)
+    return np.asarray(out * (n_samples / n_in), dtype=np.float64)
 
 
 def _resize_traces(traces: npt.NDArray[np.float64], columns: int) -> npt.NDArray[np.float64]:

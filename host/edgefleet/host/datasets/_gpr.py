@@ -28,12 +28,12 @@ import numpy.typing as npt
 from edgefleet.host.datasets._mnist import Dataset
 from edgefleet.host.errors import DatasetError
 from edgefleet.shared.atomic import write_atomic
+from edgefleet.shared.gpr import C0
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
 CLASSES = ("metal", "plastic", "concrete", "none")
-C0 = 299_792_458.0  # speed of light in vacuum, m/s
 DX_MIN, DX_MAX = 0.005, 0.014  # FDTD cell size range, m (chosen per scan, see _cell_size)
 CELLS_PER_WAVELENGTH = 4  # at twice the centre frequency (8 at fc), in the soil: coarse
 CELLS_PER_RADIUS = 5  # the target is at least 10 cells across, so a pipe's air core is resolved
@@ -269,15 +269,6 @@ def _target_lines(p: ScanParams, soil_top: float) -> list[str]:
             f"{cyl} {p.target_radius} concrete",
         ]
     return []
-
-
-def resample(traces: npt.NDArray[np.float64], n_samples: int) -> npt.NDArray[np.float64]:
-    """Band-limited resampling of each row to ``n_samples`` (FFT, spectrum truncated)."""
-    n_in = traces.shape[-1]
-    spectrum = np.fft.rfft(traces, axis=-1)
-    keep = min(spectrum.shape[-1], n_samples // 2 + 1)
-    out = np.fft.irfft(spectrum[..., :keep], n=n_samples, axis=-1)
-    return np.asarray(out * (n_samples / n_in), dtype=np.float64)
 
 
 def scan_path(out_dir: Path, params: ScanParams) -> Path:

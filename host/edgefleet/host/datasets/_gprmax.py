@@ -24,19 +24,19 @@ from edgefleet.host.datasets import _radar
 from edgefleet.host.datasets._gpr import (
     ScanParams,
     input_file,
-    resample,
     sample_params,
     scan_path,
     write_manifest,
 )
 from edgefleet.host.errors import DatasetError
 from edgefleet.shared.atomic import write_atomic
+from edgefleet.shared.gpr import resample_samples
 
 
 def simulate(params: ScanParams) -> npt.NDArray[np.float32]:
     """Run gprMax for one scan and return float32 ``(traces, samples)``."""
     raw = run_traces(input_file(params), params.n_traces)
-    return resample(raw, params.n_samples).astype(np.float32)
+    return resample_samples(raw, params.n_samples).astype(np.float32)
 
 
 def run_traces(text: str, n_traces: int) -> npt.NDArray[np.float64]:
@@ -142,7 +142,7 @@ RADAR_SPLITS = ("train", "heldout", "ood", "native")
 def simulate_radar(params: _radar.RadarScanParams) -> npt.NDArray[np.float32]:
     """Run gprMax for one radar-set scan: ``(traces, samples)`` with receiver noise added."""
     raw = run_traces(_radar.radar_input_file(params), params.n_traces)
-    return _radar.add_noise(resample(raw, params.n_samples), params).astype(np.float32)
+    return _radar.add_noise(resample_samples(raw, params.n_samples), params).astype(np.float32)
 
 
 def _make_radar(job: tuple[str, str, int]) -> int:

@@ -39,7 +39,6 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet.host.datasets._gpr import (
-    C0,
     CLASSES,
     MANIFEST,
     MARGIN,
@@ -51,7 +50,7 @@ from edgefleet.host.datasets._gpr import (
 )
 from edgefleet.host.errors import DatasetError
 from edgefleet.shared.atomic import write_atomic
-from edgefleet.shared.gpr import ScanMetadata, parse_metadata
+from edgefleet.shared.gpr import C0, ScanMetadata, parse_metadata
 
 RadarSplit = Literal["train", "heldout", "ood", "native"]
 
