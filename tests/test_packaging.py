@@ -46,18 +46,35 @@ print("device-env-ok", len(mods))
 
 
 @pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def wheel_build(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Build the three wheels and the root project (what `make` installs), keep what pip said."""
     out = tmp_path_factory.mktemp("wheels")
-    subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-w", str(out), *(str(ROOT / d) for d in DISTS)],
+         "-w", str(out), *(str(ROOT / d) for d in DISTS), str(ROOT)],
         check=True,
         capture_output=True,
+        text=True,
     )  # fmt: skip
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def wheels(wheel_build: tuple[Path, subprocess.CompletedProcess[str]]) -> dict[str, Path]:
+    out, _ = wheel_build
     found = {}
     for dist in DISTS:
         (found[dist],) = out.glob(f"edgefleet_{dist}-*.whl")
     return found
+
+
+def test_building_every_project_prints_no_warning(wheel_build):
+    # The first version's setuptools builds printed packaging warnings at every `make demo`.
+    _, proc = wheel_build
+    said = (proc.stdout + proc.stderr).splitlines()
+    assert not [line for line in said if "warn" in line.lower()], "\n".join(said)
 
 
 def _names(wheel: Path) -> list[str]:

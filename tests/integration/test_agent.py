@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -368,3 +370,24 @@ def test_an_agent_speaking_mqtt_311_completes_an_update(tmp_path: Path, prefix, 
         agent.kill()
         host.close()
         broker.stop()
+
+
+def test_sigusr2_dumps_every_threads_stack_and_the_agent_keeps_serving(setup, host, mnist_bundle):
+    # What an operator does with an agent that seems hung: `kill -USR2 PID` (docs/agent.md).
+    signer, inbox, _config, start = setup
+    agent = start()
+    install(host, signer, mnist_bundle, 1)
+    host.wait_report(DEVICE, state="active", version=1)
+    agent.proc.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 10
+    while "network_loop" not in agent.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = agent.log()
+    assert "Thread 0x" in log, log[-2000:]
+    assert "(most recent call first)" in log
+    assert "network_loop" in log  # every thread, not only the main one
+    assert "_serve" in log  # the main thread's frames, with the agent's own functions
+    # still serving: a file dropped now comes back as a prediction
+    truth = mnist_eval_pngs(inbox, 2)
+    predictions_for(host, set(truth))
+    assert agent.stop() == 0

@@ -201,8 +201,13 @@ def cpu_round(ctx: dict[str, Any], cpu: str) -> dict[str, Any]:
                 f"{cpu}: the crashing model was not refused (push exit {crashed.returncode}, "
                 f"active {after}):\n{crashed.stdout[-2000:]}"
             )
-        verdict = "; ".join(health_verdicts(agent.log)) or "no health-check message in the log"
-        say(f"{cpu}: crashing model refused ({verdict}); v{after['version']} still active")
+        verdicts = health_verdicts(agent.log)
+        if not verdicts:  # refused, but not by the health check: another step caught it
+            raise PiCheckError(
+                f"{cpu}: the crashing model was refused, but not at the health check "
+                f"(no 'failed at health_check' in the agent's log):\n{crashed.stdout[-2000:]}"
+            )
+        say(f"{cpu}: crashing model refused ({'; '.join(verdicts)}); v{after['version']} kept")
         start = time.monotonic()
         drop_scans(chroot, list(ctx["ref"]))
         records = wait_records(host, db, agent)

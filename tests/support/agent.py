@@ -460,6 +460,10 @@ def signed_agent_config(
     return signer, inbox, config
 
 
+class AgentStopError(AssertionError):
+    """An agent outlived its stop timeout after SIGTERM (its log, with thread stacks, says why)."""
+
+
 class AgentProcess:
     """``edgefleet-agent run --config PATH`` as a real child process."""
 
@@ -492,16 +496,27 @@ class AgentProcess:
     def wait_exit(self, timeout: float = 30.0) -> int:
         return self.proc.wait(timeout=timeout)
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, then wait; kill if it does not stop."""
+    def stop(self, timeout: float = 45.0) -> int:
+        """SIGTERM, then wait; kill if it does not stop.
+
+        An agent stops in about 3 s (its offline status, the DISCONNECT, its threads); every
+        wait in its shutdown is bounded, but on a machine running three test workers and a
+        broker each bounded wait can run to its end: the timeout is a hang detector, not a
+        speed check. A hang fails with the agent's thread stacks (SIGUSR2) in the message.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 return self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as exc:
+                self.proc.send_signal(signal.SIGUSR2)  # the agent dumps its threads' stacks
+                time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait()
-                raise
+                raise AgentStopError(
+                    f"agent did not stop within {timeout:.0f} s of SIGTERM; its log ends:\n"
+                    + self.log()[-6000:]
+                ) from exc
         return self.proc.returncode
 
     def kill(self) -> None:

@@ -11,6 +11,7 @@ shared between threads (the metrics endpoint and the log publisher only read and
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import queue
 import signal
@@ -434,6 +435,9 @@ class Agent:
         """Serve until SIGTERM/SIGINT; return the exit status."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        # `kill -USR2 PID` writes every thread's stack to stderr (the journal): what a
+        # hung agent is doing, without stopping it (docs/agent.md, "Troubleshooting").
+        faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
         self.updater.start()  # sets last_report, which every (re)connect publishes
         net = threading.Thread(target=self._network_loop, name="mqtt-network", daemon=True)
         net.start()
@@ -473,6 +477,8 @@ class Agent:
         self.guard.served = True  # stopped in order (an exception never gets here)
 
     def _shutdown(self, net: threading.Thread) -> None:
+        started = time.monotonic()
+        log.info("stopping")
         self._flush_images()  # their MQTT messages are acknowledged already
         # A check under way is abandoned; the same manifest is checked again after a restart.
         if stop_running_checks():
@@ -492,3 +498,4 @@ class Agent:
         net.join(timeout=5)
         self.outbox.close()
         self.guard.stopped(self.store)  # the clean-exit marker, if stopped in order
+        log.info("stopped in %.1f s", time.monotonic() - started)
