@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from edgefleet.host.cli import app
@@ -33,13 +40,16 @@ from edgefleet.host.fleet import (
     open_registry,
     open_store,
 )
+from edgefleet.host.fleet._logs import _SCHEMA as LOGS_SCHEMA
+from edgefleet.host.fleet._logs import LogStore
 from edgefleet.host.fleet._migrations import Migration, migrate_postgres, migrate_sqlite
 from edgefleet.host.fleet._pgregistry import to_postgres
-from edgefleet.host.fleet._pgstore import redact
+from edgefleet.host.fleet._pgstore import PostgresLogStore, open_log_store, redact
 from edgefleet.host.fleet._pushes import _SCHEMA as REGISTRY_SCHEMA
 from edgefleet.host.fleet._store import _SCHEMA as PREDICTIONS_SCHEMA
 from edgefleet.shared.messages import (
     Ack,
+    DeviceLog,
     InputThumbnail,
     PredictionRecord,
     batch_payload,
@@ -47,7 +57,7 @@ from edgefleet.shared.messages import (
     encode,
 )
 from edgefleet.shared.topics import Topics
-from support.broker import free_port
+from support.broker import free_port, wait_for_port
 from support.fakebroker import FakeBroker
 from support.manifests import manifest
 
@@ -387,8 +397,9 @@ def _columns_pg(url: str) -> dict[str, list[str]]:
 def test_postgres_has_every_table_and_column_of_the_sqlite_stores(pg_url, tmp_path):
     PostgresStore(pg_url).close()
     PostgresRegistry(tmp_path / "state", pg_url).close()
+    PostgresLogStore(pg_url).close()
     pg = _columns_pg(pg_url)
-    for schema in (PREDICTIONS_SCHEMA, REGISTRY_SCHEMA):
+    for schema in (PREDICTIONS_SCHEMA, REGISTRY_SCHEMA, LOGS_SCHEMA):
         for table, columns in _columns_sqlite(schema).items():
             assert pg.get(table) == columns, table
 
@@ -576,3 +587,144 @@ def test_a_worker_rides_out_a_database_restart_without_losing_or_acking_early(
         assert sorted(r.seq for _, r in check.iter_records()) == [0, 1, 2, 3]
     finally:
         check.close()
+
+
+# -- device log lines -----------------------------------------------------------------
+
+
+def log_line(
+    seq: int, *, ts: float, device: str = "d", boot: str = "b1", text: str = ""
+) -> DeviceLog:
+    return DeviceLog(
+        device_id=device,
+        boot_id=boot,
+        seq=seq,
+        ts=ts,
+        level="WARNING",
+        logger="edgefleet.device.agent",
+        message=text or f"line {seq}",
+        dropped=seq % 2,
+    )
+
+
+def test_log_lines_are_stored_once_and_read_back_in_order_on_both_backends(pg_url, tmp_path):
+    for store in (open_log_store(pg_url), open_log_store(tmp_path / "p.sqlite")):
+        other = open_log_store(pg_url) if isinstance(store, PostgresLogStore) else None
+        try:
+            assert isinstance(store, (PostgresLogStore, LogStore))
+            assert store.add(log_line(0, ts=100.0), received_at=1.0)
+            assert store.add(log_line(1, ts=90.0, text="nul \x00 here"), received_at=1.0)
+            assert not store.add(log_line(1, ts=90.0), received_at=2.0)  # a duplicate
+            if other is not None:  # a second worker sees the same line: stored once
+                assert not other.add(log_line(0, ts=100.0), received_at=3.0)
+            assert store.add(log_line(0, ts=95.0, boot="b2"), received_at=1.0)
+            assert store.add(log_line(0, ts=99.0, device="e"), received_at=1.0)
+            rows = store.lines("d")
+            assert [(r.line.boot_id, r.line.seq) for r in rows] == [("b1", 0), ("b1", 1), ("b2", 0)]
+            assert [r.id for r in rows] == sorted(r.id for r in rows)
+            assert rows[0].line == log_line(0, ts=100.0)
+            if isinstance(store, PostgresLogStore):  # PostgreSQL text cannot hold NUL
+                assert rows[1].line.message == "nul \ufffd here"
+            else:
+                assert rows[1].line.message == "nul \x00 here"
+            assert [r.line.ts for r in store.lines("d", since=95.0)] == [100.0, 95.0]
+            assert [r.line.seq for r in store.lines("d", after_id=rows[1].id)] == [0]
+            assert [r.line.device_id for r in store.lines("e")] == ["e"]
+        finally:
+            store.close()
+            if other is not None:
+                other.close()
+    assert ("logs", 2) in _pg_versions(pg_url)
+    with sqlite3.connect(tmp_path / "p.sqlite") as db:
+        assert ("logs", 2) in db.execute("SELECT component, version FROM schema_version")
+
+
+def _scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.labels
+    }
+
+
+def _listen_with_logs(broker, prefix: str, pg_url: str, state, metrics: int):
+    """``predictions listen --logs --metrics`` on ``$EDGEFLEET_STORE``, started; its banner."""
+    listener = subprocess.Popen(
+        [sys.executable, "-c", "from edgefleet.host.cli import main; main()", "predictions",
+         "listen", "--broker", broker.url, "--prefix", prefix, "--state-dir", str(state),
+         "--logs", "--metrics", f"127.0.0.1:{metrics}"],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "EDGEFLEET_STORE": pg_url},
+    )  # fmt: skip
+    assert listener.stderr is not None
+    lines: list[str] = []
+    while not any("listening on" in line for line in lines):
+        line = listener.stderr.readline().decode()
+        if not line:
+            listener.wait(10)
+            pytest.fail(f"listen ended early: {lines}")
+        lines.append(line)
+    return listener, "".join(lines)
+
+
+def test_listen_logs_into_postgres_and_edgefleet_logs_reads_them(broker, prefix, pg_url, tmp_path):
+    metrics = free_port()
+    listener, banner = _listen_with_logs(broker, prefix, pg_url, tmp_path / "host", metrics)
+    topics = Topics(prefix)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pg-logs-{os.getpid()}")
+    host, port = broker.url.removeprefix("mqtt://").split(":")
+    seen: dict[str, float] = {}
+    try:
+        assert "storing device logs in postgresql://edgefleet:***@" in banner
+        assert pg_url.split(":")[2].split("@")[0] not in banner  # the password
+        wait_for_port(metrics, timeout=30)
+        client.connect(host, int(port))
+        client.loop_start()
+        now = time.time()
+        for payload, device in (
+            (encode(log_line(0, device="pi-7", ts=now - 3600, text="an hour ago")), "pi-7"),
+            (encode(log_line(1, device="pi-7", ts=now - 60, text="disk \x1b[31m full")), "pi-7"),
+            (encode(log_line(1, device="pi-7", ts=now - 60, text="disk full")), "pi-7"),  # again
+            (b"\x1b[2J not json", "pi-7"),  # undecodable
+            (encode(log_line(2, device="pi-8", ts=now, text="not mine")), "pi-7"),  # another's
+            (encode(log_line(2, device="pi-7", ts=now - 1, text="restarting")), "pi-7"),
+        ):
+            client.publish(topics.logs(device), payload, qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 30
+        while not (
+            seen.get("edgefleet_ingest_log_lines_stored_total") == 3
+            and seen.get("edgefleet_ingest_log_lines_malformed_total") == 2
+        ):
+            assert time.monotonic() < deadline, f"lines not counted: {seen}"
+            time.sleep(0.2)
+            seen.update(_scrape(metrics))
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        listener.send_signal(signal.SIGTERM)
+        listener.wait(30)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM logs").fetchone() == (3,)
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["logs", "pi-7", "--store", pg_url])
+    assert res.exit_code == 0, res.output
+    shown = res.stdout.splitlines()
+    assert [ln.rsplit(": ", 1)[1] for ln in shown] == [
+        "an hour ago",
+        "disk \\x1b[31m full [1 line(s) dropped before this]",
+        "restarting",
+    ]
+    assert all(" pi-7 WARNING  edgefleet.device.agent: " in ln for ln in shown)
+    recent = runner.invoke(app, ["logs", "pi-7", "--since", "10m"], env={"EDGEFLEET_STORE": pg_url})
+    assert recent.exit_code == 0, recent.output
+    assert [ln.rsplit(": ", 1)[1] for ln in recent.stdout.splitlines()] == [
+        "disk \\x1b[31m full [1 line(s) dropped before this]",
+        "restarting",
+    ]
+    none = runner.invoke(app, ["logs", "pi-8", "--store", pg_url])
+    assert none.exit_code == 0
+    assert none.stdout == ""

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sqlite3
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typer.testing import CliRunner
 
+from edgefleet.host.cli import app
 from edgefleet.host.cli.push import print_result
-from edgefleet.host.fleet import Fleet, ModelFiles, open_registry
+from edgefleet.host.fleet import Fleet, ModelFiles, PushPlan, open_registry, push
 from edgefleet.host.fleet._delta import (
     as_delta,
     delta_capable,
@@ -16,8 +20,10 @@ from edgefleet.host.fleet._delta import (
     publish_delta_chunks,
 )
 from edgefleet.host.fleet._push import RolloutResult
-from edgefleet.shared.manifest import Manifest, ModelVariant, Targets
-from edgefleet.shared.messages import Reported, UpdateState
+from edgefleet.shared.chunklist import make_chunk_list
+from edgefleet.shared.connection import Message
+from edgefleet.shared.manifest import Manifest, ModelVariant, Targets, key_id_for, open_envelope
+from edgefleet.shared.messages import ChunkRequest, Reported, UpdateState, encode
 from edgefleet.shared.spec import PreprocessSpec, TensorSpec
 from edgefleet.shared.topics import Topics
 from support.fakebroker import FakeBroker
@@ -107,3 +113,136 @@ def test_push_prints_the_bytes_to_send_and_the_saving(fleet, capsys):
     out = capsys.readouterr().out
     assert "to send  pi-07" in out
     assert f"of {len(NEW) / 1024:.1f} KiB (saving" in out
+
+
+# -- what the registry records, and the CLI -----------------------------------------------------
+
+OLD_SHA = hashlib.sha256(OLD).hexdigest()
+
+
+def _idle(broker: FakeBroker, device: str, held: list[str], **options):
+    """A device's connection, its retained report saying which model files it holds."""
+    conn = broker.connect(f"agent-{device}", **options)
+    report = Reported(device_id=device, state=UpdateState.IDLE, held=held)
+    conn.publish(T.reported(device), encode(report), retain=True)
+    return conn
+
+
+@pytest.fixture
+def cli_host(tmp_path, monkeypatch):
+    """``edgefleet`` commands on the fake broker: each opens its own fleet on ``state``."""
+    broker, key, state = FakeBroker(), Ed25519PrivateKey.generate(), tmp_path / "state"
+    registry = open_registry(state)
+    registry.keep_model(OLD_SHA, OLD)  # v1, pushed before: the host knows its chunks
+    registry.close()
+
+    def open_fleet(*, read_only: bool = False, **_: object) -> Fleet:
+        reg = open_registry(state, read_only=read_only)
+        return Fleet(conn=broker.connect(), topics=T, registry=reg, signing_key=key)
+
+    monkeypatch.setattr("edgefleet.host.fleet.open_fleet", open_fleet)
+    monkeypatch.setattr("edgefleet.host.fleet.load_model", lambda *_, **__: files(NEW))
+    return broker, key, state
+
+
+def test_cli_push_full_sends_every_device_the_whole_model(cli_host):
+    broker, _, state = cli_host
+    _idle(broker, "has-old", [OLD_SHA])
+    _idle(broker, "empty", [])
+    devices = ["--device", "has-old", "--device", "empty"]
+    runner = CliRunner()
+    delta = runner.invoke(app, ["push", "model_int8.tflite", *devices])
+    assert delta.exit_code == 0, delta.output
+    full = runner.invoke(app, ["push", "model_int8.tflite", *devices, "--full"])
+    assert full.exit_code == 0, full.output
+
+    whole = f"{len(NEW) / 1024:.1f} KiB"
+    assert f"to send  has-old  {whole} of {whole} (saving 0 %)" not in delta.output
+    assert f"to send  has-old  {whole} of {whole} (saving 0 %)" in full.output
+    assert f"to send  empty  {whole} of {whole} (saving 0 %)" in full.output
+    registry = open_registry(state, read_only=True)
+    try:
+        records = registry.transfer_records(name="m")
+    finally:
+        registry.close()
+    planned = {(t.version, t.device_id): t.send_bytes for t in records}
+    assert planned[1, "has-old"] < 0.2 * len(NEW)  # without --full: only what it lacks
+    assert planned[2, "has-old"] == planned[2, "empty"] == len(NEW)
+    assert all(t.full_bytes == len(NEW) and t.resent_bytes == 0 for t in records)
+
+
+def test_chunks_sent_again_on_request_count_as_sent_and_rollout_status_shows_it(cli_host):
+    broker, key, state = cli_host
+    trusted = {key_id_for(key.public_key()): key.public_key()}
+    device: dict[str, object] = {}
+
+    def on_message(msg: Message) -> None:
+        """Takes the manifest, asks for chunks 0 and 1 again, then reports active."""
+        if not msg.payload:
+            return
+        manifest = open_envelope(msg.payload, trusted_keys=trusted)
+        sha = manifest.variants[0].sha256
+        conn = device["conn"]
+        request = ChunkRequest(device_id="pi-07", sha256=sha, indexes=[0, 1])
+        conn.publish(T.chunk_request("pi-07"), encode(request))  # type: ignore[attr-defined]
+        # A chunk request about another model is not this push's.
+        other = ChunkRequest(device_id="pi-07", sha256=OLD_SHA, indexes=[0])
+        conn.publish(T.chunk_request("pi-07"), encode(other))  # type: ignore[attr-defined]
+        about = {"version": manifest.version, "sha256": sha, "held": [sha, OLD_SHA]}
+        done = Reported(
+            device_id="pi-07", state=UpdateState.ACTIVE, active_version=manifest.version, **about
+        )
+        conn.publish(T.reported("pi-07"), encode(done), retain=True)  # type: ignore[attr-defined]
+
+    device["conn"] = conn = _idle(broker, "pi-07", [OLD_SHA], on_message=on_message)
+    conn.subscribe(T.desired_device("pi-07"))
+    registry = open_registry(state)
+    host = Fleet(conn=broker.connect("host"), topics=T, registry=registry, signing_key=key)
+    try:
+        result = push(host, files(NEW), PushPlan(devices=("pi-07",), wait=5.0))
+        assert result.exit_code == 0, result.progress
+        chunks = make_chunk_list(NEW)
+        again = chunks[0][2] + chunks[1][2]
+        assert result.resent == {"pi-07": (again, 2)}
+        resent = [p for p in broker.published("edgefleet/models/+/chunks/+") if not p.retain]
+        assert sum(len(p.payload) for p in resent) == again  # what the wire carried
+        [t] = registry.transfer_records(device_id="pi-07")
+        assert (t.resent_bytes, t.resent_chunks) == (again, 2)
+        assert t.sent_bytes == t.send_bytes + again
+        assert registry.transfers("pi-07")[-1][3] == t.send_bytes  # the planned figure, as before
+        # After the push returned, another host process (a `predictions listen` worker)
+        # answers a re-request: counted in the same transfer. The rate limiter lets an
+        # index go again only after its quiet time, so ask for chunk 2.
+        late = ChunkRequest(device_id="pi-07", sha256=t.sha256, indexes=[2])
+        listener = Fleet(conn=broker.connect("listener"), topics=T, registry=registry)
+        assert listener.answer_chunk_request(late, device_id="pi-07") == 1
+        [t2] = registry.transfer_records(device_id="pi-07")
+        assert (t2.resent_bytes, t2.resent_chunks) == (again + chunks[2][2], 3)
+    finally:
+        registry.close()
+
+    status = CliRunner().invoke(app, ["rollout", "status", "--device", "pi-07"])
+    assert status.exit_code == 0, status.output
+    line = next(x for x in status.output.splitlines() if x.startswith("  pi-07"))
+    assert f"[{t2.describe()}]" in line
+    assert line.endswith("in 3 chunks sent again)]")
+
+
+def test_a_registry_from_before_plans_and_resends_gains_their_tables_on_open(tmp_path):
+    state = tmp_path / "state"
+    open_registry(state).close()
+    with sqlite3.connect(state / "registry.sqlite") as db:  # as an older edgefleet left it
+        db.execute("DROP TABLE rollout_plans")
+        db.execute("DROP TABLE resent")
+    registry = open_registry(state)
+    try:
+        registry.record_plan("group:g", 3, canary=1, max_failures=None, waves=[["a"], ["b"]])
+        [plan] = registry.wave_plans()
+        assert (plan.step_of("a"), plan.step_of("b"), plan.step_of("z")) == (
+            "canary",
+            "wave 1",
+            "group",
+        )
+        assert not registry.record_resent("a", "m", 3, nbytes=10, chunks=1)  # v1: no transfer
+    finally:
+        registry.close()

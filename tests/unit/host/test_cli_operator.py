@@ -19,11 +19,13 @@ import typer
 from typer.testing import CliRunner
 
 from edgefleet.host.cli import app
-from edgefleet.host.fleet import SqliteStore, image_message, open_registry
+from edgefleet.host.fleet import Fleet, SqliteStore, image_message, open_registry
 from edgefleet.host.provision import init_fleet, set_broker_user
 from edgefleet.shared.manifest import Manifest, ModelVariant, Targets
 from edgefleet.shared.messages import PredictionRecord
 from edgefleet.shared.spec import PreprocessSpec, TensorSpec
+from edgefleet.shared.topics import Topics
+from support.fakebroker import FakeBroker
 
 EDGEFLEET = Path(sys.executable).with_name("edgefleet")
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -281,6 +283,40 @@ def test_a_read_only_registry_creates_nothing(tmp_path):
     assert registry.latest_pushes() == []
     registry.close()
     assert not (tmp_path / "state").exists()
+
+
+def test_rollout_status_shows_the_canary_the_waves_and_each_devices_step(state, monkeypatch):
+    registry = open_registry(state)
+    [pushed] = registry.latest_pushes()
+    registry.record_plan(
+        "group:field", 2, canary=1, max_failures=50, waves=[["d1"], ["d2", "d3"], ["d4"]]
+    )
+    group = pushed.manifest.model_copy(update={"version": 2})
+    registry.record_push(
+        target="group:field", manifest=group, envelope=b"y", members=("d1", "d2", "d3", "d4", "d5")
+    )
+    registry.close()
+    broker = FakeBroker()
+
+    def open_fleet(*, read_only: bool = False, **_: object) -> Fleet:
+        reg = open_registry(state, read_only=read_only)
+        return Fleet(conn=broker.connect(), topics=Topics("edgefleet"), registry=reg)
+
+    monkeypatch.setattr("edgefleet.host.fleet.open_fleet", open_fleet)
+    result = CliRunner().invoke(app, ["rollout", "status", "--group", "field"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("group:field: gpr_convnet v2 (int8 abababab) push at ")
+    assert lines[0].endswith(", 0/5 active")
+    assert lines[1] == "  plan: canary 1; waves 2, 1; max failures 50 %"
+    steps = {line.split()[0]: line.split()[1:3] for line in lines[2:]}
+    assert steps == {
+        "d1": ["canary", "pending"],
+        "d2": ["wave", "1"],
+        "d3": ["wave", "1"],
+        "d4": ["wave", "2"],
+        "d5": ["group", "pending"],  # offline when planned: the group topic after the waves
+    }
 
 
 # -- point 13: send-image sources stay distinct ------------------------------------------------

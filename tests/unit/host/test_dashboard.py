@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
 
 from edgefleet.device.config import InferenceConfig
@@ -50,21 +51,28 @@ from edgefleet.host.dashboard._queries import (
     per_minute,
     record_json,
 )
-from edgefleet.host.dashboard._render import chart_model
+from edgefleet.host.dashboard._render import chart_model, make_templates
+from edgefleet.host.dashboard._views import push_history, rollout_views
 from edgefleet.host.errors import FleetError
-from edgefleet.host.fleet import SqliteStore
+from edgefleet.host.fleet import Fleet, ModelFiles, PushPlan, SqliteStore, open_registry, push
 from edgefleet.host.fleet._logs import LogStore
 from edgefleet.host.provision import init_fleet
 from edgefleet.shared.gpr import render_png
+from edgefleet.shared.manifest import Manifest, ModelVariant, Targets, key_id_for, open_envelope
 from edgefleet.shared.messages import (
     MAX_THUMBNAIL_BYTES,
     DeviceLog,
     InputThumbnail,
     PredictionRecord,
+    Reported,
+    Status,
+    UpdateState,
     decode,
     encode,
 )
-from edgefleet.shared.spec import PreprocessSpec
+from edgefleet.shared.spec import PreprocessSpec, TensorSpec
+from edgefleet.shared.topics import Topics
+from support.fakebroker import FakeBroker
 
 ROOT = Path(__file__).resolve().parents[3]
 GPR_SCAN = next((ROOT / "host/edgefleet/host/datasets/data/gpr/heldout/metal").glob("*.npy"))
@@ -287,6 +295,174 @@ def test_the_audit_log_lives_in_the_push_registry(tmp_path: Path) -> None:
     assert audit.recent()[0]["action"] == "cancel"
     assert (tmp_path / "registry.sqlite").exists()
     audit.close()
+
+
+# -- the rollouts page: canary, waves, each device's step, failures with reasons -----------------
+
+TOPICS = Topics("edgefleet")
+HEALTH = "top-1 agreement 0.41 on the check set, below 0.90"
+
+
+def _model_files(data: bytes) -> ModelFiles:
+    template = Manifest(
+        name="gpr",
+        version=1,
+        created_at=0,
+        expires_at=1,
+        targets=Targets(),
+        variants=[ModelVariant.for_bytes(data, accelerator="cpu", chunk_size=1000)],
+        mode="int8",
+        input=TensorSpec(shape=(1, 28, 28, 1), dtype="int8", scale=0.0039, zero_point=-128),
+        output=TensorSpec(shape=(1, 4), dtype="int8", scale=0.00390625, zero_point=-128),
+        preprocess=PreprocessSpec(height=28, width=28),
+        labels=["metal", "pipe", "void", "none"],
+    )
+    return ModelFiles("gpr", {"cpu": data}, template)
+
+
+class _Agent:
+    """A group member on the fake broker: takes each newer manifest at once, or fails it."""
+
+    def __init__(self, broker: FakeBroker, key: Ed25519PrivateKey, device: str, *, fail: bool):
+        self.device, self.fail, self.active = device, fail, 0
+        self.trusted = {key_id_for(key.public_key()): key.public_key()}
+        self.conn = broker.connect(f"agent-{device}", on_message=self.on_message)
+        status = Status(device_id=device, online=True, groups=["field"], ts=time.time())
+        self.conn.publish(TOPICS.status(device), encode(status), retain=True)
+        self.conn.subscribe(TOPICS.desired_device(device), TOPICS.desired_group("field"))
+
+    def on_message(self, msg: Any) -> None:
+        if not msg.payload:
+            return
+        manifest = open_envelope(msg.payload, trusted_keys=self.trusted)
+        if manifest.version <= self.active:
+            return
+        about: dict[str, Any] = {"version": manifest.version, "sha256": manifest.variants[0].sha256}
+        if self.fail:
+            step = {"step": "health_check", "reason": "health_check", "message": HEALTH}
+            report = Reported(
+                device_id=self.device, state=UpdateState.FAILED, ts=time.time(), **about, **step
+            )
+        else:
+            self.active = manifest.version
+            report = Reported(
+                device_id=self.device,
+                state=UpdateState.ACTIVE,
+                active_version=manifest.version,
+                ts=time.time(),
+                **about,
+            )
+        self.conn.publish(TOPICS.reported(self.device), encode(report), retain=True)
+
+
+@pytest.fixture
+def pushed(tmp_path: Path) -> Fleet:
+    """A real ``push --group field --canary 1 --max-failures 50`` to 4 devices; d3 fails."""
+    broker, key = FakeBroker(), Ed25519PrivateKey.generate()
+    for device in ("d1", "d2", "d3", "d4"):
+        _Agent(broker, key, device, fail=device == "d3")
+    registry = open_registry(tmp_path / "state")
+    fleet = Fleet(conn=broker.connect("host"), topics=TOPICS, registry=registry, signing_key=key)
+    plan = PushPlan(group="field", wait=5.0, canary=1, max_failures=50)
+    result = push(fleet, _model_files(bytes(range(256)) * 10), plan)
+    assert result.aborted is None, result.aborted  # 1 of 4 failed: within 50 %
+    assert result.exit_code == 1  # not every target is active
+    return fleet
+
+
+def _render_rollout(view: dict[str, Any]) -> str:
+    return make_templates().get_template("_rollout.html").render(p=view)
+
+
+def test_a_canary_and_waves_push_shows_each_devices_step_and_the_failure_reason(
+    pushed: Fleet,
+) -> None:
+    [view] = rollout_views(pushed)
+    assert (view["target"], view["kind"], view["state"]) == ("group:field", "push", "failures")
+    # plan_waves: the canary (1 online device), then waves of 2, 4, ... devices.
+    plan = view["plan"]
+    assert (plan["canary"], plan["waves"], plan["max_failures"]) == (["d1"], [2, 1], 50)
+    steps = {d["id"]: d["step"] for d in view["devices"]}
+    assert steps == {"d1": "canary", "d2": "wave 1", "d3": "wave 1", "d4": "wave 2"}
+    [failure] = view["failures"]
+    assert (failure["id"], failure["step"], failure["reason"]) == ("d3", "wave 1", "health_check")
+    assert failure["message"] == HEALTH
+
+    html = _render_rollout(view)
+    assert "canary 1 · waves 2, 1 · max failures 50 %" in html
+    assert "(canary: d1)" in html
+    row = {
+        d: html.split(f'data-device="{d}"')[1].split("</tr>")[0] for d in ("d1", "d2", "d3", "d4")
+    }
+    assert '<td class="step">canary</td>' in row["d1"]
+    assert '<td class="step">wave 1</td>' in row["d3"]
+    assert '<td class="step">wave 2</td>' in row["d4"]
+    assert "failed: health_check" in row["d3"]
+    assert "3/4 active, 1 failed" in html
+    failures = html.split('<ul class="failures small">')[1].split("</ul>")[0]
+    assert "<b>d3</b> (wave 1)" in failures
+    assert "failed: health_check" in failures
+    assert HEALTH in failures
+    assert html.count('class="dev"') == 4  # the failure list adds no progress rows
+
+    [history] = [h for h in push_history(pushed) if h["target"] == "group:field"]
+    assert history["plan"]["text"] == "canary 1 · waves 2, 1 · max failures 50 %"
+
+
+def test_a_plan_survives_a_reopened_registry_and_a_stopped_canary_says_why(
+    tmp_path: Path,
+) -> None:
+    broker, key = FakeBroker(), Ed25519PrivateKey.generate()
+    for device in ("d1", "d2", "d3"):
+        _Agent(broker, key, device, fail=device == "d1")
+    registry = open_registry(tmp_path / "state")
+    fleet = Fleet(conn=broker.connect("host"), topics=TOPICS, registry=registry, signing_key=key)
+    result = push(fleet, _model_files(bytes(300)), PushPlan(group="field", wait=5.0, canary=1))
+    assert result.aborted is not None
+    assert result.aborted.startswith("canary failed: d1")
+    registry.close()
+    # Another process (the dashboard) reads what the push recorded.
+    fleet.registry = open_registry(tmp_path / "state")
+    try:
+        [view] = rollout_views(fleet)  # no group push: only the canary's device manifest
+        assert (view["target"], view["kind"]) == ("device:d1", "canary")
+        assert view["plan"]["of"] == "group:field"
+        assert view["plan"]["aborted"] == result.aborted
+        assert [d["step"] for d in view["devices"]] == ["canary"]
+        html = _render_rollout(view)
+        assert "a wave of the rollout to group:field: canary 1 (canary: d1)" in html
+        assert "aborted: canary failed: d1 (failed: health_check" in html
+        assert "<b>d1</b> (canary)" in html
+    finally:
+        fleet.registry.close()
+
+
+def test_the_rollouts_page_shows_canary_waves_steps_and_failures(
+    pushed: Fleet, tmp_path: Path, store: Path
+) -> None:
+    live = LiveFleet(Settings(state_dir=tmp_path / "state", db=store), render=lambda *_: "")
+    live.fleet = pushed
+    live.refresh()
+    dash = Dashboard(live, Users(tmp_path / "users.json"), Policy(login_to_view=False))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(dash.app, port=port, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, _, body = _request(f"http://127.0.0.1:{port}/rollouts")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        dash.audit.close()
+    assert status == 200
+    assert "canary 1 · waves 2, 1 · max failures 50 %" in body
+    assert 'data-device="d4" data-phase="active" data-step="wave 2"' in body
+    assert "<b>d3</b> (wave 1)" in body
+    assert HEALTH in body
+    assert "<th>Canary / waves</th>" in body
 
 
 # -- thumbnails (device side) and the wire ----------------------------------------------------

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 if TYPE_CHECKING:
     import threading
+    from pathlib import Path
 
     from edgefleet.host.fleet import Fleet, IngestStats, PredictionStore
     from edgefleet.host.fleet._logs import LogTap
@@ -37,6 +37,7 @@ class Observe:
         fl: Fleet,
         store: PredictionStore,
         *,
+        location: str | Path,
         metrics: str | None,
         logs: bool,
         stop: threading.Event,
@@ -47,21 +48,19 @@ class Observe:
     ) -> Observe:
         """Wrap the connection and the store as the options ask.
 
+        ``location`` is the prediction store's (a SQLite file or a PostgreSQL URL): with
+        ``logs`` the lines go into a ``logs`` table of the same store.
+
         Raises:
-            FleetError: ``--logs`` with a store that is not SQLite, or the log table
-                cannot be opened.
+            FleetError: The log table cannot be opened.
         """
-        from edgefleet.host.errors import FleetError
-        from edgefleet.host.fleet._logs import LogStore, LogTap
+        from edgefleet.host.fleet._logs import LogTap
         from edgefleet.host.fleet._metrics import ingest_metrics
+        from edgefleet.host.fleet._pgstore import open_log_store
 
         out = cls(conn=fl.conn, store=store, listen=metrics)
         if logs:
-            path = getattr(store, "path", None)
-            if not isinstance(path, Path):
-                msg = "--logs keeps lines in the SQLite store; use --db (not a server database)"
-                raise FleetError(msg)
-            out.tap = LogTap(fl.conn, fl.topics, LogStore(path))
+            out.tap = LogTap(fl.conn, fl.topics, open_log_store(location))
             out.conn = out.tap
         if metrics is not None:
             out.metrics = ingest_metrics(
@@ -72,7 +71,8 @@ class Observe:
                 prefix=prefix,
                 state_dir=state_dir,
             )
-            out.store = out.metrics.store
+            if out.metrics.store is not None:
+                out.store = out.metrics.store
         return out
 
     def start(self, stats: IngestStats, *, shared: bool) -> None:
@@ -86,7 +86,7 @@ class Observe:
         tap = self.tap
         if tap is not None:
             tap.subscribe_logs(shared=shared, group=SHARE_GROUP)
-            typer.echo(f"storing device logs in {tap.store.path}", err=True)
+            typer.echo(f"storing device logs in {tap.store.where}", err=True)
         if self.metrics is not None and self.listen is not None:
             url = self.metrics.serve(self.listen, stats)
             if tap is not None:

@@ -29,6 +29,15 @@ def dashboard(  # noqa: PLR0917 - a typer command: its parameters are the CLI op
             "leave it off when a listener runs already.",
         ),
     ] = False,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Also serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9100: the fleet "
+            "figures, and with --ingest the ingest counters, as `predictions listen --metrics`. "
+            "No login there: keep it on loopback or a private network.",
+        ),
+    ] = None,
     db: Annotated[
         Path | None,
         typer.Option(
@@ -105,7 +114,13 @@ def dashboard(  # noqa: PLR0917 - a typer command: its parameters are the CLI op
             ingest=ingest,
             key_file=key,
         )
-        serve(settings, listen=listen, tls=chosen, say=lambda line: typer.echo(line, err=True))
+        serve(
+            settings,
+            listen=listen,
+            tls=chosen,
+            metrics=metrics,
+            say=lambda line: typer.echo(line, err=True),
+        )
     except ValueError as exc:
         raise fail(str(exc)) from exc
     except EdgefleetError as exc:

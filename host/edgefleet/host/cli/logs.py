@@ -16,6 +16,7 @@ from edgefleet.host.cli._options import (
     fail,
     open_or_fail,
 )
+from edgefleet.host.cli.predictions import StoreAt, store_location
 from edgefleet.shared.errors import EdgefleetError
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def logs(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
             "STATE_DIR/predictions.sqlite).",
         ),
     ] = None,
+    store_at: StoreAt = None,
     broker: Broker = None,
     fleet: FleetDir = None,
     prefix: Prefix = None,
@@ -51,10 +53,11 @@ def logs(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     """Print a device's log lines: stored ones, then (--follow) live ones from the broker.
 
     Devices publish lines at or above their [logs] level (WARNING by default); the host
-    keeps them when `edgefleet predictions listen --logs` runs.
+    keeps them when `edgefleet predictions listen --logs` runs, in its store: the SQLite
+    file (--db) or the PostgreSQL database (--store / EDGEFLEET_STORE).
     """
-    from edgefleet.host.fleet import DEFAULT_STATE_DIR
-    from edgefleet.host.fleet._logs import LogStore, format_line, parse_since
+    from edgefleet.host.fleet._logs import format_line, parse_since
+    from edgefleet.host.fleet._pgstore import is_postgres_url, open_log_store
     from edgefleet.shared.topics import validate_id
 
     try:
@@ -62,11 +65,11 @@ def logs(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
         start = parse_since(since, now=time.time()) if since else 0.0
     except EdgefleetError as exc:
         raise fail(exc) from exc
-    path = db or (state_dir or DEFAULT_STATE_DIR) / "predictions.sqlite"
+    location = store_location(store_at, db, state_dir)
     seen: set[tuple[str, int]] = set()
-    if path.is_file():
+    if is_postgres_url(location) or Path(location).is_file():
         try:
-            store = LogStore(path)
+            store = open_log_store(location)
             try:
                 for row in store.lines(device, since=start):
                     seen.add((row.line.boot_id, row.line.seq))
@@ -77,7 +80,7 @@ def logs(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
             raise fail(exc) from exc
     elif not follow:
         raise fail(
-            f"no log store at {path}: run `edgefleet predictions listen --logs` to keep device "
+            f"no log store at {location}: run `edgefleet predictions listen --logs` to keep device "
             "logs, or watch them live with --follow"
         )
     if follow:

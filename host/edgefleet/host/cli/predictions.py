@@ -44,7 +44,8 @@ def _db_path(db: Path | None, state_dir: Path | None) -> Path:
     return db or (state_dir or DEFAULT_STATE_DIR) / "predictions.sqlite"
 
 
-def _location(store_at: str | None, db: Path | None, state_dir: Path | None) -> str | Path:
+def store_location(store_at: str | None, db: Path | None, state_dir: Path | None) -> str | Path:
+    """The store ``--store``/``$EDGEFLEET_STORE``, ``--db`` and ``--state-dir`` point at."""
     if db is not None and store_at == os.environ.get("EDGEFLEET_STORE"):
         return db  # --db on the command line beats $EDGEFLEET_STORE
     return store_at or _db_path(db, state_dir)
@@ -80,7 +81,11 @@ def listen(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
         typer.Option(help="Serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9100."),
     ] = None,
     logs: Annotated[
-        bool, typer.Option("--logs", help="Also store device log lines (see `edgefleet logs`).")
+        bool,
+        typer.Option(
+            "--logs",
+            help="Also store device log lines in the store (see `edgefleet logs`).",
+        ),
     ] = False,
 ) -> None:
     """Store every prediction record exactly once, then ack it; also serve chunk re-requests."""
@@ -95,7 +100,7 @@ def listen(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
         stable_client_id,
     )
 
-    location = _location(store_at, db, state_dir)
+    location = store_location(store_at, db, state_dir)
     try:
         store = open_store(location)
         # Stable per worker (its persistent session survives a restart), unguessable by a
@@ -120,8 +125,8 @@ def listen(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     observe: Observe | None = None
     try:
         observe = Observe.open(
-            fl, store, metrics=metrics, logs=logs, stop=stop, fleet_dir=fleet, broker=broker,
-            prefix=prefix, state_dir=state_dir,
+            fl, store, location=location, metrics=metrics, logs=logs, stop=stop,
+            fleet_dir=fleet, broker=broker, prefix=prefix, state_dir=state_dir,
         )  # fmt: skip
         ingestor = Ingestor(observe.conn, fl, observe.store)
         ingestor.subscribe(shared=shared)
@@ -185,7 +190,7 @@ def _open_store(store_at: str | None, db: Path | None, state_dir: Path | None) -
     from edgefleet.host.fleet import open_store
     from edgefleet.host.fleet._pgstore import is_postgres_url
 
-    location = _location(store_at, db, state_dir)
+    location = store_location(store_at, db, state_dir)
     if not is_postgres_url(location) and not Path(location).is_file():
         raise fail(
             f"no prediction store at {location}: `edgefleet predictions listen` creates and "
@@ -260,7 +265,7 @@ def tail(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     builds = _builds(state_dir)
     rows = list(sel.records(store))[-last:] if last else []
     after = rows[-1][0] if rows else max(0, store.count())
-    where = describe_store(_location(store_at, db, state_dir))
+    where = describe_store(store_location(store_at, db, state_dir))
     try:
         typer.echo(f"{where}: {store.count()} record(s); times in UTC")
         typer.echo(TAIL_HEADER)

@@ -27,7 +27,8 @@ from edgefleet.shared.errors import EdgefleetError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from edgefleet.host.fleet import Fleet, Progress, RolloutResult
+    from edgefleet.host.fleet import Fleet, Progress, PushRecord, RolloutResult
+    from edgefleet.host.fleet._pushes import Transfer, WavePlan
 
 app = typer.Typer()
 rollout_app = typer.Typer(help="Follow rollouts.", no_args_is_help=True)
@@ -109,6 +110,11 @@ def print_result(result: RolloutResult) -> None:
         typer.echo(f"rollout of {result.label} ABORTED: {result.aborted}", err=True)
     for t in result.transfers:  # delta pushes: what each device needs sent
         typer.echo(f"  to send  {t.describe()}")
+    for device, (nbytes, chunks) in sorted(result.resent.items()):
+        typer.echo(
+            f"  sent again  {device}  {nbytes / 1024:.1f} KiB in {chunks} "
+            f"chunk{'' if chunks == 1 else 's'} (on its request)"
+        )
     if not result.targets:
         typer.echo(
             f"{result.label} published; no known target device yet "
@@ -319,7 +325,12 @@ def rollout_status(  # noqa: PLR0917 - a typer command: its parameters are the C
     prefix: Prefix = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Where each target of the latest push stands (from the devices' retained reports)."""
+    """Where each target of the latest push stands (from the devices' retained reports).
+
+    A group rollout shows its plan (canary size, wave sizes, failure limit) and each
+    device's step in it (canary, wave K, or group: the group topic after the waves); a
+    delta push shows each device's bytes sent (planned, plus chunks sent again on request).
+    """
     from edgefleet.host.fleet import device_target, group_target
     from edgefleet.host.fleet import rollout_status as status
 
@@ -327,10 +338,12 @@ def rollout_status(  # noqa: PLR0917 - a typer command: its parameters are the C
     fl = open_or_fail(
         broker=broker, fleet=fleet, prefix=prefix, state_dir=state_dir, read_only=True
     )
-    rows = on_fleet(fl, lambda fl: status(fl, target=target))
+    rows = on_fleet(
+        fl, lambda fl: [(*row, _extras(fl, row[0])) for row in status(fl, target=target)]
+    )
     if not rows:
         typer.echo("no rollouts recorded in this host's state dir")
-    for record, progress in rows:
+    for record, progress, (plan, sent) in rows:
         active = sum(1 for p in progress if p.phase.value == "active")
         when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(record.created_at))
         cancelled = " CANCELLED" if record.cancelled_at is not None else ""
@@ -338,8 +351,21 @@ def rollout_status(  # noqa: PLR0917 - a typer command: its parameters are the C
             f"{record.target}: {record.name} v{record.version} ({record.build}) "
             f"{record.kind}{cancelled} at {when}, {active}/{len(progress)} active"
         )
+        if plan is not None:
+            part = "" if plan.target == record.target else f" of the rollout to {plan.target}"
+            typer.echo(f"  plan{part}: {plan.describe()}")
         for p in progress:
-            typer.echo(f"  {p.device_id:<20} {p.describe()}")
+            step = f"{plan.step_of(p.device_id):<8} " if plan is not None else ""
+            line = f"  {p.device_id:<20} {step}{p.describe()}"
+            if (t := sent.get(p.device_id)) is not None:
+                line += f"  [{t.describe()}]"
+            typer.echo(line)
+
+
+def _extras(fl: Fleet, record: PushRecord) -> tuple[WavePlan | None, dict[str, Transfer]]:
+    """A push's wave plan and its devices' latest recorded transfers (delta pushes)."""
+    transfers = fl.registry.transfer_records(name=record.name, version=record.version)
+    return fl.registry.plan_of(record), {t.device_id: t for t in transfers}
 
 
 @rollout_app.command(

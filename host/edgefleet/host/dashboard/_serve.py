@@ -5,14 +5,20 @@ must have TLS and at least one operator account, and then every page needs a log
 them :func:`check_listen` refuses with what to do. ``--tls`` has the fleet CA issue the
 dashboard's certificate (``FLEET_DIR/dashboard/tls.crt``, key 0600, reused while it lasts);
 ``--tls-cert``/``--tls-key`` use certificates of your own.
+
+``--metrics HOST:PORT`` serves Prometheus metrics on an address of their own, with the code
+and metric names of ``predictions listen --metrics`` (``fleet._metrics``): the fleet figures
+always, the ingest counters and store histograms when the dashboard ingests (``--ingest``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import socket
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
@@ -22,6 +28,15 @@ from edgefleet.host.dashboard._app import Dashboard, Policy
 from edgefleet.host.dashboard._auth import USERS_FILE, Users
 from edgefleet.host.dashboard._live import LiveFleet, Settings
 from edgefleet.host.errors import FleetError
+from edgefleet.host.fleet import (
+    Ingestor,
+    IngestStats,
+    PredictionStore,
+    SqliteStore,
+    close_fleet,
+    stable_client_id,
+)
+from edgefleet.host.fleet._metrics import IngestMetrics, ingest_metrics
 from edgefleet.host.fleetdir import load_fleet_config
 from edgefleet.host.provision._pki import (
     cert_pem,
@@ -32,7 +47,10 @@ from edgefleet.host.provision._pki import (
     new_tls_key,
 )
 from edgefleet.shared.atomic import write_atomic
+from edgefleet.shared.errors import EdgefleetError
 from edgefleet.shared.listen import is_loopback, split_listen
+
+log = logging.getLogger(__name__)
 
 CERT_DAYS = 397  # what browsers accept for a server certificate
 RENEW_DAYS = 30
@@ -121,24 +139,92 @@ def _covers(cert: object, names: list[str]) -> bool:
     return set(names) <= have
 
 
+@dataclass
+class MeasuredLiveFleet(LiveFleet):
+    """A :class:`LiveFleet` whose ingestor (``--ingest``) counts into ``metrics``.
+
+    It ingests as :class:`LiveFleet` does, with two differences: the records go through
+    the measured store of ``metrics`` (commit time, store lag), and one
+    :class:`IngestStats` lives as long as the dashboard, so the counters survive a
+    reconnect.
+    """
+
+    metrics: IngestMetrics | None = None
+    ingest_stats: IngestStats = field(default_factory=IngestStats)
+
+    def _ingest(self) -> None:
+        store = self.metrics.store if self.metrics is not None else None
+        if store is None:
+            super()._ingest()
+            return
+        client_id = stable_client_id(
+            "ingest", f"{self.settings.prefix or 'fleet'}/dashboard", state_dir=self.settings.state
+        )
+        while not self.stop.is_set():
+            try:
+                fl = self.settings.open(client_id=client_id, persistent=True)
+                try:
+                    ingestor = Ingestor(fl.conn, fl, store, stats=self.ingest_stats)
+                    ingestor.subscribe(shared=True)
+                    ingestor.run(stop=self.stop)
+                finally:
+                    close_fleet(fl)
+            except EdgefleetError as exc:
+                log.warning("dashboard: ingestor: %s; retrying in 5 s", exc)
+                self.stop.wait(5.0)
+
+
+def _open_metrics(
+    settings: Settings, stop: threading.Event
+) -> tuple[IngestMetrics, PredictionStore | None]:
+    """The dashboard's metrics, and the prediction store it ingests into (``--ingest``)."""
+    store = SqliteStore(settings.db_path) if settings.ingest else None
+    metrics = ingest_metrics(
+        store,
+        stop=stop,
+        broker=settings.broker,
+        fleet_dir=settings.fleet_dir,
+        prefix=settings.prefix,
+        state_dir=settings.state_dir,
+    )
+    return metrics, store
+
+
 def serve(
     settings: Settings,
     *,
     listen: str,
     tls: Tls | None = None,
+    metrics: str | None = None,
     say: Callable[[str], None] = print,
 ) -> None:
     """Run the dashboard until Ctrl-C / SIGTERM.
 
+    ``metrics`` (``HOST:PORT``, used as given) also serves Prometheus metrics there, as
+    ``predictions listen --metrics`` does.
+
     Raises:
-        FleetError: Refused listen address, broker or store trouble at start.
+        FleetError: Refused listen address, metrics address in use, broker or store
+            trouble at start.
     """
     users = Users(users_path(settings.fleet_dir, settings.state_dir))
     host, port, policy = check_listen(listen, tls=tls, users=users)
-    live = LiveFleet(settings, render=lambda _name, _ctx: "")
+    stop = threading.Event()
+    measured: IngestMetrics | None = None
+    store: PredictionStore | None = None
+    if metrics is not None:
+        measured, store = _open_metrics(settings, stop)
+    live = MeasuredLiveFleet(settings, render=lambda _name, _ctx: "", stop=stop, metrics=measured)
     dashboard = Dashboard(live, users, policy)
     live.render = dashboard.render
-    live.start()
+    try:
+        if measured is not None and metrics is not None:
+            url = measured.serve(metrics, live.ingest_stats if settings.ingest else None)
+            say(f"dashboard: Prometheus metrics on {url}")
+        live.start()
+    except BaseException:
+        _close(live, dashboard, measured, store)
+        raise
     try:
         config = uvicorn.Config(
             dashboard.app,
@@ -161,8 +247,21 @@ def serve(
         if not server.started:
             raise FleetError(f"the dashboard could not listen on {listen} (address in use?)")
     finally:
-        live.close()
-        dashboard.audit.close()
+        _close(live, dashboard, measured, store)
+
+
+def _close(
+    live: LiveFleet,
+    dashboard: Dashboard,
+    metrics: IngestMetrics | None,
+    store: PredictionStore | None,
+) -> None:
+    live.close()  # sets ``stop``: the ingestor and the metrics' fleet watcher end
+    if metrics is not None:
+        metrics.close()
+    if store is not None:
+        store.close()
+    dashboard.audit.close()
 
 
 def serve_demo(

@@ -10,12 +10,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.host.fleet import device_rows
+from edgefleet.host.fleet._pushes import find_plan
 from edgefleet.host.fleet._rollout import Phase, classify
 from edgefleet.host.fleet._status import parse_status
 from edgefleet.shared.messages import Status
 
 if TYPE_CHECKING:
     from edgefleet.host.fleet import DeviceRow, Fleet, PushRecord
+    from edgefleet.host.fleet._pushes import WavePlan
     from edgefleet.shared.manifest import Manifest
 
 HISTORY_PUSHES = 30
@@ -90,16 +92,40 @@ def _row(
 
 def rollout_views(fleet: Fleet, *, target: str | None = None) -> list[dict[str, Any]]:
     """The latest push of every target (or of ``target``) with per-device progress."""
-    out = []
-    for record in sorted(fleet.registry.latest_pushes(), key=lambda p: -p.id):
-        if target is not None and record.target != target:
-            continue
-        out.append(rollout_view(fleet, record))
-    return out
+    records = [
+        r
+        for r in sorted(fleet.registry.latest_pushes(), key=lambda p: -p.id)
+        if target is None or r.target == target
+    ]
+    plans = fleet.registry.wave_plans(versions={r.version for r in records})
+    return [rollout_view(fleet, r, plans=plans) for r in records]
 
 
-def rollout_view(fleet: Fleet, record: PushRecord) -> dict[str, Any]:
-    """One push: target, build, per-device phase, fraction and failure reason."""
+def plan_view(plan: WavePlan | None, target: str) -> dict[str, Any] | None:
+    """A group rollout's plan for the page: canary, wave sizes, failure limit, why it stopped."""
+    if plan is None:
+        return None
+    return {
+        "text": plan.describe().replace("; ", " · "),
+        "canary": list(plan.canary_devices),
+        "canary_asked": plan.canary,
+        "waves": [len(w) for w in plan.later_waves],
+        "max_failures": plan.max_failures,
+        "of": None if plan.target == target else plan.target,
+        "aborted": plan.aborted,
+    }
+
+
+def rollout_view(
+    fleet: Fleet, record: PushRecord, *, plans: list[WavePlan] | None = None
+) -> dict[str, Any]:
+    """One push: target, build, canary and waves, per-device step, phase, fraction, failures.
+
+    ``plans``: the registry's wave plans, if the caller already read them (else read here).
+    """
+    if plans is None:
+        plans = fleet.registry.wave_plans(version=record.version)
+    plan = find_plan(record, plans)
     kind, _, name = record.target.partition(":")
     members = (
         [name] if kind == "device" else sorted(set(record.members) | set(fleet.view.members(name)))
@@ -127,6 +153,7 @@ def rollout_view(fleet: Fleet, record: PushRecord) -> dict[str, Any]:
                 "bad": p.phase.bad,
                 "reason": p.reason,
                 "message": p.message,
+                "step": plan.step_of(d) if plan is not None else None,
             }
         )
     done = sum(1 for x in devices if x["phase"] == Phase.ACTIVE.value)
@@ -156,25 +183,43 @@ def rollout_view(fleet: Fleet, record: PushRecord) -> dict[str, Any]:
         "total": len(devices),
         "state": state,
         "cancelled_at": cancelled,
+        "plan": plan_view(plan, record.target),
+        "failures": [
+            {
+                "id": x["id"],
+                "step": x["step"],
+                "phase": x["phase"],
+                "reason": x["reason"] or "unknown",
+                "message": x["message"],
+            }
+            for x in devices
+            if x["bad"]
+        ],
     }
 
 
 def push_history(fleet: Fleet, *, target: str | None = None) -> list[dict[str, Any]]:
     """The newest pushes (all targets, or one), without progress."""
     pushes = fleet.registry.history(target) if target else fleet.registry.all_pushes()
-    return [
-        {
-            "id": p.id,
-            "target": p.target,
-            "kind": p.kind,
-            "name": p.name,
-            "version": p.version,
-            "mode": p.manifest.mode,
-            "created_at": p.created_at,
-            "members": len(p.members),
-        }
-        for p in sorted(pushes, key=lambda p: -p.id)[:HISTORY_PUSHES]
-    ]
+    newest = sorted(pushes, key=lambda p: -p.id)[:HISTORY_PUSHES]
+    plans = fleet.registry.wave_plans(versions={p.version for p in newest})
+    out = []
+    for p in newest:
+        plan = find_plan(p, plans)
+        out.append(
+            {
+                "id": p.id,
+                "target": p.target,
+                "kind": p.kind,
+                "name": p.name,
+                "version": p.version,
+                "mode": p.manifest.mode,
+                "created_at": p.created_at,
+                "members": len(p.members),
+                "plan": plan_view(plan, p.target),
+            }
+        )
+    return out
 
 
 def groups_of(rows: list[dict[str, Any]]) -> list[str]:

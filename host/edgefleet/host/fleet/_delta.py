@@ -8,7 +8,11 @@ bytes, the device needs. It publishes, retained and once for all targets, the un
 those chunks on ``{prefix}/models/{chunk sha256}/chunks/0`` (raw bytes; a chunk shared by
 several models or variants has one topic and is published once). A device whose holdings
 are unknown, and every device under ``--full``, is counted (and served) the whole file.
-Each device's figure is recorded in the registry (table ``transfers``).
+Each device's figure is recorded in the registry (table ``transfers``); chunks a host sends a
+device again on its request (``push --wait``, ``predictions listen``, any process answering
+chunk requests) are added to it (table ``resent``,
+:meth:`edgefleet.host.fleet._pushes.Registry.record_resent`), so the registry holds the bytes
+actually sent.
 """
 
 from __future__ import annotations
@@ -163,16 +167,23 @@ def clear_content_chunks(fleet: Fleet, variant: ModelVariant, keep: set[str]) ->
     return [fleet.conn.publish(fleet.topics.chunk(sha, 0), b"", retain=True) for sha in drop]
 
 
-def answer_delta_request(fleet: Fleet, variant: ModelVariant, indexes: list[int]) -> int:
-    """Publish (not retained) the listed chunks of a v2 variant a device asked for again."""
+def answer_delta_request(
+    fleet: Fleet, variant: ModelVariant, indexes: list[int]
+) -> tuple[int, int]:
+    """Publish (not retained) the listed chunks of a v2 variant a device asked for again.
+
+    Returns:
+        (chunks, bytes) published.
+    """
     data = fleet.registry.model_bytes(variant.sha256)
     chunks = variant.chunks or []
     if data is None:
-        return 0
-    sent = 0
+        return 0, 0
+    sent = nbytes = 0
     for i in indexes:
         if 0 <= i < len(chunks):
             sha, offset, length = chunks[i]
             fleet.conn.publish(fleet.topics.chunk(sha, 0), data[offset : offset + length])
             sent += 1
-    return sent
+            nbytes += length
+    return sent, nbytes

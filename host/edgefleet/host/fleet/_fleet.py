@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from edgefleet.host.fleet._rollout import (
 )
 from edgefleet.host.fleetdir import load_fleet_config, load_registry
 from edgefleet.shared.chunks import chunk_at
-from edgefleet.shared.errors import DecodeError, KeyFormatError, TopicError
-from edgefleet.shared.manifest import load_private_key
+from edgefleet.shared.errors import DecodeError, EdgefleetError, KeyFormatError, TopicError
+from edgefleet.shared.manifest import Manifest, load_private_key
 from edgefleet.shared.messages import ChunkRequest, Reported, Status, decode
 from edgefleet.shared.topics import CHUNK_REQUEST, REPORTED, STATUS, Topics
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from edgefleet.shared.connection import Connection, Message
 
 OnProgress = Callable[[list[Progress]], None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -162,7 +165,9 @@ class Fleet:
                 seen=status.ts or msg.received_at,
             )
 
-    def answer_chunk_request(self, request: ChunkRequest, *, device_id: str | None = None) -> int:
+    def answer_chunk_request(  # noqa: PLR0911 - one early return per reason to send nothing
+        self, request: ChunkRequest, *, device_id: str | None = None
+    ) -> int:
         """Publish the requested chunks again (not retained) if this host has the model.
 
         Rate-limited (:mod:`edgefleet.host.fleet._ratelimit`): each index at most once per
@@ -177,18 +182,23 @@ class Fleet:
         if not self.limiter.allow_request(request.device_id):
             return 0
         latest = {
-            v.sha256: v
+            v.sha256: (p.manifest, v)
             for p in self.registry.latest_pushes()
             if p.cancelled_at is None
             for v in p.manifest.variants
         }
-        variant = latest.get(request.sha256)
-        if variant is None:
+        if request.sha256 not in latest:
             return 0  # superseded or unknown: the device will get a newer manifest
+        manifest, variant = latest[request.sha256]
         indexes = [i for i in request.indexes if i < variant.chunk_count]
         wanted = self.limiter.chunks_to_send(request.sha256, indexes)
-        if not wanted or variant.chunks is not None:  # v2: by content (docs/protocol.md 7.5)
-            return answer_delta_request(self, variant, wanted) if wanted else 0
+        if not wanted:
+            return 0
+        if variant.chunks is not None:  # v2: by content (docs/protocol.md 7.5)
+            sent, nbytes = answer_delta_request(self, variant, wanted)
+            if sent:
+                self._record_resent(request.device_id, manifest, nbytes, sent)
+            return sent
         data = self.registry.model_bytes(request.sha256)
         if data is None:
             self.limiter.forget_chunks(request.sha256, wanted)
@@ -203,6 +213,15 @@ class Fleet:
                 self.limiter.forget_chunks(request.sha256, wanted[n:])
                 raise
         return len(wanted)
+
+    def _record_resent(self, device_id: str, manifest: Manifest, nbytes: int, chunks: int) -> None:
+        """Add chunks sent again to the device's transfer of that push (bytes sent, #21)."""
+        try:
+            self.registry.record_resent(
+                device_id, manifest.name, manifest.version, nbytes=nbytes, chunks=chunks
+            )
+        except EdgefleetError as exc:  # the registry is down: answering still goes on
+            log.warning("cannot record the chunks sent again to %s: %s", device_id, exc)
 
     def pump(self, seconds: float) -> None:
         """Handle incoming messages for up to ``seconds``."""

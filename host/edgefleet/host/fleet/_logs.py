@@ -1,23 +1,31 @@
 """Device log lines on the host: the ``logs`` table, the listener's tap, and ``edgefleet logs``.
 
 Devices publish their log lines on ``{p}/devices/{id}/logs`` (QoS 0, docs/protocol.md).
-``edgefleet predictions listen --logs`` stores them in a ``logs`` table of the same SQLite
-file as the predictions (:class:`LogStore`): :class:`LogTap` sits between the broker
-connection and the Ingestor, stores every log message it sees and hands the rest on. A
-line is unique on (device, boot id, seq), so a line seen by two workers is stored once.
-A log line that does not decode, or names another device than its topic, is dropped and
-counted (``malformed``).
+``edgefleet predictions listen --logs`` stores them in a ``logs`` table beside the
+predictions: in the same SQLite file (:class:`LogStore`), or in the same PostgreSQL database
+(:class:`~edgefleet.host.fleet._pgstore.PostgresLogStore`). :class:`LogTap` sits between the
+broker connection and the Ingestor, stores every log message it sees and hands the rest on.
+A line is unique on (device, boot id, seq), so a line seen by two workers is stored once.
+A log line that does not decode, names another device than its topic, or that the database
+refuses for its values, is dropped and counted (``malformed``). Lines are kept until
+deleted (no retention of their own).
+
+The table is the ``logs`` component's migration 2 (:data:`LOGS_MIGRATIONS`; its baseline is
+empty), applied on open to either backend, so both get the same table and a version row.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet._export import iso, parse_time
+from edgefleet.host.fleet._ingest import WarningBudget
+from edgefleet.host.fleet._migrations import Migration, migrate_sqlite
 from edgefleet.host.fleet._store import open_wal
 from edgefleet.shared.errors import DecodeError, TopicError
 from edgefleet.shared.messages import DeviceLog, decode
@@ -29,6 +37,8 @@ if TYPE_CHECKING:
 
     from edgefleet.shared.connection import Connection, Message, PublishHandle
     from edgefleet.shared.topics import Topics
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS logs (
@@ -46,6 +56,22 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_device_ts ON logs(device_id, ts);
 """
+LOG_COLUMNS = (
+    "device_id",
+    "boot_id",
+    "seq",
+    "ts",
+    "level",
+    "logger",
+    "message",
+    "dropped",
+    "received_at",
+)
+# The ``logs`` component: an empty baseline, then the table (both backends, see _migrations).
+LOGS_BASELINE = ""
+LOGS_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "device log lines: the logs table", sqlite=_SCHEMA),
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,61 @@ class LogRow:
 
     id: int
     line: DeviceLog
+
+
+def log_row(line: DeviceLog, received_at: float) -> tuple[object, ...]:
+    """The values of :data:`LOG_COLUMNS` for one line."""
+    return (
+        line.device_id,
+        line.boot_id,
+        line.seq,
+        line.ts,
+        line.level,
+        line.logger,
+        line.message,
+        line.dropped,
+        received_at,
+    )
+
+
+def load_log(row: Sequence[object]) -> LogRow:
+    """A stored row: id, then the columns of :data:`LOG_COLUMNS` up to ``dropped``."""
+    return LogRow(
+        int(str(row[0])),
+        DeviceLog(
+            device_id=str(row[1]),
+            boot_id=str(row[2]),
+            seq=int(str(row[3])),
+            ts=float(str(row[4])),
+            level=str(row[5]),  # type: ignore[arg-type]  # validated by DeviceLog
+            logger=str(row[6]),
+            message=str(row[7]),
+            dropped=int(str(row[8])),
+        ),
+    )
+
+
+class LogLines(Protocol):
+    """Where the log tap stores lines and ``edgefleet logs`` reads them (either backend)."""
+
+    @property
+    def where(self) -> str:
+        """The store, for messages (a URL without its password)."""
+
+    def add(self, line: DeviceLog, *, received_at: float) -> bool:
+        """Store one line (once); True if it was new.
+
+        Raises ``ValueError`` for a line the database refuses for its values, and
+        ``FleetError`` for a database failure.
+        """
+
+    def lines(
+        self, device_id: str, *, since: float = 0.0, after_id: int = 0, limit: int = 10_000
+    ) -> list[LogRow]:
+        """Lines of ``device_id`` written at or after ``since``, in the order stored."""
+
+    def close(self) -> None:
+        """Close the store."""
 
 
 class LogStore:
@@ -67,15 +148,24 @@ class LogStore:
         self.path = path
         try:
             self._db = open_wal(path, busy_timeout_s)
-            with self._db:
-                self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise FleetError(f"cannot open the log store {path}: {exc}") from exc
+        try:
+            migrate_sqlite(self._db, "logs", LOGS_BASELINE, LOGS_MIGRATIONS, where=str(path))
+        except FleetError:
+            self._db.close()
+            raise
+
+    @property
+    def where(self) -> str:
+        """The file, for messages."""
+        return str(self.path)
 
     def add(self, line: DeviceLog, *, received_at: float) -> bool:
         """Store one line (once); True if it was new.
 
         Raises:
+            ValueError: The line's values cannot be stored (a NaN time).
             FleetError: The database refused the write.
         """
         try:
@@ -83,19 +173,11 @@ class LogStore:
                 cur = self._db.execute(
                     "INSERT OR IGNORE INTO logs (device_id, boot_id, seq, ts, level, logger, "
                     "message, dropped, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        line.device_id,
-                        line.boot_id,
-                        line.seq,
-                        line.ts,
-                        line.level,
-                        line.logger,
-                        line.message,
-                        line.dropped,
-                        received_at,
-                    ),
+                    log_row(line, received_at),
                 )
                 return cur.rowcount == 1
+        except (sqlite3.IntegrityError, OverflowError) as exc:  # NaN is NULL to SQLite
+            raise ValueError(f"a log line cannot be stored: {exc}") from exc
         except sqlite3.Error as exc:
             raise FleetError(f"storing a log line in {self.path} failed: {exc}") from exc
 
@@ -108,22 +190,7 @@ class LogStore:
             "WHERE device_id = ? AND ts >= ? AND id > ? ORDER BY id LIMIT ?",
             (device_id, since, after_id, limit),
         ).fetchall()
-        return [
-            LogRow(
-                int(r[0]),
-                DeviceLog(
-                    device_id=r[1],
-                    boot_id=r[2],
-                    seq=int(r[3]),
-                    ts=float(r[4]),
-                    level=r[5],
-                    logger=r[6],
-                    message=r[7],
-                    dropped=int(r[8]),
-                ),
-            )
-            for r in rows
-        ]
+        return [load_log(r) for r in rows]
 
     def close(self) -> None:
         """Close the database."""
@@ -152,15 +219,16 @@ class LogTap:
     Args:
         conn: The listener's connection.
         topics: The fleet's topics.
-        store: Where lines go.
+        store: Where lines go (SQLite or PostgreSQL).
     """
 
-    def __init__(self, conn: Connection, topics: Topics, store: LogStore) -> None:
+    def __init__(self, conn: Connection, topics: Topics, store: LogLines) -> None:
         self.conn = conn
         self.topics = topics
         self.store = store
         self.stored = 0
         self.malformed = 0
+        self.warnings = WarningBudget()
 
     def subscribe_logs(self, *, shared: bool, group: str) -> None:
         """Subscribe to every device's logs (shared by the workers when ``shared``)."""
@@ -186,7 +254,15 @@ class LogTap:
         line = parse_log(self.topics, msg)
         if line is None:
             self.malformed += 1
-        elif self.store.add(line, received_at=msg.received_at):
+            return
+        try:
+            new = self.store.add(line, received_at=msg.received_at)
+        except ValueError as exc:
+            if self.warnings.allow(line.device_id):
+                log.warning("dropping a log line of %s: %s", line.device_id, exc)
+            self.malformed += 1
+            return
+        if new:
             self.stored += 1
 
     # -- the rest of the Connection protocol, passed through ------------------------------

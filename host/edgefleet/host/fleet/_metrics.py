@@ -1,4 +1,4 @@
-"""Prometheus metrics of ``edgefleet predictions listen --metrics HOST:PORT`` (docs/fleet.md).
+"""Prometheus metrics of ``predictions listen --metrics`` and ``dashboard --metrics``.
 
 Three sources, one private registry:
 
@@ -10,6 +10,9 @@ Three sources, one private registry:
   device's retained status and update report (never the shared ingest subscription), and
   every few seconds turns them and the push registry into devices online by group, model
   versions in the fleet and rollouts in progress.
+
+The dashboard serves the same registry (docs/fleet.md): the fleet figures always, the
+ingest counters and the store histograms only when it ingests (``--ingest``).
 """
 
 from __future__ import annotations
@@ -199,8 +202,15 @@ class _IngestCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
-        if s is None:
-            return
+        if s is not None:
+            yield from self._ingest_families(s)
+        for name, text, read in self.extra:
+            yield CounterMetricFamily(name, text, value=read())
+        if self.watcher is not None:
+            yield from _fleet_families(self.watcher.latest)
+
+    @staticmethod
+    def _ingest_families(s: IngestStats) -> Iterator[Metric]:
         for name, value, text in (
             ("received", s.received, "Prediction records received (duplicates included)."),
             ("stored", s.stored, "Records stored new (rate(): the ingest rate)."),
@@ -214,10 +224,6 @@ class _IngestCollector:
             ("bad_thumbnails", s.bad_thumbnails, "Input thumbnails dropped (bad, or not stored)."),
         ):
             yield CounterMetricFamily(f"edgefleet_ingest_{name}", text, value=value)
-        for name, text, read in self.extra:
-            yield CounterMetricFamily(name, text, value=read())
-        if self.watcher is not None:
-            yield from _fleet_families(self.watcher.latest)
 
 
 def _fleet_families(snap: FleetSnapshot) -> Iterator[Metric]:
@@ -259,10 +265,14 @@ def _fleet_families(snap: FleetSnapshot) -> Iterator[Metric]:
 
 @dataclass
 class IngestMetrics:
-    """The registry, the measured store and the fleet watcher of one listen worker."""
+    """The registry, the measured store and the fleet watcher of one listen worker.
+
+    ``store`` is None where nothing is ingested (``edgefleet dashboard`` without
+    ``--ingest``): then only the fleet figures are served.
+    """
 
     registry: CollectorRegistry
-    store: MeasuredStore
+    store: MeasuredStore | None
     watcher: FleetWatcher | None
     collector: _IngestCollector = field(init=False)
     server: WSGIServer | None = None
@@ -271,8 +281,10 @@ class IngestMetrics:
         self.collector = _IngestCollector(self.watcher)
         self.registry.register(self.collector)
 
-    def serve(self, listen: str, stats: IngestStats) -> str:
-        """Start the HTTP endpoint on ``listen`` (``HOST:PORT``); return its URL.
+    def serve(self, listen: str, stats: IngestStats | None) -> str:
+        """Start the HTTP endpoint on ``listen`` (``HOST:PORT``, used as given); return its URL.
+
+        ``stats`` are the ingest counters to export (None: no ingest counters).
 
         Raises:
             FleetError: The address is malformed or cannot be bound.
@@ -291,7 +303,8 @@ class IngestMetrics:
             raise FleetError(msg) from exc
         if self.watcher is not None:
             self.watcher.start()
-        return f"http://{listen}/metrics"
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}/metrics"
 
     def count(self, name: str, text: str, read: Callable[[], float]) -> None:
         """Also export ``read()`` as the counter ``name`` (e.g. the log lines stored)."""
@@ -305,7 +318,7 @@ class IngestMetrics:
 
 
 def ingest_metrics(
-    store: PredictionStore,
+    store: PredictionStore | None,
     *,
     stop: threading.Event,
     watch: bool = True,
@@ -316,7 +329,8 @@ def ingest_metrics(
 ) -> IngestMetrics:
     """Metrics for one listen worker: wrap ``store``; follow the fleet if ``watch``.
 
-    Give the Ingestor ``.store`` (the measured wrapper), then call ``.serve``.
+    Give the Ingestor ``.store`` (the measured wrapper), then call ``.serve``. Without a
+    store (a dashboard that does not ingest) only the fleet figures are served.
     """
     registry = CollectorRegistry()
     watcher = (
@@ -326,4 +340,5 @@ def ingest_metrics(
         if watch
         else None
     )
-    return IngestMetrics(registry, MeasuredStore(store, registry), watcher)
+    measured = MeasuredStore(store, registry) if store is not None else None
+    return IngestMetrics(registry, measured, watcher)

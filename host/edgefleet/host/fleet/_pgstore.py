@@ -18,6 +18,9 @@ network) is a ``FleetError`` (nothing acked, the devices resend); the next call 
 
 PostgreSQL text cannot hold NUL characters: the flat columns get U+FFFD instead; the full
 record (``record``, what export and tail read) keeps them, escaped in its JSON.
+
+Device log lines (``listen --logs``) go to a ``logs`` table of the same database
+(:class:`PostgresLogStore`), with the SQLite table's columns and key (see ``_logs``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,16 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from edgefleet.host.errors import FleetError
+from edgefleet.host.fleet._logs import (
+    LOG_COLUMNS,
+    LOGS_BASELINE,
+    LOGS_MIGRATIONS,
+    LogLines,
+    LogRow,
+    LogStore,
+    load_log,
+    log_row,
+)
 from edgefleet.host.fleet._migrations import migrate_postgres
 from edgefleet.host.fleet._store import (
     _COLUMNS,
@@ -44,7 +57,7 @@ from edgefleet.host.fleet._store import (
     load_record,
     thumbnail_row,
 )
-from edgefleet.shared.messages import InputThumbnail, PredictionRecord
+from edgefleet.shared.messages import DeviceLog, InputThumbnail, PredictionRecord
 
 SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT_S = 10
@@ -62,6 +75,15 @@ _INSERT_THUMB = (
     " ON CONFLICT (device_id, boot_id, seq) DO NOTHING"
 )
 _PRUNE_THUMBS = THUMB_PRUNE.replace("?", "%s")
+_INSERT_LOG = (
+    f"INSERT INTO logs ({', '.join(LOG_COLUMNS)})"  # noqa: S608 - constants
+    f" VALUES ({', '.join(['%s'] * len(LOG_COLUMNS))})"
+    " ON CONFLICT (device_id, boot_id, seq) DO NOTHING"
+)
+_SELECT_LOGS = (
+    "SELECT id, device_id, boot_id, seq, ts, level, logger, message, dropped FROM logs"
+    " WHERE device_id = %s AND ts >= %s AND id > %s ORDER BY id LIMIT %s"
+)
 # Errors PostgreSQL raises for the values it was given: the record's own problem.
 _RECORD_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
 
@@ -276,6 +298,109 @@ class PostgresStore:
             self._conn = None
 
 
+class PostgresLogStore:
+    """Device log lines in the ``logs`` table of a PostgreSQL store (``listen --logs``).
+
+    The same contract as the SQLite :class:`~edgefleet.host.fleet._logs.LogStore`: a line
+    is unique on (device_id, boot_id, seq), ``add`` commits before it returns, and lines
+    read back in the order they were stored. NUL characters become U+FFFD.
+
+    Raises:
+        FleetError: The database cannot be reached, or its schema is newer than this
+            edgefleet.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = redact(url)
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = pg_connect(
+            url, what="log store"
+        )
+        try:
+            migrate_postgres(self._conn, "logs", LOGS_BASELINE, LOGS_MIGRATIONS, where=self.where)
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise FleetError(f"cannot set up the log store {self.where}: {exc}") from exc
+        except FleetError:
+            self._conn.close()
+            raise
+
+    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = pg_connect(self.url, what="log store")
+        return self._conn
+
+    def add(self, line: DeviceLog, *, received_at: float) -> bool:
+        """Store one line (once, committed); True if it was new.
+
+        Raises:
+            ValueError: PostgreSQL refused the line's values.
+            FleetError: The database failed (the next call reconnects).
+        """
+        row = tuple(_clean(v) if isinstance(v, str) else v for v in log_row(line, received_at))
+        try:
+            cur = self._connection().execute(_INSERT_LOG, row)
+        except _RECORD_ERRORS as exc:
+            raise ValueError(f"a log line cannot be stored: {exc}") from exc
+        except psycopg.Error as exc:
+            self._drop_if_broken()
+            raise FleetError(f"storing a log line in {self.where} failed: {exc}") from exc
+        return cur.rowcount == 1
+
+    def lines(
+        self, device_id: str, *, since: float = 0.0, after_id: int = 0, limit: int = 10_000
+    ) -> list[LogRow]:
+        """Lines of ``device_id`` written at or after ``since`` (unix time), oldest first.
+
+        Raises:
+            FleetError: The database failed.
+        """
+        try:
+            rows = (
+                self._connection()
+                .execute(_SELECT_LOGS, (device_id, since, after_id, limit))
+                .fetchall()
+            )
+        except psycopg.Error as exc:
+            self._drop_if_broken()
+            raise FleetError(f"reading {self.where} failed: {str(exc).strip()}") from exc
+        return [load_log(r) for r in rows]
+
+    def _drop_if_broken(self) -> None:
+        conn = self._conn
+        if conn is not None and (conn.closed or conn.broken):
+            conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def open_log_store(location: str | Path) -> LogLines:
+    """The log table of the store at ``location`` (a ``postgresql://`` URL or a SQLite file).
+
+    Raises:
+        FleetError: Another URL scheme, or the store cannot be opened.
+    """
+    if is_postgres_url(location):
+        return PostgresLogStore(str(location))
+    _check_scheme(str(location))
+    return LogStore(Path(location))
+
+
+def _check_scheme(text: str) -> None:
+    if "://" in text:
+        raise FleetError(
+            f"unknown store {redact(text) if '@' in text else text!r}: give a SQLite file "
+            "path or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+
+
 def open_store(location: str | Path) -> PredictionStore:
     """The prediction store at ``location``: a ``postgresql://`` URL or a SQLite file path.
 
@@ -285,11 +410,7 @@ def open_store(location: str | Path) -> PredictionStore:
     if is_postgres_url(location):
         return PostgresStore(str(location))
     text = str(location)
-    if "://" in text:
-        raise FleetError(
-            f"unknown store {redact(text) if '@' in text else text!r}: give a SQLite file "
-            "path or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
-        )
+    _check_scheme(text)
     return SqliteStore(Path(text))
 
 

@@ -4,7 +4,10 @@ Chunks are published once per model (retained, QoS 1) whatever the number of tar
 broker fans them out - and stay retained while any target's latest manifest wants them, so
 a device that was offline fetches the model on return without this host running. They are
 cleared (empty retained payloads) once superseded. While a push waits, the host also answers
-chunk re-requests. Rollout logic (waves, canary, abort) lives in ``edgefleet.host.fleet._rollout``.
+chunk re-requests (``Fleet.answer_chunk_request`` adds what it sends again for a delta push
+to the requesting device's transfer in the registry: planned + sent again = bytes sent). A group
+push records its wave plan (canary, waves) before the first wave. Rollout logic (waves, canary,
+abort) lives in ``edgefleet.host.fleet._rollout``.
 """
 
 from __future__ import annotations
@@ -219,6 +222,8 @@ class RolloutResult:
     broker_lost: str | None = None
     transfers: list[DeviceTransfer] = field(default_factory=list)  # delta pushes (v2)
     bytes_published: int = 0
+    # Delta pushes: device -> (bytes, chunks) sent again on its requests while waiting.
+    resent: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -373,6 +378,14 @@ def _roll_out(  # noqa: PLR0917 - private orchestration shared by push and rollb
         if plan.group
         else []
     )
+    if plan.group:
+        fleet.registry.record_plan(
+            group_target(plan.group),
+            version,
+            canary=plan.canary,
+            max_failures=plan.max_failures,
+            waves=waves,
+        )
     for n, wave in enumerate(waves):
         manifest, envelope = sign_for(
             template,
@@ -397,8 +410,10 @@ def _roll_out(  # noqa: PLR0917 - private orchestration shared by push and rollb
             result.aborted = _abort_reason(
                 rollout.progress(wave), canary=n == 0 and plan.canary > 0
             )
+            fleet.registry.record_aborted(group_target(plan.group or ""), version, result.aborted)
             result.progress = rollout.progress()
             result.broker_lost = rollout.lost
+            result.resent = _resent(fleet, template.name, version) if result.transfers else {}
             return result
     _publish_final(fleet, template, plan, version, targets, waves, kind=kind)
     clear_superseded_chunks(fleet, before)
@@ -414,9 +429,20 @@ def _roll_out(  # noqa: PLR0917 - private orchestration shared by push and rollb
             publish_desired(fleet, fleet.topics.desired_group(plan.group), b"")
             fleet.registry.record_cleared(group_target(plan.group))  # never re-asserted
             result.aborted = _abort_reason(rollout.progress(), canary=False)
+            fleet.registry.record_aborted(group_target(plan.group), version, result.aborted)
     result.progress = rollout.progress()
     result.broker_lost = rollout.lost
+    result.resent = _resent(fleet, template.name, version) if result.transfers else {}
     return result
+
+
+def _resent(fleet: Fleet, name: str, version: int) -> dict[str, tuple[int, int]]:
+    """Device -> (bytes, chunks) the host sent again on its requests (``Fleet`` records them)."""
+    try:
+        records = fleet.registry.transfer_records(name=name, version=version)
+    except EdgefleetError:
+        return {}
+    return {t.device_id: (t.resent_bytes, t.resent_chunks) for t in records if t.resent_chunks}
 
 
 def _abort_reason(wave: list[Progress], *, canary: bool) -> str:
