@@ -28,6 +28,7 @@ from edgefleet.host.dashboard._views import fleet_rows, rollout_views
 from edgefleet.host.fleet import (
     DEFAULT_STATE_DIR,
     Ingestor,
+    IngestStats,
     SqliteStore,
     close_fleet,
     open_fleet,
@@ -41,7 +42,7 @@ from edgefleet.shared.topics import REPORTED, STATUS
 if TYPE_CHECKING:
     import sqlite3
 
-    from edgefleet.host.fleet import Fleet
+    from edgefleet.host.fleet import Fleet, PredictionStore
     from edgefleet.shared.connection import Message
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,10 @@ class LiveFleet:
     history: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
     fleet: Fleet | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+    # --ingest: the store records go into (None: a SqliteStore of settings.db_path per
+    # connection) and counters that live as long as the dashboard (--metrics reads them)
+    ingest_store: PredictionStore | None = None
+    ingest_stats: IngestStats = field(default_factory=IngestStats)
     _rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     _html: dict[str, str] = field(default_factory=dict)
     _rollouts: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -304,18 +309,21 @@ class LiveFleet:
         state = self.settings.state
         while not self.stop.is_set():
             try:
-                store = SqliteStore(self.settings.db_path)
+                store = self.ingest_store or SqliteStore(self.settings.db_path)
                 client_id = stable_client_id(
                     "ingest", f"{self.settings.prefix or 'fleet'}/dashboard", state_dir=state
                 )
-                fl = self.settings.open(client_id=client_id, persistent=True)
                 try:
-                    ingestor = Ingestor(fl.conn, fl, store)
-                    ingestor.subscribe(shared=True)
-                    ingestor.run(stop=self.stop)
+                    fl = self.settings.open(client_id=client_id, persistent=True)
+                    try:
+                        ingestor = Ingestor(fl.conn, fl, store, stats=self.ingest_stats)
+                        ingestor.subscribe(shared=True)
+                        ingestor.run(stop=self.stop)
+                    finally:
+                        close_fleet(fl)
                 finally:
-                    close_fleet(fl)
-                    store.close()
+                    if store is not self.ingest_store:
+                        store.close()
             except EdgefleetError as exc:
                 log.warning("dashboard: ingestor: %s; retrying in 5 s", exc)
                 self.stop.wait(5.0)

@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
@@ -29,12 +29,8 @@ from edgefleet.host.dashboard._auth import USERS_FILE, Users
 from edgefleet.host.dashboard._live import LiveFleet, Settings
 from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet import (
-    Ingestor,
-    IngestStats,
     PredictionStore,
     SqliteStore,
-    close_fleet,
-    stable_client_id,
 )
 from edgefleet.host.fleet._metrics import IngestMetrics, ingest_metrics
 from edgefleet.host.fleetdir import load_fleet_config
@@ -47,7 +43,6 @@ from edgefleet.host.provision._pki import (
     new_tls_key,
 )
 from edgefleet.shared.atomic import write_atomic
-from edgefleet.shared.errors import EdgefleetError
 from edgefleet.shared.listen import is_loopback, split_listen
 
 log = logging.getLogger(__name__)
@@ -139,41 +134,6 @@ def _covers(cert: object, names: list[str]) -> bool:
     return set(names) <= have
 
 
-@dataclass
-class MeasuredLiveFleet(LiveFleet):
-    """A :class:`LiveFleet` whose ingestor (``--ingest``) counts into ``metrics``.
-
-    It ingests as :class:`LiveFleet` does, with two differences: the records go through
-    the measured store of ``metrics`` (commit time, store lag), and one
-    :class:`IngestStats` lives as long as the dashboard, so the counters survive a
-    reconnect.
-    """
-
-    metrics: IngestMetrics | None = None
-    ingest_stats: IngestStats = field(default_factory=IngestStats)
-
-    def _ingest(self) -> None:
-        store = self.metrics.store if self.metrics is not None else None
-        if store is None:
-            super()._ingest()
-            return
-        client_id = stable_client_id(
-            "ingest", f"{self.settings.prefix or 'fleet'}/dashboard", state_dir=self.settings.state
-        )
-        while not self.stop.is_set():
-            try:
-                fl = self.settings.open(client_id=client_id, persistent=True)
-                try:
-                    ingestor = Ingestor(fl.conn, fl, store, stats=self.ingest_stats)
-                    ingestor.subscribe(shared=True)
-                    ingestor.run(stop=self.stop)
-                finally:
-                    close_fleet(fl)
-            except EdgefleetError as exc:
-                log.warning("dashboard: ingestor: %s; retrying in 5 s", exc)
-                self.stop.wait(5.0)
-
-
 def _open_metrics(
     settings: Settings, stop: threading.Event
 ) -> tuple[IngestMetrics, PredictionStore | None]:
@@ -214,7 +174,12 @@ def serve(
     store: PredictionStore | None = None
     if metrics is not None:
         measured, store = _open_metrics(settings, stop)
-    live = MeasuredLiveFleet(settings, render=lambda _name, _ctx: "", stop=stop, metrics=measured)
+    live = LiveFleet(
+        settings,
+        render=lambda _name, _ctx: "",
+        stop=stop,
+        ingest_store=measured.store if measured is not None else None,
+    )
     dashboard = Dashboard(live, users, policy)
     live.render = dashboard.render
     try:
