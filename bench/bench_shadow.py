@@ -11,6 +11,9 @@ candidate thread (``edgefleet.device.shadow``) with its bounded queue. The passe
 interleaved (none, 20 %, 100 %, none, ...) so that load from other jobs on the machine
 hits the three alike.
 RSS (VmRSS): before any candidate was loaded, and the highest with one loaded.
+``--quiet-ms``, ``--queue`` and ``--max-cpu-share`` are the agent's ``[shadow]`` settings
+(docs/protocol.md 14); the header line prints the date, the CPU (``lscpu``) and the load
+average before and after the runs.
 
 Usage::
 
@@ -22,6 +25,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import os
 import platform
 import subprocess
 import tempfile
@@ -32,6 +37,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from edgefleet.device.config import ShadowConfig
 from edgefleet.device.inference import Classifier
 from edgefleet.device.inputs import load_input
 from edgefleet.device.runtime import discover_backend, open_model
@@ -47,9 +53,19 @@ HELDOUT = Path(__file__).resolve().parent.parent / "host/edgefleet/host/datasets
 
 
 def _cpu() -> str:
+    """``lscpu``'s model name, CPU count and the SIMD flags that matter to the interpreter."""
     out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line]
-    return names[0] if names else platform.processor() or "unknown"
+    fields = {
+        k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())
+    }
+    simd = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "neon", "asimd")
+    flags = [f for f in fields.get("Flags", "").split() if f in simd]
+    name = fields.get("Model name") or platform.processor() or "unknown"
+    return f"{name}, {fields.get('CPU(s)', '?')} CPUs, flags {' '.join(flags) or '-'}"
+
+
+def _load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _active_path(
@@ -78,7 +94,7 @@ def _active_path(
 def _start_candidate(shadow: Shadow, path: Path, sample: float) -> tuple[_Run, threading.Thread]:
     files = load_model(path)
     manifest = files.template.model_copy(update={"shadow": ShadowSpec(sample=sample)})
-    run = _Run(manifest, manifest.variants[0], "bench")
+    run = _Run(manifest, manifest.variants[0], "bench", shadow.settings)
     classifier = shadow._load(run, path)  # noqa: SLF001 - the agent's loader, minus the check
     run.state = "running"
     shadow.run = run
@@ -87,15 +103,35 @@ def _start_candidate(shadow: Shadow, path: Path, sample: float) -> tuple[_Run, t
     return run, thread
 
 
-def main() -> None:
-    """Run the three measurements and print one table."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="GPR int8 .tflite")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the scans")
     parser.add_argument(
         "--interval-ms", type=float, default=0.0, help="pause between inputs (0: back to back)"
     )
+    parser.add_argument(
+        "--quiet-ms", type=float, default=ShadowConfig().quiet_ms, help="[shadow] quiet_ms"
+    )
+    parser.add_argument("--queue", type=int, default=ShadowConfig().queue, help="[shadow] queue")
+    parser.add_argument(
+        "--max-cpu-share",
+        type=float,
+        default=ShadowConfig().max_cpu_share,
+        help="[shadow] max_cpu_share",
+    )
+    return parser
+
+
+def main() -> None:
+    """Run the three measurements and print one table."""
+    parser = _parser()
     args = parser.parse_args()
+    settings = ShadowConfig(
+        quiet_ms=args.quiet_ms, queue=args.queue, max_cpu_share=args.max_cpu_share
+    )
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_before = _load()
     data = args.model.read_bytes()
     info = read_model_info(data)
     if info is None:
@@ -117,7 +153,10 @@ def main() -> None:
     )
     agent = SimpleNamespace(
         config=SimpleNamespace(
-            device_id="bench", groups=[], safety=SimpleNamespace(max_outputs=100_000)
+            device_id="bench",
+            groups=[],
+            safety=SimpleNamespace(max_outputs=100_000),
+            shadow=settings,
         ),
         topics=Topics("bench"),
         store=SimpleNamespace(root=work),
@@ -156,8 +195,10 @@ def main() -> None:
     ]
 
     print(
-        f"CPU: {_cpu()}; {backend.name} {backend.version}; {len(arrays)} held-out scans "
-        f"x {args.repeats}, {args.interval_ms:g} ms between inputs, 1 interpreter thread each"
+        f"{started}; CPU: {_cpu()}; load average {load_before} before, {_load()} after; "
+        f"{backend.name} {backend.version}; {len(arrays)} held-out scans x {args.repeats}, "
+        f"{args.interval_ms:g} ms between inputs, 1 interpreter thread each; [shadow] quiet_ms "
+        f"{settings.quiet_ms:g}, queue {settings.queue}, max_cpu_share {settings.max_cpu_share:g}"
     )
     print(
         f"{'':<20} {'active p50':>10} {'active p99':>10} {'offer p99':>10} {'offer max':>10} "
@@ -169,9 +210,11 @@ def main() -> None:
             compared = sum(r.compared for r in done)
             agreed = sum(r.agreed for r in done)
             p50 = np.median([r.candidate_latency.p50_ms or 0 for r in done])
+            p95 = np.median([r.candidate_latency.p95_ms or 0 for r in done])
             extra = (
                 f"compared {compared}, dropped {sum(r.dropped for r in done)}, "
-                f"p50 {p50:.3f} ms, agreement {100 * agreed / max(compared, 1):.1f}%"
+                f"p50 {p50:.3f} ms, p95 {p95:.3f} ms, "
+                f"agreement {100 * agreed / max(compared, 1):.1f}%"
             )
         print(
             f"{name:<20} {np.percentile(t, 50):8.3f}ms {np.percentile(t, 99):8.3f}ms "

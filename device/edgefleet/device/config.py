@@ -302,6 +302,34 @@ class LogsConfig(_Section):
     queue: int = Field(default=200, ge=1, le=10_000, description="Lines kept while offline.")
 
 
+class ShadowConfig(_Section):
+    """A shadow candidate beside the active model (docs/fleet.md, "Shadow deployments")."""
+
+    quiet_ms: float = Field(
+        default=20.0,
+        ge=0,
+        le=10_000,
+        description="The candidate takes a sampled input only once no active prediction came "
+        "for this long, so it runs in the gaps between inputs and at most one candidate "
+        "inference overlaps an active one: the bound on the delay a shadow adds to an active "
+        "prediction. 0 runs the candidate whenever it has an input (no bound).",
+    )
+    queue: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="Sampled inputs waiting for the candidate (each one decoded input in "
+        "memory); more are dropped and counted (`dropped` in the report), never waited for.",
+    )
+    max_cpu_share: float = Field(
+        default=1.0,
+        gt=0,
+        le=1.0,
+        description="Share of one core the candidate may use: after an inference of t ms it "
+        "rests t x (1 / share - 1) ms before the next (0.5: at most half a core). 1: no cap.",
+    )
+
+
 class AgentConfig(_Section):
     """The whole agent.toml."""
 
@@ -324,6 +352,9 @@ class AgentConfig(_Section):
     safety: SafetyConfig = Field(default_factory=SafetyConfig, description="Model safety.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus.")
     logs: LogsConfig = Field(default_factory=LogsConfig, description="Published log lines.")
+    shadow: ShadowConfig = Field(
+        default_factory=ShadowConfig, description="Shadow candidates (their cost bound)."
+    )
 
     @field_validator("device_id")
     @classmethod

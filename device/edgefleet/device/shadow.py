@@ -9,11 +9,15 @@ keeps serving: :meth:`Shadow.offer` is called on the hot path for every classifi
 and only draws a random number and, for the sampled share, appends the input to a bounded
 deque: no lock, no wake-up of the candidate thread, never a wait (when the deque is full
 the input is dropped and counted). The candidate thread polls the deque every
-``POLL_S`` and takes an input only once the active path has been quiet (no prediction) for
-``QUIET_S``: it runs in the gaps between inputs, so at most one candidate inference (the
-one under way when an input arrives) overlaps an active one. A candidate that finds no
-such gaps lets its queue fill, and the dropped inputs say so. A summary
-(:class:`~edgefleet.shared.shadow.ShadowReport`) is published, retained, on
+``POLL_S`` (or sooner) and takes an input only once the active path has been quiet (no
+prediction) for ``[shadow] quiet_ms``: it runs in the gaps between inputs, so at most one
+candidate inference (the one under way when an input arrives) overlaps an active one; that
+is the bound on what a shadow adds to an active prediction. The queue holds ``[shadow]
+queue`` inputs; ``[shadow] max_cpu_share`` makes the thread rest after each inference
+(:class:`~edgefleet.device.config.ShadowConfig`). A candidate that finds no such gaps lets
+its queue fill, and the dropped inputs say so. A summary
+(:class:`~edgefleet.shared.shadow.ShadowReport`, trimmed to ``MAX_REPORT_BYTES`` by
+:func:`~edgefleet.shared.shadow.fit_report`) is published, retained, on
 ``{p}/devices/{id}/shadow/report`` when it changes (at most every ``REPORT_S``).
 
 Nothing here touches the updater, the active pointer or the anti-rollback floor: a
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgefleet.device.actions import Action, Publish, Subscribe, Unsubscribe
+from edgefleet.device.config import ShadowConfig
 from edgefleet.device.download import Download
 from edgefleet.device.inference import Classifier, LatencyStats
 from edgefleet.device.runtime import open_model
@@ -48,6 +53,7 @@ from edgefleet.shared.shadow import (
     LatencySummary,
     ShadowReport,
     ShadowState,
+    fit_report,
 )
 from edgefleet.shared.topics import SHADOW_DEVICE, SHADOW_GROUP
 
@@ -60,13 +66,11 @@ if TYPE_CHECKING:
     from edgefleet.device.inference import Prediction
     from edgefleet.shared.manifest import Manifest, ModelVariant
 
-__all__ = ["QUEUE_SIZE", "REPORT_S", "SHADOW_KINDS", "Shadow"]
+__all__ = ["FAIL_LIMIT", "REPORT_S", "SHADOW_KINDS", "Shadow"]
 
 log = logging.getLogger(__name__)
 
-QUEUE_SIZE = 32  # sampled inputs waiting for the candidate; more are dropped (and counted)
 POLL_S = 0.005  # the candidate thread looks for queued inputs this often when idle
-QUIET_S = 0.02  # ... and takes one only when no active prediction came for this long
 REPORT_S = 2.0  # the retained summary is republished at most this often while it changes
 FAIL_LIMIT = 20  # candidate failures (errors, NaN scores) after which the shadow ends
 SHADOW_KINDS = frozenset({SHADOW_DEVICE, SHADOW_GROUP})
@@ -126,7 +130,14 @@ def _latency(stats: LatencyStats) -> LatencySummary:
 class _Run:
     """One shadow candidate: its download, then its thread, queue and statistics."""
 
-    def __init__(self, manifest: Manifest, variant: ModelVariant, envelope_sha: str) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        variant: ModelVariant,
+        envelope_sha: str,
+        settings: ShadowConfig | None = None,
+    ) -> None:
+        settings = settings or ShadowConfig()
         self.manifest = manifest
         self.variant = variant
         self.envelope_sha = envelope_sha
@@ -135,7 +146,9 @@ class _Run:
         self.reason: str | None = None
         self.download: Download | None = None
         self.queue: deque[_Item] = deque()  # appended by offer, popped by the thread
-        self.capacity = QUEUE_SIZE
+        self.capacity = settings.queue
+        self.quiet_s = settings.quiet_ms / 1000.0  # the candidate waits this long after an input
+        self.rest = 1.0 / settings.max_cpu_share - 1.0  # ... and this much of each inference
         self.last_active = 0.0  # monotonic time of the latest active prediction
         self.stats = _Stats()
         self.thread: threading.Thread | None = None
@@ -156,6 +169,7 @@ class Shadow:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.device_id = agent.config.device_id
+        self.settings = agent.config.shadow
         self.topics = agent.topics
         self.root = agent.store.root / "shadow"
         self.run: _Run | None = None
@@ -193,7 +207,7 @@ class Shadow:
             return self._refused(payload, exc)
         actions = self._end("stopped", "replaced by a newer shadow") if self.run else []
         variant = select_variant(manifest, self.agent.accel.accelerators)
-        self.run, self.source = _Run(manifest, variant, envelope_sha), topic
+        self.run, self.source = _Run(manifest, variant, envelope_sha, self.settings), topic
         self.reported_at = 0.0
         try:
             self._forget_others(variant.sha256)
@@ -384,15 +398,20 @@ class Shadow:
     def _serve(self, run: _Run, classifier: Classifier) -> None:
         limit = run.spec.max_inputs if run.spec is not None else None
         while not run.stop.is_set():
-            if not run.queue or time.monotonic() - run.last_active < QUIET_S:
-                run.stop.wait(POLL_S)
+            quiet_for = time.monotonic() - run.last_active
+            if not run.queue or quiet_for < run.quiet_s:
+                run.stop.wait(min(POLL_S, max(run.quiet_s - quiet_for, 0.0)) or POLL_S)
                 continue
             item = run.queue.popleft()
+            started = time.monotonic()
             try:
                 prediction = classifier.classify(item.array)
             except (EdgefleetError, ValueError) as exc:
                 self._failure(run, f"{type(exc).__name__}: {exc}")
                 continue
+            finally:
+                if run.rest:  # [shadow] max_cpu_share: rest in proportion to the work
+                    run.stop.wait((time.monotonic() - started) * run.rest)
             if prediction.error:
                 self._failure(run, f"non-finite scores for {item.source[:200]}")
                 continue
@@ -417,15 +436,16 @@ class Shadow:
         now = time.monotonic()
         if not force and now - self.reported_at < REPORT_S:
             return []
-        payload = self.summary(run).model_dump_json(exclude={"ts"}).encode()
+        report = self.summary(run)
+        payload = report.model_dump_json(exclude={"ts"}).encode()
         if payload == self.last_body:
             return []
         self.last_body, self.reported_at = payload, now
-        self.last = self.summary(run).model_dump_json().encode()
+        self.last = report.model_dump_json().encode()
         return [self._publish(self.last)]
 
     def summary(self, run: _Run) -> ShadowReport:
-        """The report of ``run`` now."""
+        """The report of ``run`` now, at most ``MAX_REPORT_BYTES`` encoded (``fit_report``)."""
         active = self.agent.classifier
         stats = run.stats
         with stats.lock:
@@ -433,7 +453,7 @@ class Shadow:
             reason = run.reason
             if reason is None and stats.dropped:
                 reason = f"{stats.dropped} sampled input(s) dropped: the candidate was busy"
-            return ShadowReport(
+            report = ShadowReport(
                 device_id=self.device_id,
                 name=run.manifest.name,
                 version=run.manifest.version,
@@ -460,6 +480,7 @@ class Shadow:
                 samples=list(stats.samples),
                 ts=time.time(),
             )
+        return fit_report(report)
 
     def _publish(self, payload: bytes) -> Publish:
         return Publish(self.topics.shadow_report(self.device_id), payload, retain=True)

@@ -10,12 +10,16 @@ with a retained, bounded :class:`ShadowReport`.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 MAX_CONFUSION_LABELS: Final = 64  # rows and columns of the confusion matrix a device keeps
 MAX_SAMPLES: Final = 256  # (source, active, candidate) triples in a report, the latest
+MAX_REPORT_BYTES: Final = 128 * 1024  # an encoded ShadowReport, at most (docs/protocol.md 1)
 
 ShadowState = Literal["downloading", "health_check", "running", "done", "failed", "stopped"]
 _Label = Annotated[str, StringConstraints(max_length=256)]
@@ -86,3 +90,58 @@ class ShadowReport(BaseModel):
     def agreement(self) -> float | None:
         """Share of compared inputs with the same top-1 label (None before any)."""
         return self.agreed / self.compared if self.compared else None
+
+
+def _size(report: ShadowReport) -> int:
+    return len(report.model_dump_json().encode())
+
+
+def _largest(fits: Callable[[int], bool], high: int) -> int:
+    """The largest n in 0..high with ``fits(n)`` (``fits`` is monotone: true up to some n)."""
+    low = 0
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def fit_report(report: ShadowReport, max_bytes: int = MAX_REPORT_BYTES) -> ShadowReport:
+    """``report``, trimmed if needed so that its JSON encoding is at most ``max_bytes``.
+
+    First the oldest ``samples`` go (the latest that fit are kept), then the confusion
+    matrix keeps its most frequent cells (ties: in label order). The counts (``compared``,
+    ``agreed``, ...) are never touched, so agreement stays exact; a trimmed matrix shows as
+    cells that add up to less than ``compared``. With every sample and cell gone a report
+    is a few KiB at most (bounded names, ``reason`` <= 1024 characters), so the result
+    always fits ``MAX_REPORT_BYTES``.
+    """
+    if _size(report) <= max_bytes:
+        return report
+
+    def with_samples(n: int) -> ShadowReport:
+        kept = report.samples[len(report.samples) - n :] if n else []
+        return report.model_copy(update={"samples": kept})
+
+    n = _largest(lambda k: _size(with_samples(k)) <= max_bytes, len(report.samples))
+    trimmed = with_samples(n)
+    if n or _size(trimmed) <= max_bytes:
+        return trimmed
+    cells = sorted(
+        (
+            (count, active, cand)
+            for active, row in report.confusion.items()
+            for cand, count in row.items()
+        ),
+        key=lambda cell: (-cell[0], cell[1], cell[2]),
+    )
+
+    def with_cells(k: int) -> ShadowReport:
+        confusion: dict[str, dict[str, int]] = {}
+        for count, active, cand in cells[:k]:
+            confusion.setdefault(active, {})[cand] = count
+        return trimmed.model_copy(update={"confusion": confusion})
+
+    return with_cells(_largest(lambda k: _size(with_cells(k)) <= max_bytes, len(cells)))

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from edgefleet.device.config import ShadowConfig
 from edgefleet.device.inference import Prediction
-from edgefleet.device.shadow import QUEUE_SIZE, Shadow, _Run
+from edgefleet.device.shadow import Shadow, _Run
 from edgefleet.shared.topics import Topics
 from support.manifests import shadow_manifest
 
@@ -16,7 +17,7 @@ from support.manifests import shadow_manifest
 def _shadow(tmp_path, sample: float) -> tuple[Shadow, _Run]:
     manifest = shadow_manifest(version=2, sample=sample)
     agent = SimpleNamespace(
-        config=SimpleNamespace(device_id="d1", groups=["g"]),
+        config=SimpleNamespace(device_id="d1", groups=["g"], shadow=ShadowConfig()),
         topics=Topics("p"),
         store=SimpleNamespace(root=tmp_path),
         classifier=None,
@@ -29,6 +30,7 @@ def _shadow(tmp_path, sample: float) -> tuple[Shadow, _Run]:
 
 
 PRED = Prediction("a", 0.9, [("a", 0.9)], 1.0)
+QUEUE_SIZE = ShadowConfig().queue
 
 
 def test_a_full_queue_drops_and_counts_without_waiting(tmp_path):

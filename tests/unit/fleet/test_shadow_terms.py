@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from edgefleet.host.cli import app
 from edgefleet.host.errors import FleetError
-from edgefleet.host.fleet._shadow import Condition, Shadow, parse_until, summarize
+from edgefleet.host.fleet._shadow import Condition, Shadow, parse_until, refusals, summarize
 from edgefleet.shared.shadow import LatencySummary, ShadowReport
 from support.manifests import shadow_manifest
 
@@ -95,3 +95,20 @@ def test_shadow_options_without_shadow_are_refused(tmp_path):
     )
     assert out.exit_code != 0
     assert "add --shadow" in out.output
+
+
+def test_a_failed_or_silent_target_is_refused_whatever_the_terms_say():
+    reports = {
+        "d1": _report("d1", 100, 100, 1.0, 1.0, state="done"),
+        "d2": _report("d2", 0, 0, 1.0, 1.0, state="failed", reason="health check: bad"),
+    }
+    summary = summarize(_shadow(), reports)
+    condition = Condition.parse("agreement>=0.97,latency<=1.2x")
+    assert condition.check(summary) == []  # d1's figures alone hold ...
+    assert refusals(condition, summary) == [  # ... but d2's candidate failed, d3 is silent
+        "the candidate failed on d2",
+        "no report from d3",
+    ]
+    reports["d2"] = _report("d2", 50, 50, 1.0, 1.0, state="done")
+    reports["d3"] = _report("d3", 50, 49, 1.0, 1.0, state="done")
+    assert refusals(condition, summarize(_shadow(), reports)) == []

@@ -229,16 +229,12 @@ def auto_promote(  # noqa: PLR0917 - the options of push --shadow --promote-if
     """Follow the shadow until every target ended it (or ``wait``), then judge and promote."""
     from edgefleet.host.cli.push import print_result
     from edgefleet.host.fleet import PushPlan
-    from edgefleet.host.fleet._shadow import promote, wait_summary
+    from edgefleet.host.fleet._shadow import promote, refusals, wait_summary
 
     summary = wait_summary(fl, shadow, timeout=wait)
     for line in summary_lines(summary):
         typer.echo(line)
-    reasons = condition.check(summary)
-    if summary.failed:
-        reasons.append(f"the candidate failed on {', '.join(summary.failed)}")
-    if summary.missing:
-        reasons.append(f"no report from {', '.join(summary.missing)}")
+    reasons = refusals(condition, summary)
     if reasons:
         typer.echo(f"not promoted ({condition.text}): {'; '.join(reasons)}", err=True)
         return 1
@@ -297,7 +293,11 @@ def report(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
 def promote_cmd(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     rollout: Annotated[str, typer.Argument(help="The shadow, NAME-vVERSION.")],
     condition: Annotated[
-        str | None, typer.Option("--if", help="Promote only if these terms hold now.")
+        str | None,
+        typer.Option(
+            "--if",
+            help="Promote only if these terms hold now, every target reported and none failed.",
+        ),
     ] = None,
     wait: Wait = None,
     canary: Canary = 0,
@@ -308,7 +308,11 @@ def promote_cmd(  # noqa: PLR0917 - a typer command: its parameters are the CLI 
     state_dir: StateDir = None,
     key: KeyFile = None,
 ) -> None:
-    """Roll the candidate out to the shadow's devices as a normal signed push, then end it."""
+    """Roll the candidate out to the shadow's devices as a normal signed push, then end it.
+
+    With ``--if``: only if every term holds now, every target reported and no target's
+    candidate failed.
+    """
     from edgefleet.host.cli.push import print_result
     from edgefleet.host.fleet import PushPlan
     from edgefleet.host.fleet._shadow import (
@@ -316,6 +320,7 @@ def promote_cmd(  # noqa: PLR0917 - a typer command: its parameters are the CLI 
         find_shadow,
         promote,
         read_state,
+        refusals,
         summarize,
     )
 
@@ -329,7 +334,7 @@ def promote_cmd(  # noqa: PLR0917 - a typer command: its parameters are the CLI 
         shadows, reports = read_state(fl)
         shadow = find_shadow(shadows, rollout)
         if terms is not None:
-            reasons = terms.check(summarize(shadow, reports))
+            reasons = refusals(terms, summarize(shadow, reports))
             if reasons:
                 typer.echo(f"not promoted ({terms.text}): {'; '.join(reasons)}", err=True)
                 return 1

@@ -35,14 +35,13 @@ from edgefleet.host.fleet._push import (
 from edgefleet.shared.errors import DecodeError, TopicError
 from edgefleet.shared.manifest import Manifest, Targets, decode_envelope
 from edgefleet.shared.messages import decode
-from edgefleet.shared.shadow import ShadowReport, ShadowSpec
+from edgefleet.shared.shadow import MAX_REPORT_BYTES, ShadowReport, ShadowSpec
 from edgefleet.shared.topics import SHADOW_DEVICE, SHADOW_GROUP, SHADOW_REPORT, validate_id
 
 if TYPE_CHECKING:
     from edgefleet.host.fleet._fleet import Fleet
     from edgefleet.shared.connection import Message
 
-MAX_REPORT_BYTES = 512 * 1024
 _UNTIL = re.compile(r"^\s*(?:(\d+)-inputs|(\d+(?:\.\d+)?)\s*([smhd]))\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TERM = re.compile(
@@ -168,6 +167,21 @@ class FleetSummary:
     def failed(self) -> list[str]:
         """Targets whose candidate failed (download, health check, inputs)."""
         return [d for d, r in self.reports.items() if r.state == "failed"]
+
+
+def refusals(condition: Condition | None, summary: FleetSummary) -> list[str]:
+    """Why ``summary`` may not be promoted (empty: promote), for ``--promote-if`` and ``--if``.
+
+    The terms of ``condition`` that do not hold, then: a target whose candidate failed (its
+    health check, or too many inputs) and a target that never reported. A failed candidate
+    is refused whatever its agreement on the inputs it did compare.
+    """
+    reasons = condition.check(summary) if condition is not None else []
+    if summary.failed:
+        reasons.append(f"the candidate failed on {', '.join(summary.failed)}")
+    if summary.missing:
+        reasons.append(f"no report from {', '.join(summary.missing)}")
+    return reasons
 
 
 def device_ratio(report: ShadowReport) -> float | None:
