@@ -129,3 +129,20 @@ def test_promote_if_refuses_a_candidate_that_failed_on_a_device(broker, host, ke
     assert _desired(broker) == []
     assert [d.seen_manifests for d in (d1, d2, d3)] == [[], [], []]
     assert T.shadow_group("field") in broker.retained
+
+
+def test_plain_promote_refuses_a_failed_candidate_unless_forced(broker, host, key, cli):
+    d1, d2, d3 = devices(broker, key, "d1", "d2", "d3")
+    _shadow(host, d2, d3)
+    _report(d1, state="failed", compared=0, agreed=0)
+    out = cli("shadow", "promote", ROLLOUT, "--wait", "5")
+    assert out.exit_code == 1, out.output
+    assert "not promoted: the candidate failed on d1" in out.output
+    assert "--force" in out.output
+    assert _desired(broker) == []
+    assert T.shadow_group("field") in broker.retained
+    # --force: the operator's call; the rollout itself (and its health checks) goes ahead
+    forced = cli("shadow", "promote", ROLLOUT, "--wait", "5", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert all(d.active_version == 1 for d in (d1, d2, d3))
+    assert T.shadow_group("field") not in broker.retained

@@ -302,6 +302,14 @@ def promote_cmd(  # noqa: PLR0917 - a typer command: its parameters are the CLI 
     wait: Wait = None,
     canary: Canary = 0,
     max_failures: MaxFailures = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Promote even a candidate that failed on a device (its health check or "
+            "its inputs); the rollout's own health checks still apply.",
+        ),
+    ] = False,
     broker: Broker = None,
     fleet: FleetDir = None,
     prefix: Prefix = None,
@@ -310,8 +318,8 @@ def promote_cmd(  # noqa: PLR0917 - a typer command: its parameters are the CLI 
 ) -> None:
     """Roll the candidate out to the shadow's devices as a normal signed push, then end it.
 
-    With ``--if``: only if every term holds now, every target reported and no target's
-    candidate failed.
+    A candidate that failed on a device is refused unless ``--force``. With ``--if``: only
+    if every term holds now, every target reported and no target's candidate failed.
     """
     from edgefleet.host.cli.push import print_result
     from edgefleet.host.fleet import PushPlan
@@ -333,11 +341,19 @@ def promote_cmd(  # noqa: PLR0917 - a typer command: its parameters are the CLI 
     def job(fl: Fleet) -> int:
         shadows, reports = read_state(fl)
         shadow = find_shadow(shadows, rollout)
+        summary = summarize(shadow, reports)
         if terms is not None:
-            reasons = refusals(terms, summarize(shadow, reports))
+            reasons = refusals(terms, summary)
             if reasons:
                 typer.echo(f"not promoted ({terms.text}): {'; '.join(reasons)}", err=True)
                 return 1
+        elif summary.failed and not force:
+            typer.echo(
+                f"not promoted: the candidate failed on {', '.join(summary.failed)} "
+                "(`edgefleet shadow report` says why); --force promotes it anyway",
+                err=True,
+            )
+            return 1
         plan = PushPlan(wait=wait, canary=canary, max_failures=max_failures)
         result = promote(fl, shadow, plan)
         print_result(result)
