@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,10 @@ class AgentFleet:
         self.agents.pop(device_id).stop()
 
     def stop_all(self) -> None:
+        """SIGTERM every agent first, then wait: stopping them one by one costs ~3 s each."""
+        for agent in self.agents.values():
+            if agent.proc.poll() is None:
+                agent.proc.send_signal(signal.SIGTERM)
         for device_id in list(self.agents):
             self.stop(device_id)
 

@@ -372,12 +372,11 @@ def test_an_agent_speaking_mqtt_311_completes_an_update(tmp_path: Path, prefix, 
         broker.stop()
 
 
-def test_sigusr2_dumps_every_threads_stack_and_the_agent_keeps_serving(setup, host, mnist_bundle):
+def test_sigusr2_dumps_every_threads_stack_and_the_agent_keeps_running(setup, host):
     # What an operator does with an agent that seems hung: `kill -USR2 PID` (docs/agent.md).
-    signer, inbox, _config, start = setup
+    _signer, _inbox, _config, start = setup
     agent = start()
-    install(host, signer, mnist_bundle, 1)
-    host.wait_report(DEVICE, state="active", version=1)
+    host.wait(lambda h: (s := h.latest_status(DEVICE)) is not None and s.online, 60)
     agent.proc.send_signal(signal.SIGUSR2)
     deadline = time.monotonic() + 10
     while "network_loop" not in agent.log() and time.monotonic() < deadline:
@@ -387,7 +386,6 @@ def test_sigusr2_dumps_every_threads_stack_and_the_agent_keeps_serving(setup, ho
     assert "(most recent call first)" in log
     assert "network_loop" in log  # every thread, not only the main one
     assert "_serve" in log  # the main thread's frames, with the agent's own functions
-    # still serving: a file dropped now comes back as a prediction
-    truth = mnist_eval_pngs(inbox, 2)
-    predictions_for(host, set(truth))
-    assert agent.stop() == 0
+    assert agent.proc.poll() is None  # still running: the dump stops nothing
+    assert agent.stop() == 0  # and it still stops in order
+    assert "stopped in" in agent.log()

@@ -435,8 +435,7 @@ class Agent:
         """Serve until SIGTERM/SIGINT; return the exit status."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
-        # `kill -USR2 PID` writes every thread's stack to stderr (the journal): what a
-        # hung agent is doing, without stopping it (docs/agent.md, "Troubleshooting").
+        # `kill -USR2 PID`: every thread's stack to stderr (docs/agent.md, "Troubleshooting")
         faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
         self.updater.start()  # sets last_report, which every (re)connect publishes
         net = threading.Thread(target=self._network_loop, name="mqtt-network", daemon=True)
