@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from edgefleet.host.fleet import PostgresRegistry, Registry, device_target, group_target
-from edgefleet.host.fleet._pushes import Transfer, WavePlan
+from edgefleet.host.fleet._plans import Transfer, WavePlan
 from support.manifests import manifest
 
 Row = TypeVar("Row", WavePlan, Transfer)

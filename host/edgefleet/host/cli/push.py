@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from edgefleet.host.fleet import Fleet, Progress, PushRecord, RolloutResult
-    from edgefleet.host.fleet._pushes import Transfer, WavePlan
+    from edgefleet.host.fleet._plans import Transfer, WavePlan
 
 app = typer.Typer()
 rollout_app = typer.Typer(help="Follow rollouts.", no_args_is_help=True)

@@ -10,14 +10,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.host.fleet import device_rows
-from edgefleet.host.fleet._pushes import find_plan
+from edgefleet.host.fleet._plans import find_plan
 from edgefleet.host.fleet._rollout import Phase, classify
 from edgefleet.host.fleet._status import parse_status
 from edgefleet.shared.messages import Status
 
 if TYPE_CHECKING:
     from edgefleet.host.fleet import DeviceRow, Fleet, PushRecord
-    from edgefleet.host.fleet._pushes import WavePlan
+    from edgefleet.host.fleet._plans import WavePlan
     from edgefleet.shared.manifest import Manifest
 
 HISTORY_PUSHES = 30

@@ -4,10 +4,8 @@ Chunks are published once per model (retained, QoS 1) whatever the number of tar
 broker fans them out - and stay retained while any target's latest manifest wants them, so
 a device that was offline fetches the model on return without this host running. They are
 cleared (empty retained payloads) once superseded. While a push waits, the host also answers
-chunk re-requests (``Fleet.answer_chunk_request`` adds what it sends again for a delta push
-to the requesting device's transfer in the registry: planned + sent again = bytes sent). A group
-push records its wave plan (canary, waves) before the first wave. Rollout logic (waves, canary,
-abort) lives in ``edgefleet.host.fleet._rollout``.
+chunk re-requests (``Fleet.answer_chunk_request``). A group push records its wave plan before
+the first wave (:mod:`._plans`). Rollout logic lives in ``edgefleet.host.fleet._rollout``.
 """
 
 from __future__ import annotations
@@ -438,10 +436,7 @@ def _roll_out(  # noqa: PLR0917 - private orchestration shared by push and rollb
 
 def _resent(fleet: Fleet, name: str, version: int) -> dict[str, tuple[int, int]]:
     """Device -> (bytes, chunks) the host sent again on its requests (``Fleet`` records them)."""
-    try:
-        records = fleet.registry.transfer_records(name=name, version=version)
-    except EdgefleetError:
-        return {}
+    records = fleet.registry.transfer_records(name=name, version=version)
     return {t.device_id: (t.resent_bytes, t.resent_chunks) for t in records if t.resent_chunks}
 
 
