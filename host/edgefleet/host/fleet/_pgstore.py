@@ -43,7 +43,7 @@ from edgefleet.host.fleet._logs import (
     load_log,
     log_row,
 )
-from edgefleet.host.fleet._migrations import migrate_postgres
+from edgefleet.host.fleet._migrations import Migration, migrate_postgres
 from edgefleet.host.fleet._store import (
     _COLUMNS,
     _SCHEMA,
@@ -141,7 +141,45 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
-class PostgresStore:
+class _PgTables:
+    """One connection to a PostgreSQL store, its tables migrated on open, reopened if lost.
+
+    ``what`` names the store in errors; ``component``, ``baseline`` and ``migrations`` are
+    the schema part these tables belong to (:func:`migrate_postgres`).
+    """
+
+    what = "store"
+
+    def __init__(
+        self, url: str, component: str, baseline: str, migrations: Sequence[Migration]
+    ) -> None:
+        self.url = url
+        self.where = redact(url)
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = pg_connect(url, what=self.what)
+        try:
+            migrate_postgres(self._conn, component, baseline, migrations, where=self.where)
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise FleetError(f"cannot set up the {self.what} {self.where}: {exc}") from exc
+        except FleetError:
+            self._conn.close()
+            raise
+
+    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = pg_connect(self.url, what=self.what)
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class PostgresStore(_PgTables):
     """PredictionStore in a PostgreSQL database (see the module docstring).
 
     Args:
@@ -153,29 +191,10 @@ class PostgresStore:
             edgefleet.
     """
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.where = redact(url)
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = pg_connect(
-            url, what="prediction store"
-        )
-        try:
-            migrate_postgres(
-                self._conn, "predictions", _SCHEMA, PREDICTIONS_MIGRATIONS, where=self.where
-            )
-        except psycopg.Error as exc:
-            self._conn.close()
-            raise FleetError(f"cannot set up the prediction store {self.where}: {exc}") from exc
-        except FleetError:
-            self._conn.close()
-            raise
+    what = "prediction store"
 
-    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = pg_connect(self.url, what="prediction store")
-        return self._conn
+    def __init__(self, url: str) -> None:
+        super().__init__(url, "predictions", _SCHEMA, PREDICTIONS_MIGRATIONS)
 
     def add(self, records: Iterable[PredictionRecord]) -> int:
         """Insert records, ignoring duplicates; committed when this returns.
@@ -291,14 +310,8 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise FleetError(f"reading {self.where} failed: {str(exc).strip()}") from exc
 
-    def close(self) -> None:
-        """Close the connection."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
-
-class PostgresLogStore:
+class PostgresLogStore(_PgTables):
     """Device log lines in the ``logs`` table of a PostgreSQL store (``listen --logs``).
 
     The same contract as the SQLite :class:`~edgefleet.host.fleet._logs.LogStore`: a line
@@ -310,27 +323,10 @@ class PostgresLogStore:
             edgefleet.
     """
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.where = redact(url)
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = pg_connect(
-            url, what="log store"
-        )
-        try:
-            migrate_postgres(self._conn, "logs", LOGS_BASELINE, LOGS_MIGRATIONS, where=self.where)
-        except psycopg.Error as exc:
-            self._conn.close()
-            raise FleetError(f"cannot set up the log store {self.where}: {exc}") from exc
-        except FleetError:
-            self._conn.close()
-            raise
+    what = "log store"
 
-    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = pg_connect(self.url, what="log store")
-        return self._conn
+    def __init__(self, url: str) -> None:
+        super().__init__(url, "logs", LOGS_BASELINE, LOGS_MIGRATIONS)
 
     def add(self, line: DeviceLog, *, received_at: float) -> bool:
         """Store one line (once, committed); True if it was new.
@@ -372,12 +368,6 @@ class PostgresLogStore:
         conn = self._conn
         if conn is not None and (conn.closed or conn.broken):
             conn.close()
-            self._conn = None
-
-    def close(self) -> None:
-        """Close the connection."""
-        if self._conn is not None:
-            self._conn.close()
             self._conn = None
 
 
