@@ -40,7 +40,7 @@ from edgefleet.device.runtime import (
 from edgefleet.device.safety import Guard
 from edgefleet.device.shadow import SHADOW_KINDS, Shadow
 from edgefleet.device.sources import FolderWatcher
-from edgefleet.device.status import Freshness, build_status, status_key
+from edgefleet.device.status import Freshness, build_status, status_moved
 from edgefleet.device.store import Pointer, StateStore
 from edgefleet.device.thumbnails import ThumbnailSender
 from edgefleet.device.trust import load_trusted_keys
@@ -121,6 +121,7 @@ class Agent:
         )
         self.events = EventQueue()
         self.stopping = threading.Event()
+        self.stop_signal: int | None = None  # SIGTERM/SIGINT received (see _on_stop_signal)
         self.link = MqttLink(config, self.events, self.stopping)
         self.inflight = InFlight(
             self.outbox,
@@ -365,7 +366,7 @@ class Agent:
             return
         ready = self.watcher.poll()
         for start in range(0, len(ready), FOLDER_BATCH):
-            if self.stopping.is_set():
+            if self._stop_requested():
                 return  # the rest stay in the folder for the next run
             if start:
                 self._pump()  # acks free room in flight: the next records go out meanwhile
@@ -418,23 +419,12 @@ class Agent:
         self.link.publish(self.topics.status(self.config.device_id), encode(status), retain=True)
         self.freshness.sent(status, time.monotonic())
 
-    def _status_moved(self) -> bool:
-        """Whether a status should go out before the next heartbeat (see :mod:`.status`)."""
-        c, now = self.classifier, time.monotonic()
-        key = status_key(
-            c.name if c else None,
-            c.version if c else None,
-            safe_mode=self.guard.safe_mode,
-            outbox_depth=self.outbox.depth(),
-        )
-        return self.link.connected.is_set() and self.freshness.due(key, now)
-
     # -- main loop ----------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit status."""
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stopping.set())
+            signal.signal(sig, self._on_stop_signal)
         # `kill -USR2 PID`: every thread's stack to stderr (docs/agent.md, "Troubleshooting")
         faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
         self.updater.start()  # sets last_report, which every (re)connect publishes
@@ -447,11 +437,19 @@ class Agent:
             self._shutdown(net)
         return 0
 
+    def _on_stop_signal(self, signum: int, _frame: object) -> None:
+        # No lock here: Event.set() takes one, and a second SIGTERM arriving inside it ran
+        # this handler again on the same thread and deadlocked the agent. The loop sets it.
+        self.stop_signal = signum
+
+    def _stop_requested(self) -> bool:
+        return self.stop_signal is not None or self.stopping.is_set()
+
     def _serve(self) -> None:
         poll_s = self.config.inference.poll_s
         now = time.monotonic()
         next_poll, next_beat = now, now + self.config.status.heartbeat_s
-        while not self.stopping.is_set():
+        while not self._stop_requested():
             try:
                 topic, payload = self.events.get(timeout=max(0.0, next_poll - now))
                 self._dispatch(topic, payload)
@@ -464,7 +462,7 @@ class Agent:
                 next_poll = now + poll_s
                 self._poll_folder()
                 self._apply(self.updater.tick() + self.shadow.tick())
-                if self._status_moved():
+                if status_moved(self):
                     self.publish_status()
             if now >= next_beat:
                 next_beat = now + self.config.status.heartbeat_s
@@ -473,6 +471,7 @@ class Agent:
                     self.publish_status()
                     self.inflight.drain()
             now = time.monotonic()
+        self.stopping.set()  # every thread stops; a signal only flagged it (_on_stop_signal)
         self.guard.served = True  # stopped in order (an exception never gets here)
 
     def _shutdown(self, net: threading.Thread) -> None:

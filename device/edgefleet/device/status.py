@@ -63,6 +63,18 @@ def status_key(
     return (model_name, model_version, safe_mode, outbox_depth.bit_length())
 
 
+def status_moved(agent: Agent) -> bool:
+    """Whether ``agent``'s status should go out before its next heartbeat."""
+    c = agent.classifier
+    key = status_key(
+        c.name if c else None,
+        c.version if c else None,
+        safe_mode=agent.guard.safe_mode,
+        outbox_depth=agent.outbox.depth(),
+    )
+    return agent.link.connected.is_set() and agent.freshness.due(key, time.monotonic())
+
+
 class Freshness:
     """Decides whether a status goes out now rather than at the next heartbeat."""
 

@@ -163,10 +163,10 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def captured_output(log: Path) -> Iterator[None]:
     """Send fds 1 and 2 to ``log`` (TensorFlow's converter chatter) and restore them after."""
     saved = (os.dup(1), os.dup(2))
-    with log.open("ab") as fh:
-        os.dup2(fh.fileno(), 1)
-        os.dup2(fh.fileno(), 2)
-    try:
+    try:  # redirected inside the try: a Ctrl-C right after the dup2 still restores them
+        with log.open("ab") as fh:
+            os.dup2(fh.fileno(), 1)
+            os.dup2(fh.fileno(), 2)
         yield
     finally:
         os.dup2(saved[0], 1)
