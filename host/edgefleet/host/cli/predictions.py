@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 import time
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from edgefleet.host._signals import stop_on_signals
 from edgefleet.host.cli._options import Broker, FleetDir, Prefix, StateDir, example, fail
 from edgefleet.shared.errors import EdgefleetError
 
@@ -120,8 +120,7 @@ def listen(  # noqa: PLR0917 - a typer command: its parameters are the CLI optio
     except EdgefleetError as exc:
         raise fail(exc) from exc
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_on_signals(stop)  # no lock in the handler: a second SIGTERM cannot hang the listener
     observe: Observe | None = None
     try:
         observe = Observe.open(
