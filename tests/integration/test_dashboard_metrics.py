@@ -25,7 +25,7 @@ from edgefleet.shared.messages import Ack, PredictionRecord, Status, batch_paylo
 from edgefleet.shared.topics import Topics
 from support.broker import free_port, wait_for_port
 from support.manifests import manifest
-from support.scrape import scrape, total, value, wait_for
+from support.scrape import scrape, scrape_until, total, value, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CLI = "from edgefleet.host.cli import main; main()"
@@ -157,12 +157,9 @@ def test_dashboard_metrics_follow_the_fleet_and_count_what_it_ingests(broker, pr
         assert total(first, "edgefleet_fleet_devices_online") == 0
 
         device.status(online=True, groups=["north", "field"], version=3)
-        fleet = wait_for(
-            lambda: (
-                (s := scrape(metrics_port))
-                and value(s, "edgefleet_fleet_devices_online", group="north") == 1
-                and s
-            ),
+        fleet = scrape_until(
+            metrics_port,
+            lambda s: value(s, "edgefleet_fleet_devices_online", group="north") == 1,
             what="the device online in group north on the dashboard's endpoint",
         )
         assert value(fleet, "edgefleet_fleet_devices_online", group="field") == 1
@@ -176,12 +173,11 @@ def test_dashboard_metrics_follow_the_fleet_and_count_what_it_ingests(broker, pr
         wait_for(lambda: sorted(device.acked) == [0, 1, 2], 30, "the three records acked")
         device.records(1)  # sent again (a lost ack): absorbed, acked again
         device.publish(device.topics.predictions(DEVICE), b"not json")
-        host = wait_for(
-            lambda: (
-                (s := scrape(metrics_port))
-                and value(s, "edgefleet_ingest_duplicates_total") == 1
+        host = scrape_until(
+            metrics_port,
+            lambda s: (
+                value(s, "edgefleet_ingest_duplicates_total") == 1
                 and value(s, "edgefleet_ingest_malformed_total") == 1
-                and s
             ),
             30,
             "the duplicate and the malformed message counted",
@@ -197,12 +193,9 @@ def test_dashboard_metrics_follow_the_fleet_and_count_what_it_ingests(broker, pr
             assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone() == (3,)
 
         device.status(online=False, groups=["north", "field"], version=3)
-        gone = wait_for(
-            lambda: (
-                (s := scrape(metrics_port))
-                and value(s, "edgefleet_fleet_devices_online", group="north") == 0
-                and s
-            ),
+        gone = scrape_until(
+            metrics_port,
+            lambda s: value(s, "edgefleet_fleet_devices_online", group="north") == 0,
             what="the device offline on the dashboard's endpoint",
         )
         assert value(gone, "edgefleet_fleet_devices", group="north") == 1
@@ -222,12 +215,9 @@ def test_without_ingest_the_dashboard_serves_only_the_fleet_figures(broker, pref
         banner = dash.wait_started()
         assert f"Prometheus metrics on http://127.0.0.1:{metrics_port}/metrics" in banner
         wait_for_port(metrics_port, timeout=30)
-        samples = wait_for(
-            lambda: (
-                (s := scrape(metrics_port))
-                and value(s, "edgefleet_fleet_snapshot_timestamp_seconds")
-                and s
-            ),
+        samples = scrape_until(
+            metrics_port,
+            lambda s: value(s, "edgefleet_fleet_snapshot_timestamp_seconds"),
             30,
             "the first fleet snapshot",
         )

@@ -26,7 +26,7 @@ from support.agent import (
     write_agent_config,
 )
 from support.broker import free_port, wait_for_port
-from support.scrape import scrape, total, value, wait_for
+from support.scrape import scrape, scrape_until, total, value, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEVICE = "obs-01"
@@ -97,19 +97,17 @@ def test_both_endpoints_count_while_predictions_flow_and_logs_reach_the_host(
 
         truth = mnist_eval_pngs(inbox, 12)
         fake.wait(lambda h: {r.source for r in h.records.values()} >= set(truth), 60)
-        dev = wait_for(
-            lambda: (
-                (s := scrape(dev_port)) and total(s, "edgefleet_agent_inferences_total") == 12 and s
-            ),
+        dev = scrape_until(
+            dev_port,
+            lambda s: total(s, "edgefleet_agent_inferences_total") == 12,
             what="12 inferences on the device's endpoint",
         )
-        host = wait_for(
-            lambda: (
-                (s := scrape(host_port))
-                and value(s, "edgefleet_ingest_stored_total") == 12
+        host = scrape_until(
+            host_port,
+            lambda s: (
+                value(s, "edgefleet_ingest_stored_total") == 12
                 and value(s, "edgefleet_fleet_devices_online", group="field") == 1
                 and value(s, "edgefleet_fleet_model_devices", model="mnist_tiny", version="1")
-                and s
             ),
             what="12 stored records, the device online and on v1 on the host's endpoint",
         )

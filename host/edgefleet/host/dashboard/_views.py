@@ -123,9 +123,7 @@ def rollout_view(
 
     ``plans``: the registry's wave plans, if the caller already read them (else read here).
     """
-    if plans is None:
-        plans = fleet.registry.wave_plans(version=record.version)
-    plan = find_plan(record, plans)
+    plan = fleet.registry.plan_of(record) if plans is None else find_plan(record, plans)
     kind, _, name = record.target.partition(":")
     members = (
         [name] if kind == "device" else sorted(set(record.members) | set(fleet.view.members(name)))
