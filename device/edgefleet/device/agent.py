@@ -334,7 +334,7 @@ class Agent:
             raise ModelLoadError("no model is active yet")
         prediction = classifier.classify(array, meta)  # an InferenceError: on_inference_failure
         self.telemetry.prediction(prediction)  # latency stats and metrics
-        self.shadow.offer(array, prediction, source)  # never waits (docs/fleet.md)
+        self.shadow.offer(array, prediction, source, meta)  # never waits (docs/fleet.md)
         # NaN / infinite scores: the record says so (error), and it counts against the model.
         self._model_outcome(f"non-finite scores for {source[:200]}" if prediction.error else None)
         ts = time.time()

@@ -14,9 +14,9 @@ import numpy.typing as npt
 
 from edgefleet.device.errors import InferenceError, ModelLoadError
 from edgefleet.device.runtime import Backend, Model, open_model
-from edgefleet.shared import gpr
+from edgefleet.shared import gpr, gpr_windows
 from edgefleet.shared.errors import ModelFormatError
-from edgefleet.shared.preprocess import dequantize_output, preprocess, to_input_tensor
+from edgefleet.shared.preprocess import dequantize_output, preprocess_windows, to_input_tensor
 from edgefleet.shared.spec import PreprocessSpec
 from edgefleet.shared.tflite_model import read_model_info
 
@@ -94,6 +94,12 @@ class Classifier:
         gets a ``note`` saying what was estimated; it is logged as a warning at most once a
         minute (the agent's log goes to the host at WARNING).
 
+        For a GPR model with ``gpr.line_windows``, a line longer than the model's window is
+        run window by window (at most ``edgefleet.shared.gpr_windows.MAX_WINDOWS``) and the
+        Prediction is the window :func:`choose_window` picks; the note then also says how
+        many windows and where the reported one lies. ``latency_ms`` covers every window;
+        NaN or infinite scores in any window give the ``error`` Prediction.
+
         A model whose scores are NaN or infinite gives a Prediction with ``error`` set
         (never an exception: the caller counts it against the model).
 
@@ -102,19 +108,35 @@ class Classifier:
             InferenceError: the interpreter failed on this input.
         """
         start = time.perf_counter()
-        x = to_input_tensor(preprocess(array, self.preprocess_spec, meta), self.model.input_spec)
+        spec = self.preprocess_spec
+        windows = [
+            (centre, to_input_tensor(x, self.model.input_spec))
+            for centre, x in preprocess_windows(array, spec, meta)
+        ]
         note = self._metadata_note(meta)
         prep_ms = (time.perf_counter() - start) * 1000.0
-        try:
-            y = self.model.run(x)
-        except ModelLoadError as exc:
-            raise InferenceError(f"model {self.name} v{self.version}: {exc}") from exc
-        scores = np.asarray(dequantize_output(y, self.model.output_spec)).reshape(-1)
+        runs: list[npt.NDArray[np.float32]] = []
+        for _, x in windows:
+            try:
+                y = self.model.run(x)
+            except ModelLoadError as exc:
+                raise InferenceError(f"model {self.name} v{self.version}: {exc}") from exc
+            scores = np.asarray(dequantize_output(y, self.model.output_spec)).reshape(-1)
+            if scores.size == 0 or not np.all(np.isfinite(scores)):
+                latency_ms = (time.perf_counter() - start) * 1000.0
+                return Prediction(
+                    "", 0.0, [], latency_ms, error=NON_FINITE, preprocess_ms=prep_ms, note=note
+                )
+            runs.append(scores)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        if scores.size == 0 or not np.all(np.isfinite(scores)):
-            return Prediction(
-                "", 0.0, [], latency_ms, error=NON_FINITE, preprocess_ms=prep_ms, note=note
+        chosen = 0
+        if len(runs) > 1:
+            chosen = choose_window(runs, self._empty_index())
+            where = _window_note(
+                len(runs), windows[chosen][0], gpr_windows.trace_count(array), meta
             )
+            note = f"{note}; {where}" if note else where
+        scores = runs[chosen]
         k = min(self.top_k, scores.size)
         if scores.size > 4 * k:  # a partial sort: large outputs stay cheap
             best = np.argpartition(-scores, k - 1)[:k]
@@ -126,6 +148,12 @@ class Classifier:
             topk[0][0], topk[0][1], topk, latency_ms, preprocess_ms=prep_ms, note=note
         )
 
+    def _empty_index(self) -> int | None:
+        options = self.preprocess_spec.gpr
+        if options is None or options.empty_label not in self.labels:
+            return None  # no output means "nothing here": every window is a target window
+        return self.labels.index(options.empty_label)
+
     def _metadata_note(self, meta: gpr.ScanMetadata | None) -> str | None:
         options = self.preprocess_spec.gpr
         if self.preprocess_spec.kind != "gpr" or options is None:
@@ -136,6 +164,39 @@ class Classifier:
             self._note_logged_at = now
             log.warning("model %s: %s", self.name, note)
         return note
+
+
+def choose_window(window_scores: Sequence[npt.NDArray[np.float32]], empty_index: int | None) -> int:
+    """The window a line's prediction reports (``GprOptions.line_windows``): its index.
+
+    A window's top class is its highest score (the first output on a tie). Among the windows
+    whose top class is not ``empty_index`` (the "nothing here" output), the one with the
+    highest top score; if every window's top class is ``empty_index``, the one with the
+    lowest score for it (the least sure that there is nothing). Ties go to the window first
+    along the line. ``empty_index`` None: every window counts as a target window.
+
+    Raises:
+        ValueError: no windows.
+    """
+    if not window_scores:
+        raise ValueError("no windows to choose from")
+    tops = [int(np.argmax(scores)) for scores in window_scores]
+    targets = [i for i, top in enumerate(tops) if top != empty_index]
+    if targets:
+        return max(targets, key=lambda i: (float(window_scores[i][tops[i]]), -i))
+    assert empty_index is not None  # noqa: S101 - every top is empty_index
+    return min(range(len(tops)), key=lambda i: (float(window_scores[i][empty_index]), i))
+
+
+def _window_note(
+    count: int, centre: float | None, n_traces: int, meta: gpr.ScanMetadata | None
+) -> str:
+    where = f"line of {n_traces} traces classified in {count} windows"
+    if centre is None:
+        return where
+    spacing = meta.trace_spacing_m if meta is not None else None
+    metres = f" ({centre * spacing:.2f} m from the first trace)" if spacing is not None else ""
+    return f"{where}; the reported one is centred on trace {centre:.0f}{metres}"
 
 
 def spec_from_model(model: Model) -> PreprocessSpec:

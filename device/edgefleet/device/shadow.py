@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
     from edgefleet.device.agent import Agent
     from edgefleet.device.inference import Prediction
+    from edgefleet.shared.gpr import ScanMetadata
     from edgefleet.shared.manifest import Manifest, ModelVariant
 
 __all__ = ["FAIL_LIMIT", "REPORT_S", "SHADOW_KINDS", "Shadow"]
@@ -83,6 +84,7 @@ class _Item:
     label: str
     score: float
     latency_ms: float
+    meta: ScanMetadata | None = None  # a GPR scan's metadata: the candidate sees it too
 
 
 @dataclass
@@ -258,8 +260,14 @@ class Shadow:
 
     # -- hot path ------------------------------------------------------------------------
 
-    def offer(self, array: npt.NDArray[np.generic], prediction: Prediction, source: str) -> None:
-        """Called for every active prediction: queue a sampled share, never wait."""
+    def offer(
+        self,
+        array: npt.NDArray[np.generic],
+        prediction: Prediction,
+        source: str,
+        meta: ScanMetadata | None = None,
+    ) -> None:
+        """Called for every active prediction (and its scan's meta): queue a share, never wait."""
         run = self.run
         if run is None or run.state != "running":
             return
@@ -273,7 +281,7 @@ class Shadow:
             run.stats.dropped += 1
             return
         run.queue.append(
-            _Item(array, source, prediction.label, prediction.score, prediction.latency_ms)
+            _Item(array, source, prediction.label, prediction.score, prediction.latency_ms, meta)
         )
         run.stats.offered += 1
 
@@ -405,7 +413,7 @@ class Shadow:
             item = run.queue.popleft()
             started = time.monotonic()
             try:
-                prediction = classifier.classify(item.array)
+                prediction = classifier.classify(item.array, item.meta)
             except (EdgefleetError, ValueError) as exc:
                 self._failure(run, f"{type(exc).__name__}: {exc}")
                 continue

@@ -139,6 +139,10 @@ def condition(
         traces = align_time_zero(traces)
     if options.resample and shape is not None:
         traces = common_scale(traces, options, meta, shape)
+    return _conditioned(traces, options)
+
+
+def _conditioned(traces: npt.NDArray[np.float64], options: GprOptions) -> FloatArray:
     if options.stack:
         return stacked(traces, options)
     if options.background_removal:
@@ -368,9 +372,40 @@ def common_scale(
     samples (zero after the end of a shorter trace). Distance: ``options.line_wavelengths``
     free-space wavelengths, resampled to ``columns`` traces around the strongest echo
     (edge traces repeated beyond a shorter scan); without a trace spacing the whole scan is
-    resized to ``columns`` instead.
+    resized to ``columns`` instead. ``edgefleet.shared.gpr_windows`` gives every window.
 
     Returns float64 ``(columns, rows)`` (traces, samples), like its input.
+    """
+    columns = shape[1]
+    timed, step = _on_time_scale(traces, options, meta, shape)
+    if step is None:
+        return _resize_traces(timed, columns)
+    n_traces = timed.shape[0]
+    half = (columns - 1) / 2.0 * step
+    centre = (n_traces - 1) / 2.0  # a line no longer than the window: all of it, centred
+    if n_traces - 1 > 2 * half:  # a longer line: the window on its strongest echo, inside it
+        centre = min(max(_strongest_echo(timed, max(1.0, step)), half), n_traces - 1 - half)
+    smoothed = _box_smooth(timed, step) if step > 1.0 else timed
+    return _window(smoothed, centre, step, columns)
+
+
+def _window(
+    smoothed: npt.NDArray[np.float64], centre: float, step: float, columns: int
+) -> npt.NDArray[np.float64]:
+    positions = centre + (np.arange(columns, dtype=np.float64) - (columns - 1) / 2.0) * step
+    return _interp_traces(smoothed, positions)
+
+
+def _on_time_scale(
+    traces: npt.NDArray[np.float64],
+    options: GprOptions,
+    meta: ScanMetadata | None,
+    shape: tuple[int, int],
+) -> tuple[npt.NDArray[np.float64], float | None]:
+    """The scan on the common time scale, and the input traces per model column.
+
+    The step is None when the scale along the line is unknown (no trace spacing, or no
+    frequency from the metadata or the spectrum with a known sample interval).
     """
     meta = meta or ScanMetadata()
     rows, columns = shape
@@ -390,16 +425,9 @@ def common_scale(
     if window != rows:
         timed = resample_samples(timed, rows)
     if meta.trace_spacing_m is None or freq_hz is None:
-        return _resize_traces(timed, columns)
+        return timed, None
     spacing = meta.trace_spacing_m
-    step = options.line_wavelengths * C0 / freq_hz / (columns - 1) / spacing  # in input traces
-    half = (columns - 1) / 2.0 * step
-    centre = (n_traces - 1) / 2.0  # a line no longer than the window: all of it, centred
-    if n_traces - 1 > 2 * half:  # a longer line: the window on its strongest echo, inside it
-        centre = min(max(_strongest_echo(timed, max(1.0, step)), half), n_traces - 1 - half)
-    positions = centre + (np.arange(columns, dtype=np.float64) - (columns - 1) / 2.0) * step
-    smoothed = _box_smooth(timed, step) if step > 1.0 else timed
-    return _interp_traces(smoothed, positions)
+    return timed, options.line_wavelengths * C0 / freq_hz / (columns - 1) / spacing
 
 
 def resample_samples(traces: npt.NDArray[np.float64], n_samples: int) -> npt.NDArray[np.float64]:

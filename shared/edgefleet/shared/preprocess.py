@@ -14,6 +14,9 @@ in :mod:`edgefleet.device.inputs`. Conventions:
   mapped to [0, 1] as they are.
 * :func:`preprocess` returns float32 ``(height, width, channels)`` in the spec's scale;
   :func:`to_input_tensor` adds the batch dimension and quantizes for integer inputs.
+* :func:`preprocess_windows` gives one such input per window along a long GPR line for
+  ``gpr.line_windows`` recipes (the device classifies them all), and ``[(None,
+  preprocess(...))]`` for every other recipe.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from edgefleet.shared import gpr
+from edgefleet.shared import gpr, gpr_windows
 from edgefleet.shared.errors import InputError
 from edgefleet.shared.spec import GprOptions
 
@@ -53,6 +56,34 @@ def preprocess(
     else:
         full_scale = 65535.0 if array.dtype == np.uint16 else 255.0  # 16-bit PNGs too
         unit = _as_hwc(array).astype(np.float32) / np.float32(full_scale)
+    return _finish(unit, spec)
+
+
+def preprocess_windows(
+    array: npt.NDArray[np.generic],
+    spec: PreprocessSpec,
+    meta: gpr.ScanMetadata | None = None,
+    max_windows: int = gpr_windows.MAX_WINDOWS,
+) -> list[tuple[float | None, FloatArray]]:
+    """One model input per window along a survey line (``gpr.line_windows`` specs).
+
+    Each window (:func:`edgefleet.shared.gpr_windows.condition_windows`, in line order) goes through
+    the same steps as :func:`preprocess` after conditioning; its centre is in input traces.
+    Any other spec gives exactly ``[(None, preprocess(array, spec, meta))]``.
+
+    Raises:
+        InputError: the array is not a usable input for ``spec``.
+    """
+    options = spec.gpr
+    if spec.kind != "gpr" or options is None or not options.line_windows:
+        return [(None, preprocess(array, spec, meta))]
+    windows = gpr_windows.condition_windows(
+        array, options, meta, (spec.height, spec.width), max_windows
+    )
+    return [(centre, _finish(_conditioned_to_unit(bscan), spec)) for centre, bscan in windows]
+
+
+def _finish(unit: FloatArray, spec: PreprocessSpec) -> FloatArray:
     unit = _match_channels(unit, spec.channels)
     unit = _resize(unit, spec.height, spec.width)
     if spec.invert:
@@ -83,10 +114,13 @@ def _as_hwc(array: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
 def _gpr_to_unit(
     array: npt.NDArray[np.generic], spec: PreprocessSpec, meta: gpr.ScanMetadata | None
 ) -> FloatArray:
-    bscan = np.asarray(
-        gpr.condition(array, spec.gpr or GprOptions(), meta, (spec.height, spec.width)),
-        dtype=np.float32,
+    return _conditioned_to_unit(
+        gpr.condition(array, spec.gpr or GprOptions(), meta, (spec.height, spec.width))
     )
+
+
+def _conditioned_to_unit(conditioned: FloatArray) -> FloatArray:
+    bscan = np.asarray(conditioned, dtype=np.float32)
     if bscan.ndim == 3:  # noqa: PLR2004 - stacked views, each already on its own [-1, 1] scale
         return (bscan * np.float32(0.5) + np.float32(0.5)).astype(np.float32)
     bscan = _as_hwc(bscan)[:, :, :1].astype(np.float32)

@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -72,21 +73,75 @@ class GprOptions(_Strict):
     line_wavelengths: float = Field(
         default=2.0, gt=0, le=1000, description="Survey line the model sees, in wavelengths."
     )
+    line_windows: bool = Field(
+        default=False,
+        description=(
+            "Classify a survey line longer than the model's window in overlapping windows"
+            " (half a window apart, covering the whole line) and report the most target-like"
+            " window (docs/protocol.md 5.4). Needs `resample` and an `empty_label`."
+        ),
+    )
+    empty_label: str = Field(
+        default="",
+        max_length=256,
+        description=(
+            "The label that means 'nothing here' (e.g. 'none'); required with `line_windows`:"
+            " a window whose top label is another one is a target window."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _line_windows_need_resample_and_empty_label(self) -> GprOptions:
+        if self.line_windows and not self.resample:
+            msg = "gpr.line_windows needs gpr.resample (windows are cut on the common scale)"
+            raise ValueError(msg)
+        if self.line_windows and not self.empty_label:
+            msg = (
+                "gpr.line_windows needs gpr.empty_label: the label that means 'nothing here'"
+                ' (e.g. "none"), so that the most target-like window can be told'
+            )
+            raise ValueError(msg)
+        return self
 
     @model_serializer(mode="wrap")
     def _omit_common_scale_when_off(self, handler: SerializerFunctionWrapHandler) -> Any:  # noqa: ANN401
-        # The three common-scale fields came with preprocess schema_version 2. Without
-        # `resample` they are left out, so every recipe that does not use them is written
-        # byte for byte as before and older agents still read it (docs/protocol.md 5.4).
+        # The three common-scale fields came with preprocess schema_version 2, the two
+        # line-window fields with 3. Fields of a feature that is off are left out, so every
+        # recipe that does not use it is written byte for byte as before and older agents
+        # still read it (docs/protocol.md 5.4).
         data = handler(self)
-        if not self.resample and isinstance(data, dict):
-            for key in COMMON_SCALE_FIELDS:
-                data.pop(key, None)
+        if isinstance(data, dict):
+            if not self.line_windows:
+                for key in LINE_WINDOW_FIELDS:
+                    data.pop(key, None)
+            if not self.resample:
+                for key in COMMON_SCALE_FIELDS:
+                    data.pop(key, None)
         return data
 
 
 COMMON_SCALE_FIELDS = ("resample", "periods", "line_wavelengths")
-SPEC_VERSIONS = (1, 2)  # 2: gpr may carry COMMON_SCALE_FIELDS
+LINE_WINDOW_FIELDS = ("line_windows", "empty_label")
+SPEC_VERSIONS = (1, 2, 3)  # 2: gpr may carry COMMON_SCALE_FIELDS; 3: also LINE_WINDOW_FIELDS
+
+
+def check_spec_version(version: object) -> object:
+    """Refuse, with the reason in words, a recipe version this code does not know.
+
+    Other values (below 1, not an integer) are left to the field's own checks.
+
+    Raises:
+        ValueError: an integer above the newest of ``SPEC_VERSIONS``.
+    """
+    newest = max(SPEC_VERSIONS)
+    if isinstance(version, int) and not isinstance(version, bool) and version > newest:
+        known = ", ".join(map(str, SPEC_VERSIONS))
+        msg = (
+            f"preprocess schema_version {version} is not one this agent understands ({known}):"
+            " upgrade the agent (edgefleet-agent) to run this model"
+        )
+        raise ValueError(msg)
+    return version
 
 
 class PreprocessSpec(_Strict):
@@ -95,8 +150,11 @@ class PreprocessSpec(_Strict):
     schema_version: int = Field(
         default=1,
         ge=1,
-        le=2,
-        description="Version of this spec's format: 2 when gpr.resample is used, else 1.",
+        le=3,
+        description=(
+            "Version of this spec's format: 3 when gpr.line_windows is used, 2 when"
+            " gpr.resample is used (without line_windows), else 1."
+        ),
     )
     kind: Literal["image", "gpr"] = Field(
         default="image", description="Plain image, or a GPR B-scan (traces x samples)."
@@ -110,6 +168,8 @@ class PreprocessSpec(_Strict):
     invert: bool = Field(default=False, description="Invert grayscale (dark ink on light paper).")
     gpr: GprOptions | None = Field(default=None, description="GPR conditioning (kind=gpr).")
 
+    _known_version = field_validator("schema_version", mode="before")(check_spec_version)
+
     @model_validator(mode="after")
     def _stack_needs_three_channels(self) -> PreprocessSpec:
         if self.kind == "gpr" and self.gpr is not None and self.gpr.stack and self.channels != 3:  # noqa: PLR2004
@@ -117,6 +177,9 @@ class PreprocessSpec(_Strict):
             raise ValueError(msg)
         if self.gpr is not None and self.gpr.resample and self.schema_version < 2:  # noqa: PLR2004
             msg = "gpr.resample needs preprocess schema_version 2 (older agents cannot read it)"
+            raise ValueError(msg)
+        if self.gpr is not None and self.gpr.line_windows and self.schema_version < 3:  # noqa: PLR2004
+            msg = "gpr.line_windows needs preprocess schema_version 3 (older agents cannot read it)"
             raise ValueError(msg)
         return self
 
@@ -131,3 +194,14 @@ class ModelInfo(_Strict):
     preprocess: PreprocessSpec = Field(description="How to turn a sensor image into the input.")
     input: TensorSpec = Field(description="The single input tensor.")
     output: TensorSpec = Field(description="The single output tensor (class scores).")
+
+    @model_validator(mode="after")
+    def _empty_label_is_a_label(self) -> ModelInfo:
+        options = self.preprocess.gpr
+        if options is not None and options.line_windows and options.empty_label not in self.labels:
+            msg = (
+                f"gpr.empty_label {options.empty_label!r} is not one of the model's labels"
+                f" {list(self.labels)[:20]}"
+            )
+            raise ValueError(msg)
+        return self

@@ -184,5 +184,5 @@ def test_the_common_scale_needs_spec_version_2_and_is_not_written_when_off():
     scaled = SPEC.model_dump_json()
     assert '"resample":true' in scaled
     assert PreprocessSpec.model_validate_json(scaled) == SPEC
-    with pytest.raises(ValueError, match="schema_version"):
-        PreprocessSpec(schema_version=3, height=8, width=8)
+    with pytest.raises(ValueError, match=r"schema_version 4 .*upgrade the agent"):
+        PreprocessSpec(schema_version=4, height=8, width=8)  # 3: line windows (test_line_windows)
