@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import numpy as np
 
 from edgefleet.device.config import ShadowConfig
 from edgefleet.device.inference import Prediction
 from edgefleet.device.shadow import Shadow, _Run
-from edgefleet.shared.topics import Topics
-from support.manifests import shadow_manifest
+from support.shadow import idle_shadow
 
 
 def _shadow(tmp_path, sample: float) -> tuple[Shadow, _Run]:
-    manifest = shadow_manifest(version=2, sample=sample)
-    agent = SimpleNamespace(
-        config=SimpleNamespace(device_id="d1", groups=["g"], shadow=ShadowConfig()),
-        topics=Topics("p"),
-        store=SimpleNamespace(root=tmp_path),
-        classifier=None,
-    )
-    shadow = Shadow(agent)  # type: ignore[arg-type]
-    run = _Run(manifest, manifest.variants[0], "e")
-    run.state = "running"  # no candidate thread: nothing takes items off the queue
-    shadow.run = run
-    return shadow, run
+    return idle_shadow(tmp_path, sample)
 
 
 PRED = Prediction("a", 0.9, [("a", 0.9)], 1.0)

@@ -6,18 +6,13 @@ highest top score; if every window says ``empty_label``, the lowest ``empty_labe
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
-from edgefleet.device.config import ShadowConfig
 from edgefleet.device.inference import NON_FINITE, Classifier, Prediction, choose_window
-from edgefleet.device.shadow import Shadow, _Run
 from edgefleet.shared import gpr, gpr_windows
 from edgefleet.shared.spec import GprOptions, PreprocessSpec, TensorSpec
-from edgefleet.shared.topics import Topics
-from support.manifests import shadow_manifest
+from support.shadow import idle_shadow
 
 LABELS = ["metal", "plastic", "concrete", "none"]
 NONE = 3
@@ -135,17 +130,7 @@ def test_without_line_windows_the_model_runs_once():
 
 
 def test_the_shadow_candidate_gets_the_scans_metadata(tmp_path):
-    manifest = shadow_manifest(version=2, sample=1.0)
-    agent = SimpleNamespace(
-        config=SimpleNamespace(device_id="d1", groups=["g"], shadow=ShadowConfig()),
-        topics=Topics("p"),
-        store=SimpleNamespace(root=tmp_path),
-        classifier=None,
-    )
-    shadow = Shadow(agent)  # type: ignore[arg-type]
-    run = _Run(manifest, manifest.variants[0], "e")
-    run.state = "running"
-    shadow.run = run
+    shadow, run = idle_shadow(tmp_path, 1.0)
     shadow.offer(_line(), Prediction("metal", 0.9, [("metal", 0.9)], 1.0), "scan.npy", META)
     (item,) = run.queue
     assert item.meta == META  # classified by the candidate as the active model did
