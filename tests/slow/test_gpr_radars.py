@@ -25,9 +25,12 @@ from edgefleet.host.training._radar import evaluate_radars
 
 pytestmark = pytest.mark.slow
 
-# A regression floor under the measured 67.5 % (in) and 66.7 % (out of distribution), int8.
+# Regression floors under the measured 76.2 % (in) and 71.7 % (out of distribution), int8.
 # The target is 90 % on both; it is not met (docs/gpr.md, "The radar model").
-FLOOR = 0.60
+FLOOR_IN, FLOOR_OOD = 0.72, 0.67
+# Native survey lines classified window by window: 5 of 8 right on 2026-11-28 (2 of 8 with
+# the one strongest-echo window), so a change that breaks the windows shows here.
+NATIVE_RIGHT_FLOOR = 4
 AGENT = Path(sys.executable).parent / "edgefleet-agent"  # the device's console script
 
 
@@ -45,8 +48,8 @@ def test_int8_holds_the_regression_floor_in_and_out_of_distribution(evaluation):
     ind, ood = by_name["in-distribution"], by_name["out-of-distribution"]
     assert ind.count == len(load_radar("heldout"))
     assert ood.count == len(load_radar("ood"))
-    assert ind.accuracy["int8"] >= FLOOR
-    assert ood.accuracy["int8"] >= FLOOR
+    assert ind.accuracy["int8"] >= FLOOR_IN
+    assert ood.accuracy["int8"] >= FLOOR_OOD
     for split in (ind, ood):  # int8 tracks float32
         assert abs(split.accuracy["int8"] - split.accuracy["float32"]) <= 0.04
     assert result.edgetpu_precheck_compatible is True
@@ -84,14 +87,18 @@ def test_agent_predict_takes_native_size_scans_with_and_without_metadata(evaluat
     for line, bare in zip(lines, lines_bare, strict=True):
         assert line["label"] in CLASSES
         assert bare["label"] in CLASSES
-        assert "note" not in line  # the sidecar gave the whole scale
+        # The sidecar gave the whole scale; the line is longer than one window, so it was
+        # classified window by window and the note says where the reported window lies.
+        assert "no scan metadata" not in line["note"]
+        assert "windows; the reported one is centred on trace" in line["note"]
         assert "no scan metadata" in bare["note"]
         assert "docs/gpr.md" in bare["note"]
     assert [Path(line["source"]).name for line in lines] == [
         s.name for s in sorted(native, key=lambda p: p.name)
     ]
-    # How many are right is measured, not floored: 0 of 8 on 2026-11-28 (docs/gpr.md says
-    # why; the long noisy lines are this model's weakest case).
+    truth = {scan.name: scan.parent.name for scan in native}
+    right = sum(line["label"] == truth[Path(line["source"]).name] for line in lines)
+    assert right >= NATIVE_RIGHT_FLOOR, [(line["source"], line["label"]) for line in lines]
 
 
 def test_the_shipped_radar_scans_are_what_the_generator_makes(tmp_path):

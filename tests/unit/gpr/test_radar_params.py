@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgefleet.host.datasets._radar import (
     FREQ_RANGE,
@@ -13,6 +14,12 @@ from edgefleet.host.datasets._radar import (
     radar_input_file,
     reach,
     sample_radar_params,
+)
+from edgefleet.host.datasets._radar_clutter import (
+    STONE_RADIUS,
+    STONE_SIGMA,
+    stone_model,
+    stone_model_radius,
 )
 
 
@@ -86,3 +93,63 @@ def test_the_spacing_is_what_gprmax_simulates_and_every_trace_is_outside_the_pml
             assert round(cells) >= 1
             last_rx = p.x0 + p.offset + (p.n_traces - 1) * p.spacing
             assert last_rx <= p.width - 8 * p.dx - 0.03  # the PML is 8 cells
+
+
+def test_stones_are_gravel_well_smaller_than_any_target():
+    # In 2-D every stone is a rod along the pipe axis: a stone as wide as a duct would be an
+    # unlabelled duct in a `none` scan. Stones are 2-4 cm across, targets 8-20 cm.
+    scans = _draw("train", 200) + _draw("ood", 40, 940000) + _draw("native", 4, 960000)
+    radii = [s.radius for p in scans for s in p.stones]
+    assert min(radii) >= STONE_RADIUS[0]
+    assert max(radii) <= STONE_RADIUS[1]
+    assert max(radii) <= 0.5 * min(p.target_radius for p in scans)
+
+
+def test_a_stone_finer_than_the_grid_is_simulated_with_its_cross_section_times_contrast():
+    scans = [p for p in _draw("train", 200) if p.stones]
+    coarse = 0
+    for p in scans:
+        layer_top = p.soil_top - p.layer_depth
+        for s in p.stones:
+            radius, eps, sigma = stone_model(s, p)
+            eps0 = p.layer_eps if s.y < layer_top else p.soil_eps
+            sigma0 = p.layer_sigma if s.y < layer_top else p.soil_sigma
+            assert radius >= 1.2 * p.dx - 1e-12  # the grid resolves what is simulated
+            assert radius >= s.radius
+            # contrast x area is the stone's own (the Rayleigh-regime scattering strength)
+            assert (eps - eps0) * radius**2 == pytest.approx((s.eps - eps0) * s.radius**2)
+            assert (sigma - sigma0) * radius**2 == pytest.approx(
+                (STONE_SIGMA - sigma0) * s.radius**2
+            )
+            if radius > s.radius:
+                coarse += 1
+                assert min(eps0, s.eps) <= eps <= max(eps0, s.eps)
+            else:
+                assert eps == pytest.approx(s.eps)
+        text = radar_input_file(p)
+        for i, s in enumerate(p.stones):
+            radius, eps, _ = stone_model(s, p)
+            assert f"#material: {eps:.4f} " in text
+            assert f"inf {radius:.4f} stone{i}" in text
+    assert coarse > 0  # low-frequency scans have cells coarser than a stone
+
+
+def test_no_stone_touches_the_target():
+    for p in _draw("train", 200):
+        ty = p.soil_top - p.target_depth - p.target_radius
+        for s in p.stones:
+            r = stone_model_radius(s.radius, p.dx)
+            assert np.hypot(s.x - p.target_x, s.y - ty) > p.target_radius + r + 0.02 - 1e-9
+
+
+def test_target_contrast_is_the_concretes_reflection_against_the_soil_around_its_top():
+    scans = _draw("train", 80)
+    for p in scans:
+        if p.label != "concrete":
+            assert np.isnan(p.target_contrast)
+            continue
+        around = p.layer_eps if p.target_depth > p.layer_depth else p.soil_eps
+        r = (np.sqrt(around) - np.sqrt(p.target_eps)) / (np.sqrt(around) + np.sqrt(p.target_eps))
+        assert p.target_contrast == pytest.approx(abs(r))
+    concrete = [p.target_contrast for p in scans if p.label == "concrete"]
+    assert min(concrete) < 0.1 < max(concrete)  # both kinds are drawn

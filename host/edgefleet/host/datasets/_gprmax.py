@@ -11,6 +11,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from multiprocessing import get_context
+from multiprocessing.pool import Pool
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -132,7 +133,16 @@ def _run_pool(
                 progress(done, n)
             if done % 25 == 0:
                 write_manifest(out_dir)
+        _drain(pool)
     return done
+
+
+def _drain(pool: Pool) -> None:
+    # Let the workers exit on their own before the with block's terminate(): a terminated
+    # worker leaves its semaphore behind, and Python warns about "leaked semaphore objects"
+    # at the end of every generation run.
+    pool.close()
+    pool.join()
 
 
 # The radar set (``_radar``): many radars' settings, a sidecar of physical metadata per scan.
@@ -196,5 +206,6 @@ def generate_radar(
                 progress(done, n)
             if done % 25 == 0:
                 _radar.write_radar_manifest(out_dir, split)
+        _drain(pool)
     _radar.write_radar_manifest(out_dir, split)
     return [path_of(s) for s in seeds]

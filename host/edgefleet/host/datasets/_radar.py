@@ -13,7 +13,8 @@ held-out figure on scans from other antennas. This generator draws the radar too
 * a target down to 0.5 m deep where the window reaches it (it always reaches 0.5 m at the
   low end of the band; a 1.6 GHz window reaches 0.2-0.3 m), in soil whose loss makes deep
   targets weak;
-* clutter: 2-8 stones, a second soil layer with a rough interface depth, a rough surface;
+* clutter: 2-8 stones (gravel, 2-4 cm across), a second soil layer with a rough interface
+  depth, a rough surface;
 * receiver noise, white, relative to the direct wave's peak.
 
 **Splits.** ``train`` and ``heldout`` (in-distribution) draw every setting except the
@@ -48,6 +49,7 @@ from edgefleet.host.datasets._gpr import (
     default_dir,
     load_gpr,
 )
+from edgefleet.host.datasets._radar_clutter import draw_stones, stone_model
 from edgefleet.host.errors import DatasetError
 from edgefleet.shared.atomic import write_atomic
 from edgefleet.shared.gpr import C0, ScanMetadata, parse_metadata
@@ -115,6 +117,20 @@ class RadarScanParams(LineGeometry):
     @property
     def sample_interval_ns(self) -> float:
         return self.time_window / self.n_samples * 1e9
+
+    @property
+    def target_contrast(self) -> float:
+        """|Normal-incidence reflection coefficient| of a concrete duct against its soil.
+
+        NaN for the other classes. Below about 0.1 the duct has nearly the soil's own
+        permittivity: only its conductivity sets it apart, and its echo is that weak.
+        """
+        if self.label != "concrete":
+            return math.nan
+        # The echo of the duct's top, in the second layer when the top is below its interface.
+        around = self.layer_eps if self.target_depth > self.layer_depth else self.soil_eps
+        a, b = math.sqrt(around), math.sqrt(self.target_eps)
+        return abs(a - b) / (a + b)
 
 
 def _in_band(freq: float) -> bool:
@@ -204,7 +220,7 @@ def sample_radar_params(scan_seed: int, split: RadarSplit) -> RadarScanParams:  
         target_eps, target_sigma = (3.0, 0.0) if label == "plastic" else (0.0, 0.0)
     wall = float(rng.uniform(0.004, 0.008))
     soil_top = PML_CELLS * dx + soil_thickness
-    stones = _stones(
+    stones = draw_stones(
         rng,
         dx=dx,
         soil_top=soil_top,
@@ -254,30 +270,6 @@ def sample_radar_params(scan_seed: int, split: RadarSplit) -> RadarScanParams:  
     )
 
 
-def _stones(
-    rng: np.random.Generator,
-    *,
-    dx: float,
-    soil_top: float,
-    span: tuple[float, float],
-    target: tuple[float, float, float],
-    deepest: float,
-) -> tuple[Stone, ...]:
-    tx, ty, tradius = target
-    wanted, stones = int(rng.integers(2, 9)), list[Stone]()
-    y_lo = soil_top - max(deepest + 0.1, 0.3)
-    for _ in range(4 * wanted):  # stones never touch the target
-        radius = max(float(rng.uniform(0.01, 0.03)), 1.2 * dx)  # at least a cell
-        x = float(rng.uniform(span[0], span[0] + span[1]))
-        y = float(rng.uniform(max(y_lo, PML_CELLS * dx + radius), soil_top - 0.02 - radius))
-        eps = float(rng.uniform(4.0, 9.0))
-        if math.hypot(x - tx, y - ty) > tradius + radius + 0.02:
-            stones.append(Stone(round(x, 4), round(y, 4), round(radius, 4), round(eps, 3)))
-        if len(stones) == wanted:
-            break
-    return tuple(stones)
-
-
 def radar_input_file(p: RadarScanParams) -> str:
     """The gprMax input file (hash commands) that simulates ``p``."""
     soil_top = p.soil_top
@@ -309,8 +301,9 @@ def radar_input_file(p: RadarScanParams) -> str:
         f"#rx_steps: {p.spacing} 0 0",
     ]
     for i, s in enumerate(p.stones):
-        lines.append(f"#material: {s.eps} 0.001 1 0 stone{i}")
-        lines.append(f"#cylinder: {s.x} {s.y} 0 {s.x} {s.y} inf {s.radius} stone{i}")
+        radius, eps, sigma = stone_model(s, p)
+        lines.append(f"#material: {eps:.4f} {sigma:.5g} 1 0 stone{i}")
+        lines.append(f"#cylinder: {s.x} {s.y} 0 {s.x} {s.y} inf {radius:.4f} stone{i}")
     x, y = p.target_x, soil_top - p.target_depth - p.target_radius
     cyl = f"#cylinder: {x} {y:.4f} 0 {x} {y:.4f} inf"
     if p.label == "metal":
@@ -370,6 +363,7 @@ class RadarDataset:
     freq_hz: npt.NDArray[np.float64]
     depth: npt.NDArray[np.float64]
     soil_eps: npt.NDArray[np.float64] | None = None
+    contrast: npt.NDArray[np.float64] | None = None  # RadarScanParams.target_contrast
     labels: tuple[str, ...] = CLASSES
 
     def __len__(self) -> int:
@@ -393,7 +387,7 @@ def load_radar(split: RadarSplit, directory: Path | None = None) -> RadarDataset
     files = sorted(f for f in root.glob("*/*.npy") if f.parent.name in CLASSES)
     if not files:
         raise DatasetError(f"no radar-set scans under {root}; see docs/gpr.md to generate them")
-    scans, metas, freqs, depths, soils = [], [], [], [], []
+    scans, metas, freqs, depths, soils, contrasts = [], [], [], [], [], []
     for f in files:
         try:
             scan = np.load(f, allow_pickle=False).astype(np.float32)
@@ -406,6 +400,7 @@ def load_radar(split: RadarSplit, directory: Path | None = None) -> RadarDataset
         freqs.append(params.freq_hz)
         depths.append(params.target_depth)
         soils.append(params.soil_eps)
+        contrasts.append(params.target_contrast)
     return RadarDataset(
         x=_objects(scans),
         y=np.array([CLASSES.index(f.parent.name) for f in files], dtype=np.int64),
@@ -413,6 +408,7 @@ def load_radar(split: RadarSplit, directory: Path | None = None) -> RadarDataset
         freq_hz=np.array(freqs, dtype=np.float64),
         depth=np.array(depths, dtype=np.float64),
         soil_eps=np.array(soils, dtype=np.float64),
+        contrast=np.array(contrasts, dtype=np.float64),
     )
 
 
