@@ -11,7 +11,6 @@ shared between threads (the metrics endpoint and the log publisher only read and
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import queue
 import signal
@@ -20,6 +19,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from edgefleet.device import stackdump
 from edgefleet.device._inflight import InFlight
 from edgefleet.device._mqtt import CONNECTED, MqttLink
 from edgefleet.device.bounded import EventQueue
@@ -426,7 +426,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop_signal)
         # `kill -USR2 PID`: every thread's stack to stderr (docs/agent.md, "Troubleshooting")
-        faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
+        stackdump.install(signal.SIGUSR2)
         self.updater.start()  # sets last_report, which every (re)connect publishes
         net = threading.Thread(target=self._network_loop, name="mqtt-network", daemon=True)
         net.start()
