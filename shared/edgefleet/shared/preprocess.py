@@ -12,7 +12,8 @@ in :mod:`edgefleet.device.inputs`. Conventions:
   their largest absolute value (zero amplitude -> 0.5), then treated like a unit image. A
   stacked spec (``gpr.stack``) gives three views, each already on its own [-1, 1] scale,
   mapped to [0, 1] as they are.
-* :func:`preprocess` returns float32 ``(height, width, channels)`` in the spec's scale;
+* :func:`preprocess` returns float32 ``(height, width, channels)`` in the spec's scale, with
+  one more channel, last, for ``gpr.frequency_plane`` (:func:`frequency_plane_value`);
   :func:`to_input_tensor` adds the batch dimension and quantizes for integer inputs.
 * :func:`preprocess_windows` gives one such input per window along a long GPR line for
   ``gpr.line_windows`` recipes (the device classifies them all), and ``[(None,
@@ -56,7 +57,7 @@ def preprocess(
     else:
         full_scale = 65535.0 if array.dtype == np.uint16 else 255.0  # 16-bit PNGs too
         unit = _as_hwc(array).astype(np.float32) / np.float32(full_scale)
-    return _finish(unit, spec)
+    return _finish(unit, spec, meta)
 
 
 def preprocess_windows(
@@ -80,12 +81,33 @@ def preprocess_windows(
     windows = gpr_windows.condition_windows(
         array, options, meta, (spec.height, spec.width), max_windows
     )
-    return [(centre, _finish(_conditioned_to_unit(bscan), spec)) for centre, bscan in windows]
+    return [(centre, _finish(_conditioned_to_unit(bscan), spec, meta)) for centre, bscan in windows]
 
 
-def _finish(unit: FloatArray, spec: PreprocessSpec) -> FloatArray:
+# gpr.frequency_plane: log antenna frequency from FREQUENCY_PLANE_MHZ[0] (0.1) to [1] (1.0)
+FREQUENCY_PLANE_MHZ = (250.0, 1600.0)
+_PLANE_LOW = 0.1  # the plane's value at the band's low end; 0 means "no antenna frequency"
+
+
+def frequency_plane_value(meta: gpr.ScanMetadata | None) -> float:
+    """The ``gpr.frequency_plane`` channel's value (on the unit scale) for a scan's metadata.
+
+    ``0.1 + 0.9 * ln(f / 250 MHz) / ln(1600 / 250)``, clipped to [0.1, 1], for an antenna
+    frequency ``f`` in the metadata; 0 when there is none.
+    """
+    if meta is None or meta.antenna_mhz is None:
+        return 0.0
+    low, high = FREQUENCY_PLANE_MHZ
+    share = float(np.log(meta.antenna_mhz / low) / np.log(high / low))
+    return _PLANE_LOW + (1.0 - _PLANE_LOW) * min(max(share, 0.0), 1.0)
+
+
+def _finish(unit: FloatArray, spec: PreprocessSpec, meta: gpr.ScanMetadata | None) -> FloatArray:
     unit = _match_channels(unit, spec.channels)
     unit = _resize(unit, spec.height, spec.width)
+    if spec.input_channels > spec.channels:  # gpr.frequency_plane
+        plane = np.full((*unit.shape[:2], 1), frequency_plane_value(meta), dtype=np.float32)
+        unit = np.concatenate([unit, plane], axis=-1)
     if spec.invert:
         unit = np.float32(1.0) - unit
     if spec.scale == "minus_one_one":

@@ -89,11 +89,25 @@ class GprOptions(_Strict):
             " a window whose top label is another one is a target window."
         ),
     )
+    frequency_plane: bool = Field(
+        default=False,
+        description=(
+            "Give the model the antenna's centre frequency: one more input channel, after"
+            " the others, filled with the scan's `antenna_mhz` on a log scale (0.1 at 250 MHz"
+            " or below, 1 at 1600 MHz or above) or 0 when its metadata has no antenna"
+            " frequency. The common scale counts wavelengths, so without it the model cannot"
+            " tell a 2 cm stone under a 1.6 GHz antenna from a 13 cm pipe under a 250 MHz"
+            " one (docs/gpr.md). Needs `resample`."
+        ),
+    )
 
     @model_validator(mode="after")
     def _line_windows_need_resample_and_empty_label(self) -> GprOptions:
         if self.line_windows and not self.resample:
             msg = "gpr.line_windows needs gpr.resample (windows are cut on the common scale)"
+            raise ValueError(msg)
+        if self.frequency_plane and not self.resample:
+            msg = "gpr.frequency_plane needs gpr.resample (the plane goes with the common scale)"
             raise ValueError(msg)
         if self.line_windows and not self.empty_label:
             msg = (
@@ -106,14 +120,16 @@ class GprOptions(_Strict):
     @model_serializer(mode="wrap")
     def _omit_common_scale_when_off(self, handler: SerializerFunctionWrapHandler) -> Any:  # noqa: ANN401
         # The three common-scale fields came with preprocess schema_version 2, the two
-        # line-window fields with 3. Fields of a feature that is off are left out, so every
-        # recipe that does not use it is written byte for byte as before and older agents
-        # still read it (docs/protocol.md 5.4).
+        # line-window fields and the frequency plane with 3. Fields of a feature that is
+        # off are left out, so every recipe that does not use it is written byte for byte
+        # as before and older agents still read it (docs/protocol.md 5.4).
         data = handler(self)
         if isinstance(data, dict):
             if not self.line_windows:
                 for key in LINE_WINDOW_FIELDS:
                     data.pop(key, None)
+            if not self.frequency_plane:
+                data.pop("frequency_plane", None)
             if not self.resample:
                 for key in COMMON_SCALE_FIELDS:
                     data.pop(key, None)
@@ -122,7 +138,8 @@ class GprOptions(_Strict):
 
 COMMON_SCALE_FIELDS = ("resample", "periods", "line_wavelengths")
 LINE_WINDOW_FIELDS = ("line_windows", "empty_label")
-SPEC_VERSIONS = (1, 2, 3)  # 2: gpr may carry COMMON_SCALE_FIELDS; 3: also LINE_WINDOW_FIELDS
+SPEC_VERSIONS = (1, 2, 3)  # 2: gpr may carry COMMON_SCALE_FIELDS; 3: LINE_WINDOW_FIELDS and
+# frequency_plane too
 
 
 def check_spec_version(version: object) -> object:
@@ -152,8 +169,8 @@ class PreprocessSpec(_Strict):
         ge=1,
         le=3,
         description=(
-            "Version of this spec's format: 3 when gpr.line_windows is used, 2 when"
-            " gpr.resample is used (without line_windows), else 1."
+            "Version of this spec's format: 3 when gpr.line_windows or gpr.frequency_plane"
+            " is used, 2 when gpr.resample is used (without them), else 1."
         ),
     )
     kind: Literal["image", "gpr"] = Field(
@@ -161,7 +178,13 @@ class PreprocessSpec(_Strict):
     )
     height: int = Field(gt=0, description="Model input height in pixels.")
     width: int = Field(gt=0, description="Model input width in pixels.")
-    channels: Literal[1, 3] = Field(default=1, description="1 for grayscale, 3 for RGB.")
+    channels: Literal[1, 3] = Field(
+        default=1,
+        description=(
+            "1 for grayscale, 3 for RGB (or stacked GPR views). With gpr.frequency_plane the"
+            " model's input has one channel more."
+        ),
+    )
     scale: Literal["unit", "minus_one_one", "raw"] = Field(
         default="unit", description="Map 8-bit pixels to [0, 1], [-1, 1], or keep 0-255."
     )
@@ -181,7 +204,19 @@ class PreprocessSpec(_Strict):
         if self.gpr is not None and self.gpr.line_windows and self.schema_version < 3:  # noqa: PLR2004
             msg = "gpr.line_windows needs preprocess schema_version 3 (older agents cannot read it)"
             raise ValueError(msg)
+        if self.gpr is not None and self.gpr.frequency_plane and self.schema_version < 3:  # noqa: PLR2004
+            msg = (
+                "gpr.frequency_plane needs preprocess schema_version 3"
+                " (older agents cannot read it)"
+            )
+            raise ValueError(msg)
         return self
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the model's input: ``channels``, plus one for ``gpr.frequency_plane``."""
+        plane = self.kind == "gpr" and self.gpr is not None and self.gpr.frequency_plane
+        return self.channels + int(plane)
 
 
 class ModelInfo(_Strict):

@@ -122,7 +122,7 @@ def load_inputs(
     """
     model = convert.load_model(model_path)
     height, width, channels = convert.static_input_shape(model)
-    if channels not in {1, 3}:
+    if preprocess is None and channels not in {1, 3}:
         raise DatasetError(f"the model's input has {channels} channels; edgefleet needs 1 or 3")
     spec = preprocess or PreprocessSpec(
         kind="gpr" if calibration == "gpr" else "image",
@@ -130,8 +130,12 @@ def load_inputs(
         width=width,
         channels=1 if channels == 1 else 3,
     )
-    if (spec.height, spec.width, spec.channels) != (height, width, channels):
-        raise DatasetError(f"preprocessing spec {spec} does not match input {height, width}")
+    wanted = (spec.height, spec.width, spec.input_channels)
+    if wanted != (height, width, channels):
+        raise DatasetError(
+            f"preprocessing spec {spec} gives inputs of {wanted};"
+            f" the model's input is {(height, width, channels)}"
+        )
     calib = prepare(calibration, split="train", spec=spec)
     labels = calib.labels
     _check_classes(model, labels, calibration)

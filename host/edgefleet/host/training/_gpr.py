@@ -130,7 +130,7 @@ def fit_gpr_convnet(
 ) -> Any:  # noqa: ANN401 - keras.Model is untyped
     """A new GPR ConvNet fitted on ``x``, ``y``: Adam, learning rate on a cosine to 5 %."""
     keras.utils.set_random_seed(seed)  # the initial weights too, not only the shuffles
-    model = build_gpr_convnet((INPUT_HEIGHT, INPUT_WIDTH, INPUT_CHANNELS), len(CLASSES))
+    model = build_gpr_convnet(x.shape[1:], len(CLASSES))  # (height, width, channels)
     steps = max(1, epochs * -(-len(x) // BATCH_SIZE))
     schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps, alpha=0.05)
     model.compile(
