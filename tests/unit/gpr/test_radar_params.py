@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 
 from edgefleet.host.datasets._radar import (
+    CONCRETE_BORE_RADIUS,
+    CONCRETE_WALL,
     FREQ_RANGE,
     HELDOUT_BAND,
     MAX_DEPTH,
     MAX_TRAIN_DEPTH,
+    RADIUS_RANGE,
     metadata,
     radar_input_file,
     reach,
@@ -153,3 +156,36 @@ def test_target_contrast_is_the_concretes_reflection_against_the_soil_around_its
         assert p.target_contrast == pytest.approx(abs(r))
     concrete = [p.target_contrast for p in scans if p.label == "concrete"]
     assert min(concrete) < 0.1 < max(concrete)  # both kinds are drawn
+
+
+def test_a_concrete_target_is_a_hollow_pipe_with_a_wall_the_grid_resolves():
+    pipes = [p for p in _draw("train", 800) if p.label == "concrete"]
+    assert len(pipes) == 200
+    bores = np.array([p.target_radius - p.pipe_wall for p in pipes])
+    lo, hi = CONCRETE_BORE_RADIUS
+    assert bores.min() >= lo - 1e-4
+    assert bores.max() <= hi + 1e-4
+    assert bores.min() < lo + 0.01  # the whole range is drawn
+    assert bores.max() > hi - 0.01
+    for p, bore in zip(pipes, bores, strict=True):
+        low, high, extra = CONCRETE_WALL
+        assert 2 * bore * low + extra - 1e-4 <= p.pipe_wall <= 2 * bore * high + extra + 1e-4
+        assert p.pipe_wall >= 1.5 * p.dx - 1e-4  # a ring of concrete, not a blur of cells
+    p = pipes[0]
+    lines = radar_input_file(p).splitlines()
+    centre = f"{p.target_x} {p.soil_top - p.target_depth - p.target_radius:.4f}"
+    # the concrete cylinder, then the air bore cut out of it (gprMax: later objects win)
+    assert lines[-2].endswith(f"inf {p.target_radius} concrete")
+    assert lines[-1].endswith(f"inf {p.target_radius - p.pipe_wall:.4f} free_space")
+    assert f"#cylinder: {centre} 0" in lines[-1]
+
+
+def test_the_concrete_pipe_leaves_every_other_class_as_it_was():
+    # The bore comes from the same draw as every target's radius and the wall from a stream
+    # of its own: another class's scan keeps its parameters, and its simulation stays valid.
+    for p in _draw("train", 40):
+        if p.label != "concrete":
+            assert RADIUS_RANGE[0] <= p.target_radius <= RADIUS_RANGE[1]
+            assert p.pipe_wall <= 0.008
+    first = sample_radar_params(20000, "train")  # metal, from the shipped manifest
+    assert (first.label, first.target_radius, first.freq_hz) == ("metal", 0.069, 263451317)

@@ -17,6 +17,11 @@ held-out figure on scans from other antennas. This generator draws the radar too
   depth, a rough surface;
 * receiver noise, white, relative to the direct wave's peak.
 
+The targets: a metal pipe, an air-filled PVC pipe (4-8 mm wall) of 8-20 cm outer diameter,
+or a hollow concrete pipe of 100-300 mm bore with a 1.6-5.8 cm wall (a solid concrete rod
+the size of a conduit is no utility, and where its permittivity matches the soil's no radar
+sees it); ``none`` scans hold clutter only.
+
 **Splits.** ``train`` and ``heldout`` (in-distribution) draw every setting except the
 held-out ones; ``ood`` holds out whole settings: the 700-1000 MHz antenna band (no training
 scan is in it), targets deeper than 0.4 m (no training target is), finer trace spacing and
@@ -62,6 +67,10 @@ MAX_TRAIN_DEPTH = 0.40  # m: deeper targets appear only in the ood split
 MAX_DEPTH = 0.55  # m to the top of the target
 MIN_DEPTH = 0.04
 RADIUS_RANGE = (0.04, 0.10)  # m: service pipes and conduits of 8-20 cm outer diameter
+# Concrete pipes (drains, culverts, duct sleeves) are hollow: 100-300 mm bore, walls from
+# about a twelfth of the bore plus 8 mm (ASTM C14-like) to a sixth plus 8 mm (C76-like).
+CONCRETE_BORE_RADIUS = (0.05, 0.15)  # m
+CONCRETE_WALL = (1 / 12, 1 / 6, 0.008)  # (min, max) fraction of the bore, plus a constant
 LINE_WAVELENGTHS = 2.0  # survey line length in free-space wavelengths
 WINDOW_PERIODS = (10.0, 14.0)  # time window after the direct wave, in centre periods
 DX_MIN, DX_MAX = 0.004, 0.03  # FDTD cell size range, m
@@ -120,14 +129,14 @@ class RadarScanParams(LineGeometry):
 
     @property
     def target_contrast(self) -> float:
-        """|Normal-incidence reflection coefficient| of a concrete duct against its soil.
+        """|Normal-incidence reflection coefficient| of a concrete pipe's wall against its soil.
 
-        NaN for the other classes. Below about 0.1 the duct has nearly the soil's own
-        permittivity: only its conductivity sets it apart, and its echo is that weak.
+        NaN for the other classes. Below about 0.1 the wall has nearly the soil's own
+        permittivity and barely echoes; the pipe's air bore echoes whatever the wall does.
         """
         if self.label != "concrete":
             return math.nan
-        # The echo of the duct's top, in the second layer when the top is below its interface.
+        # The echo of the pipe's top, in the second layer when the top is below its interface.
         around = self.layer_eps if self.target_depth > self.layer_depth else self.soil_eps
         a, b = math.sqrt(around), math.sqrt(self.target_eps)
         return abs(a - b) / (a + b)
@@ -151,6 +160,22 @@ def _frequency(rng: np.random.Generator, *, held_band: bool) -> float:
     return FREQ_RANGE[0]
 
 
+def _concrete_pipe(scan_seed: int, draw: float) -> tuple[float, float]:
+    """A concrete pipe's (outer radius, wall) from the scan's ``RADIUS_RANGE`` draw.
+
+    The bore maps the radius draw linearly onto ``CONCRETE_BORE_RADIUS`` and the wall comes
+    from a stream of its own, so the main stream (and every other class's scans) is untouched.
+    """
+    lo, hi = RADIUS_RANGE
+    bore = CONCRETE_BORE_RADIUS[0] + (draw - lo) / (hi - lo) * (
+        CONCRETE_BORE_RADIUS[1] - CONCRETE_BORE_RADIUS[0]
+    )
+    low, high, extra = CONCRETE_WALL
+    share = float(np.random.default_rng([SEED_SALT, scan_seed, 2]).uniform(low, high))
+    wall = 2 * bore * share + extra
+    return round(bore + wall, 4), round(wall, 4)
+
+
 def reach(freq: float, soil_eps: float, periods: float) -> float:
     """Depth (m) whose two-way time is ``periods`` centre periods in this soil."""
     return periods / freq * C0 / math.sqrt(soil_eps) / 2.0
@@ -167,6 +192,9 @@ def sample_radar_params(scan_seed: int, split: RadarSplit) -> RadarScanParams:  
     soil_eps = float(np.clip(3.0 + 22.0 * wet + rng.normal(0.0, 2.0), 3.0, 25.0))
     soil_sigma = float(10 ** np.clip(-4.0 + 2.7 * wet + rng.normal(0.0, 0.4), -4.0, -1.3))
     radius = float(rng.uniform(*RADIUS_RANGE))
+    concrete_wall = 0.0
+    if label == "concrete":
+        radius, concrete_wall = _concrete_pipe(scan_seed, radius)
     periods = float(rng.uniform(*WINDOW_PERIODS))
     # The echo's bottom must fit the window with two periods to spare.
     if ood_kind == "deep":
@@ -193,7 +221,9 @@ def sample_radar_params(scan_seed: int, split: RadarSplit) -> RadarScanParams:  
         spacing = float(rng.uniform(0.01, 0.015))
         line = (n_traces - 1) * spacing
     lam_soil = C0 / math.sqrt(soil_eps) / (2.0 * freq)
-    dx = min(max(min(lam_soil / 4, radius / 3), DX_MIN), DX_MAX)
+    # A concrete pipe's wall is at least 1.5 cells thick, so its ring is simulated as one.
+    fine = min(lam_soil / 4, radius / 3, concrete_wall / 1.5 if concrete_wall else math.inf)
+    dx = min(max(fine, DX_MIN), DX_MAX)
     dx = math.floor(dx * 2000) / 2000
     # gprMax steps the antennas by whole cells (#src_steps is rounded to the nearest cell):
     # snap the spacing to what is simulated, so the sidecar states the true spacing and the
@@ -260,7 +290,8 @@ def sample_radar_params(scan_seed: int, split: RadarSplit) -> RadarScanParams:  
         target_sigma=float(f"{target_sigma:.5g}"),
         # PVC walls are 4-8 mm; a cell coarser than the wall leaves the pipe a plain air
         # hole (at those wavelengths a thin wall is invisible) instead of a thick PVC ring.
-        pipe_wall=round(wall if wall >= dx else 0.0, 4),
+        # A concrete pipe's wall: the ring of concrete around its air-filled bore.
+        pipe_wall=round(concrete_wall if label == "concrete" else wall if wall >= dx else 0.0, 4),
         time_window=float(f"{time_window:.5g}"),
         n_samples=n_samples,
         noise_db=round(noise_db, 2),
@@ -319,6 +350,7 @@ def radar_input_file(p: RadarScanParams) -> str:
         lines += [
             f"#material: {p.target_eps} {p.target_sigma} 1 0 concrete",
             f"{cyl} {p.target_radius} concrete",
+            f"{cyl} {p.target_radius - p.pipe_wall:.4f} free_space",
         ]
     return "\n".join(lines) + "\n"
 
