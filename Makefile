@@ -58,9 +58,10 @@ typecheck: $(STAMP)
 # EDGEFLEET_LOAD_AGENTS=100 for the full figure (see docs/testing.md).
 # The suite runs in TEST_WORKERS processes (pytest-xdist): most tests wait on brokers, agents
 # and child processes, so 3 workers keep 2 cores busy. TEST_WORKERS=0 runs it in one process.
+# The 20 slowest tests are listed, so a test that slows the whole run down is seen.
 TEST_WORKERS ?= 3
 pytest: $(STAMP) tools
-	$(BIN)/pytest -m "not load" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not load" -n $(TEST_WORKERS) --durations=20 $(PYTEST_ARGS)
 	EDGEFLEET_LOAD_AGENTS=$${EDGEFLEET_LOAD_AGENTS:-10} $(BIN)/pytest -m load tests/load
 
 test: lint typecheck pytest
