@@ -330,7 +330,8 @@ def metadata_note(options: GprOptions, meta: ScanMetadata | None) -> str | None:
     if meta.sample_interval_ns is None and meta.time_window_ns is None:
         missing.append("sample interval (time scale estimated from the scan's spectrum)")
     if meta.antenna_mhz is None:
-        missing.append("antenna frequency (estimated from the scan's spectrum)")
+        told = "; the model was told it is unknown" if options.frequency_plane else ""
+        missing.append(f"antenna frequency (estimated from the scan's spectrum{told})")
     if meta.trace_spacing_m is None or (
         meta.antenna_mhz is None and meta.sample_interval_ns is None and meta.time_window_ns is None
     ):

@@ -102,3 +102,13 @@ def test_the_field_is_written_only_when_on_and_round_trips():
         '"empty_label":"none"}', '"empty_label":"none","frequency_plane":true}'
     )
     assert PreprocessSpec.model_validate_json(raw, strict=True) == SPEC
+
+
+def test_the_note_says_when_the_model_was_not_told_the_frequency():
+    no_antenna = gpr.ScanMetadata(sample_interval_ns=0.1, trace_spacing_m=0.01)
+    note = gpr.metadata_note(PLANE, no_antenna)
+    assert note is not None
+    assert "antenna frequency" in note
+    assert "the model was told it is unknown" in note
+    assert "told" not in (gpr.metadata_note(WINDOWED, no_antenna) or "")
+    assert gpr.metadata_note(PLANE, META) is None  # a whole sidecar: nothing to say
