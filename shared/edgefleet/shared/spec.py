@@ -125,21 +125,23 @@ class GprOptions(_Strict):
         # as before and older agents still read it (docs/protocol.md 5.4).
         data = handler(self)
         if isinstance(data, dict):
-            if not self.line_windows:
-                for key in LINE_WINDOW_FIELDS:
-                    data.pop(key, None)
-            if not self.frequency_plane:
-                data.pop("frequency_plane", None)
-            if not self.resample:
-                for key in COMMON_SCALE_FIELDS:
-                    data.pop(key, None)
+            for flag, keys, _version in VERSIONED_FEATURES:
+                if not getattr(self, flag):
+                    for key in keys:
+                        data.pop(key, None)
         return data
 
 
 COMMON_SCALE_FIELDS = ("resample", "periods", "line_wavelengths")
 LINE_WINDOW_FIELDS = ("line_windows", "empty_label")
-SPEC_VERSIONS = (1, 2, 3)  # 2: gpr may carry COMMON_SCALE_FIELDS; 3: LINE_WINDOW_FIELDS and
-# frequency_plane too
+# Each optional feature of the gpr options: the flag that turns it on, the keys it brings
+# (written only when it is on) and the recipe version that brought them.
+VERSIONED_FEATURES = (
+    ("resample", COMMON_SCALE_FIELDS, 2),
+    ("line_windows", LINE_WINDOW_FIELDS, 3),
+    ("frequency_plane", ("frequency_plane",), 3),
+)
+SPEC_VERSIONS = (1, 2, 3)  # the versions of VERSIONED_FEATURES, and 1 for none of them
 
 
 def check_spec_version(version: object) -> object:
@@ -198,18 +200,13 @@ class PreprocessSpec(_Strict):
         if self.kind == "gpr" and self.gpr is not None and self.gpr.stack and self.channels != 3:  # noqa: PLR2004
             msg = "a stacked GPR spec (gpr.stack = true) needs channels = 3"
             raise ValueError(msg)
-        if self.gpr is not None and self.gpr.resample and self.schema_version < 2:  # noqa: PLR2004
-            msg = "gpr.resample needs preprocess schema_version 2 (older agents cannot read it)"
-            raise ValueError(msg)
-        if self.gpr is not None and self.gpr.line_windows and self.schema_version < 3:  # noqa: PLR2004
-            msg = "gpr.line_windows needs preprocess schema_version 3 (older agents cannot read it)"
-            raise ValueError(msg)
-        if self.gpr is not None and self.gpr.frequency_plane and self.schema_version < 3:  # noqa: PLR2004
-            msg = (
-                "gpr.frequency_plane needs preprocess schema_version 3"
-                " (older agents cannot read it)"
-            )
-            raise ValueError(msg)
+        for flag, _keys, version in VERSIONED_FEATURES:
+            if self.gpr is not None and getattr(self.gpr, flag) and self.schema_version < version:
+                msg = (
+                    f"gpr.{flag} needs preprocess schema_version {version}"
+                    " (older agents cannot read it)"
+                )
+                raise ValueError(msg)
         return self
 
     @property
