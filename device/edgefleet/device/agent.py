@@ -48,6 +48,7 @@ from edgefleet.device.updater import Action, Publish, Subscribe, Updater, Update
 from edgefleet.shared.errors import TopicError
 from edgefleet.shared.manifest import Manifest, select_variant
 from edgefleet.shared.messages import PredictionRecord, Status, TopK, encode
+from edgefleet.shared.signals import StopSignals
 from edgefleet.shared.topics import DESIRED_DEVICE, DESIRED_GROUP, Topics
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class Agent:
         )
         self.events = EventQueue()
         self.stopping = threading.Event()
-        self.stop_signal: int | None = None  # SIGTERM/SIGINT received (see _on_stop_signal)
+        self.signals = StopSignals()  # SIGTERM/SIGINT received; the main loop polls it
         self.link = MqttLink(config, self.events, self.stopping)
         self.inflight = InFlight(
             self.outbox,
@@ -423,8 +424,8 @@ class Agent:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit status."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_stop_signal)
+        # No lock in the handler: a second SIGTERM inside Event.set() deadlocked the agent.
+        self.signals.install()
         # `kill -USR2 PID`: every thread's stack to stderr (docs/agent.md, "Troubleshooting")
         stackdump.install(signal.SIGUSR2)
         self.updater.start()  # sets last_report, which every (re)connect publishes
@@ -437,13 +438,8 @@ class Agent:
             self._shutdown(net)
         return 0
 
-    def _on_stop_signal(self, signum: int, _frame: object) -> None:
-        # No lock here: Event.set() takes one, and a second SIGTERM arriving inside it ran
-        # this handler again on the same thread and deadlocked the agent. The loop sets it.
-        self.stop_signal = signum
-
     def _stop_requested(self) -> bool:
-        return self.stop_signal is not None or self.stopping.is_set()
+        return bool(self.signals.received) or self.stopping.is_set()
 
     def _serve(self) -> None:
         poll_s = self.config.inference.poll_s
@@ -471,7 +467,7 @@ class Agent:
                     self.publish_status()
                     self.inflight.drain()
             now = time.monotonic()
-        self.stopping.set()  # every thread stops; a signal only flagged it (_on_stop_signal)
+        self.stopping.set()  # every thread stops; a signal only flagged it (self.signals)
         self.guard.served = True  # stopped in order (an exception never gets here)
 
     def _shutdown(self, net: threading.Thread) -> None:

@@ -2,8 +2,8 @@
 
 CI caught an agent hung for good after two SIGTERMs (the test harness sends one to every
 agent, then one more to each that is still up): the handler called ``Event.set()``, whose
-lock the first, interrupted call on the same thread still held. The handler now only
-records the signal, and the main loop sets ``stopping``.
+lock the first, interrupted call on the same thread still held. The handler
+(``shared.signals.StopSignals``) only records the signal, and the main loop sets ``stopping``.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ def test_the_handler_takes_no_lock_a_second_signal_could_be_waiting_on(tmp_path:
             done = threading.Event()
 
             def second_signal() -> None:
-                agent._on_stop_signal(signal.SIGTERM, None)
+                agent.signals.handle(signal.SIGTERM, None)
                 done.set()
 
             threading.Thread(target=second_signal, daemon=True).start()
             assert done.wait(5), "the stop-signal handler blocked on a lock"
-        assert agent.stop_signal == signal.SIGTERM
+        assert agent.signals.first == signal.SIGTERM
         assert agent._stop_requested()
     finally:
         agent.outbox.close()
@@ -42,7 +42,7 @@ def test_the_handler_takes_no_lock_a_second_signal_could_be_waiting_on(tmp_path:
 def test_the_main_loop_turns_the_signal_into_stopping_for_every_thread(tmp_path: Path):
     agent = _agent(tmp_path)
     try:
-        agent._on_stop_signal(signal.SIGINT, None)
+        agent.signals.handle(signal.SIGINT, None)
         assert not agent.stopping.is_set()  # the handler only flags it
         agent._serve()
         assert agent.stopping.is_set()  # the network and log threads see this one

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from edgefleet.host._signals import stop_on_signals
 from edgefleet.host.cli._options import Broker, FleetDir, Prefix, StateDir, example, fail
 from edgefleet.shared.errors import EdgefleetError
+from edgefleet.shared.signals import stop_on_signals
 
 if TYPE_CHECKING:
     from edgefleet.host.fleet import Fleet, PredictionStore, ReassertReport, Selection

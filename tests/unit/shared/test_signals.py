@@ -1,4 +1,4 @@
-"""`predictions listen` stops on SIGTERM without a lock in the signal handler (host._signals)."""
+"""Stop signals are received without a lock in the handler (shared.signals: agent and listener)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from edgefleet.host._signals import stop_on_signals
+from edgefleet.shared.signals import StopSignals, stop_on_signals
 
 
 @pytest.fixture
@@ -43,3 +43,20 @@ def test_the_handler_returns_while_the_events_lock_is_held(restore_handlers):
         threading.Thread(target=second_signal, daemon=True).start()
         assert returned.wait(5), "the signal handler blocked on the event's lock"
     assert stop.wait(5)
+
+
+def test_the_handler_records_every_signal_in_order_and_first_is_the_earliest():
+    signals = StopSignals()
+    assert signals.first is None
+    signals.handle(signal.SIGINT, None)
+    signals.handle(signal.SIGTERM, None)
+    assert signals.received == [signal.SIGINT, signal.SIGTERM]
+    assert signals.first == signal.SIGINT
+
+
+def test_the_relay_ends_without_a_signal_once_stop_is_set_elsewhere():
+    stop = threading.Event()
+    thread = StopSignals().relay(stop)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
