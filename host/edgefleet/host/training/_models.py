@@ -85,3 +85,24 @@ def train(
     """Fit ``model`` on preprocessed ``x`` (n, H, W, C) and class indices ``y``."""
     keras.utils.set_random_seed(seed)
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)
+
+
+def average_of(members: list[Any], name: str = "gpr_ensemble") -> Any:  # noqa: ANN401 - keras.Model is untyped
+    """One model whose output is the mean of ``members``' outputs (same input and classes).
+
+    Models trained from different seeds err on different scans; the mean of their softmax
+    outputs is right more often than either (docs/gpr.md). The result is one ordinary Keras
+    model, so it converts, quantizes and deploys as one file; the mean is an ADD and a MUL,
+    both Edge TPU ops. Each member keeps its weights and gets a unique name.
+    """
+    if not members:
+        raise ValueError("average_of needs at least one model")
+    if len(members) == 1:
+        return members[0]
+    inputs = keras.Input(members[0].input_shape[1:])
+    outputs = []
+    for i, member in enumerate(members):
+        copy = type(member).from_config({**member.get_config(), "name": f"member_{i}"})
+        copy.set_weights(member.get_weights())
+        outputs.append(copy(inputs))
+    return keras.Model(inputs, keras.layers.Average()(outputs), name=name)

@@ -28,6 +28,7 @@ from edgefleet.host.datasets._radar import (
     first_generator_metadata,
     load_radar,
 )
+from edgefleet.host.errors import HostError
 from edgefleet.host.quantize import _convert as convert
 from edgefleet.host.quantize import _edgetpu as edgetpu
 from edgefleet.host.quantize import _measure as measure
@@ -41,6 +42,7 @@ from edgefleet.host.training._gpr import (
     fit_gpr_convnet,
     shifted_copies,
 )
+from edgefleet.host.training._models import average_of
 from edgefleet.host.training._radar_augment import varied_copy
 from edgefleet.shared.atomic import write_atomic
 from edgefleet.shared.preprocess import preprocess
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 MODEL_NAME = "gpr_radars"
 FIRST_GENERATOR_SCANS = 600  # of its 2000 training scans, balanced
 EPOCHS = 20
+MEMBERS = 1  # ConvNets trained from successive seeds and averaged (train_radar_convnet)
 VARIED_COPIES = 2  # varied forms of each radar scan (_radar_augment), with and without sidecar
 SHIFTED_COPIES = 0  # shifted copies of every input (the line cuts of the varied forms shift too)
 DRY_SOIL_EPS, WET_SOIL_EPS = 10.0, 17.0  # per-setting table bins
@@ -147,6 +150,18 @@ def training_inputs(
     return x, np.tile(y, 1 + shifted)
 
 
+def train_radar_member(
+    *,
+    epochs: int = EPOCHS,
+    seed: int = 0,
+    directory: Path | None = None,
+    first_generator: int = FIRST_GENERATOR_SCANS,
+) -> Any:  # noqa: ANN401 - keras.Model is untyped
+    """One GPR ConvNet trained on the radar set's train split (see the module doc)."""
+    x, y = training_inputs(directory=directory, first_generator=first_generator, seed=seed)
+    return fit_gpr_convnet(x, y, epochs=epochs, seed=seed)
+
+
 def train_radar_convnet(
     out_path: Path,
     *,
@@ -154,12 +169,23 @@ def train_radar_convnet(
     seed: int = 0,
     directory: Path | None = None,
     first_generator: int = FIRST_GENERATOR_SCANS,
+    members: int = MEMBERS,
 ) -> Path:
-    """Train the GPR ConvNet on the radar set's train split (see the module doc); save it."""
-    x, y = training_inputs(directory=directory, first_generator=first_generator, seed=seed)
-    model = fit_gpr_convnet(x, y, epochs=epochs, seed=seed)
+    """Train ``members`` ConvNets (seeds ``seed``, ``seed + 1``, ...), save their average.
+
+    Each member gets its own initial weights, shuffles and varied training forms; the saved
+    model outputs the mean of their softmax outputs (``_models.average_of``).
+    """
+    if members < 1:
+        raise HostError(f"--members must be at least 1, not {members}")
+    trained = [
+        train_radar_member(
+            epochs=epochs, seed=seed + i, directory=directory, first_generator=first_generator
+        )
+        for i in range(members)
+    ]
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _save_without_optimizer(model, out_path)
+    _save_without_optimizer(average_of(trained, name=MODEL_NAME), out_path)
     return out_path
 
 
