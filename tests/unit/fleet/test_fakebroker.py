@@ -18,11 +18,6 @@ def topics_of(client: FakeClient) -> list[tuple[str, bytes, bool]]:
     return out
 
 
-@pytest.fixture
-def broker() -> FakeBroker:
-    return FakeBroker()
-
-
 def test_a_fake_client_is_a_connection(broker):
     conn: Connection = broker.connect(mqtt5=False)
     assert not conn.mqtt5

@@ -66,11 +66,6 @@ class Device:
 
 
 @pytest.fixture
-def broker() -> FakeBroker:
-    return FakeBroker()
-
-
-@pytest.fixture
 def store(tmp_path):
     s = SqliteStore(tmp_path / "predictions.sqlite")
     yield s

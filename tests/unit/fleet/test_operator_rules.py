@@ -10,17 +10,14 @@ import hashlib
 import time
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_push_fake import MODEL_A, MODEL_B, SimDevice, devices, fresh_host, model_files
 
 from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet import (
-    Fleet,
     PushPlan,
     cancel_rollout,
     device_rows,
     group_target,
-    open_registry,
     push,
     reassert,
     rollback,
@@ -29,28 +26,9 @@ from edgefleet.host.fleetdir import DeviceRecord
 from edgefleet.host.fleetdir import Registry as DeviceRegistry
 from edgefleet.shared.messages import Reported, Status, UpdateState, encode
 from edgefleet.shared.topics import Topics
-from support.fakebroker import FakeBroker
 
 T = Topics("edgefleet")
 SHA_A = hashlib.sha256(MODEL_A).hexdigest()
-
-
-@pytest.fixture
-def broker() -> FakeBroker:
-    return FakeBroker()
-
-
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def host(broker, key, tmp_path):
-    registry = open_registry(tmp_path / "state")
-    fleet = Fleet(conn=broker.connect("host"), topics=T, registry=registry, signing_key=key)
-    yield fleet
-    registry.close()
 
 
 def _provision(host, *ids: str, group: str = "field") -> None:

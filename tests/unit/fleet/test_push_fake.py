@@ -14,7 +14,6 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.host.fleet import Fleet, ModelFiles, Phase, PushPlan, open_registry, push, rollback
@@ -150,25 +149,6 @@ class SimDevice:
             ts=time.time(),
         )
         self.conn.publish(T.status(self.device_id), encode(status), retain=True)
-
-
-@pytest.fixture
-def broker() -> FakeBroker:
-    return FakeBroker()
-
-
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def host(broker, key, tmp_path):
-    """A fleet on the fake broker, as ``open_fleet`` builds it over mosquitto."""
-    registry = open_registry(tmp_path / "state")
-    fleet = Fleet(conn=broker.connect("host"), topics=T, registry=registry, signing_key=key)
-    yield fleet
-    registry.close()
 
 
 def devices(broker, key, *specs: str) -> list[SimDevice]:

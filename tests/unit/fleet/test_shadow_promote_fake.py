@@ -13,13 +13,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_push_fake import MODEL_A, devices, fresh_host, model_files
 from typer.testing import CliRunner
 
 from edgefleet.host.cli import app
 from edgefleet.host.cli import shadow as shadow_cli
-from edgefleet.host.fleet import Fleet, open_registry
 from edgefleet.host.fleet._shadow import ShadowPlan, start_shadow
 from edgefleet.shared.shadow import ShadowReport
 from edgefleet.shared.topics import Topics
@@ -27,24 +25,6 @@ from support.fakebroker import FakeBroker
 
 T = Topics("edgefleet")
 ROLLOUT = "digits-v1"
-
-
-@pytest.fixture
-def broker() -> FakeBroker:
-    return FakeBroker()
-
-
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def host(broker, key, tmp_path):
-    registry = open_registry(tmp_path / "state")
-    fleet = Fleet(conn=broker.connect("host"), topics=T, registry=registry, signing_key=key)
-    yield fleet
-    registry.close()
 
 
 @pytest.fixture
