@@ -28,11 +28,6 @@ class StopSignals:
         """The signal handler: record ``signum``, nothing else."""
         self.received.append(signum)
 
-    @property
-    def first(self) -> int | None:
-        """The first stop signal received, or None."""
-        return self.received[0] if self.received else None
-
     def install(self, signals: Iterable[int] = STOP_SIGNALS) -> StopSignals:
         """Make :meth:`handle` the handler of ``signals``; main thread only."""
         for sig in signals:
@@ -58,6 +53,6 @@ def stop_on_signals(stop: threading.Event, signals: Iterable[int] = STOP_SIGNALS
     Returns:
         The list the handler appends each received signal number to.
     """
-    received = StopSignals().install(signals)
-    received.relay(stop)
-    return received.received
+    stop_signals = StopSignals().install(signals)
+    stop_signals.relay(stop)
+    return stop_signals.received

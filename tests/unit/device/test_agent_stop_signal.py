@@ -33,7 +33,7 @@ def test_the_handler_takes_no_lock_a_second_signal_could_be_waiting_on(tmp_path:
 
             threading.Thread(target=second_signal, daemon=True).start()
             assert done.wait(5), "the stop-signal handler blocked on a lock"
-        assert agent.signals.first == signal.SIGTERM
+        assert agent.signals.received == [signal.SIGTERM]
         assert agent._stop_requested()
     finally:
         agent.outbox.close()
