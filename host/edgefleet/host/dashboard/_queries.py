@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.host.errors import FleetError
+from edgefleet.host.fleet._sqlite import open_wal
 from edgefleet.host.fleet._store import load_record
 
 PAGE_ROWS = 100
@@ -215,11 +216,10 @@ class AuditLog:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "registry.sqlite"
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+            self._db = open_wal(self.path, 30.0)
             with self._db:
                 self._db.executescript(_AUDIT_SCHEMA)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise FleetError(f"cannot open the audit log in {self.path}: {exc}") from exc
 
     def add(self, *, user: str, action: str, target: str, result: str, remote: str = "") -> None:

@@ -26,7 +26,7 @@ from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet._export import iso, parse_time
 from edgefleet.host.fleet._ingest import WarningBudget
 from edgefleet.host.fleet._migrations import Migration, migrate_sqlite
-from edgefleet.host.fleet._store import open_wal
+from edgefleet.host.fleet._sqlite import open_wal
 from edgefleet.shared.errors import DecodeError, TopicError
 from edgefleet.shared.messages import DeviceLog, decode
 from edgefleet.shared.topics import LOGS

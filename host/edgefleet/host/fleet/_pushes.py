@@ -33,10 +33,13 @@ from pathlib import Path
 from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet._migrations import Migration, migrate_sqlite
 from edgefleet.host.fleet._plans import PlanStore
+from edgefleet.host.fleet._sqlite import open_wal
 from edgefleet.shared.atomic import write_atomic
 from edgefleet.shared.manifest import Manifest
 
 DEFAULT_STATE_DIR = Path.home() / ".local" / "share" / "edgefleet"
+# How long an opener or writer waits for another connection's lock on registry.sqlite.
+BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pushes (
@@ -232,10 +235,7 @@ class Registry(PlanStore):
         try:
             if not read_only:
                 (state_dir / "models").mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                state_dir / "registry.sqlite", timeout=30.0, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = open_wal(state_dir / "registry.sqlite", BUSY_TIMEOUT_S)
             migrate_sqlite(self._db, "registry", _SCHEMA, REGISTRY_MIGRATIONS, where=str(state_dir))
         except (OSError, sqlite3.Error) as exc:
             raise FleetError(

@@ -30,6 +30,7 @@ from typing import Protocol, runtime_checkable
 
 from edgefleet.host.errors import FleetError
 from edgefleet.host.fleet._migrations import Migration, migrate_sqlite
+from edgefleet.host.fleet._sqlite import open_wal
 from edgefleet.shared.messages import MAX_COUNT, InputThumbnail, PredictionRecord
 
 # Changes to the schema after _SCHEMA (the baseline), applied on open (see _migrations).
@@ -224,19 +225,6 @@ class StoreWrapper:
     def close(self) -> None:
         """Close the wrapped store."""
         self.inner.close()
-
-
-def open_wal(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
-    """Connect to the SQLite file ``path`` (its directory made if missing) in WAL mode.
-
-    Raises:
-        sqlite3.Error: The file cannot be opened or is not an SQLite database.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # One thread at a time uses it; the check would refuse a hand-over between threads.
-    db = sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    return db
 
 
 class SqliteStore:
