@@ -116,6 +116,50 @@ def _subset(ds: RadarDataset, limit: int) -> RadarDataset:
     )
 
 
+@dataclass(frozen=True)
+class _Conditioned:
+    """The training inputs that do not depend on the seed, conditioned once."""
+
+    radar: RadarDataset
+    plain: list[npt.NDArray[np.float32]]  # the radar scans with and without metadata
+    first: npt.NDArray[np.float32] | None  # the first generator's scans
+    first_y: npt.NDArray[np.int64] | None
+
+
+def _condition_fixed(directory: Path | None, first_generator: int) -> _Conditioned:
+    radar = load_radar("train", directory)
+    first = (
+        _subset(first_generator_metadata("train"), first_generator) if first_generator > 0 else None
+    )
+    return _Conditioned(
+        radar=radar,
+        plain=[conditioned(radar), conditioned(radar, with_meta=False)],
+        first=None if first is None else conditioned(first),
+        first_y=None if first is None else first.y,
+    )
+
+
+def _with_seed(
+    fixed: _Conditioned, *, seed: int, varied: int, shifted: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    radar = fixed.radar
+    parts, labels = list(fixed.plain), [radar.y, radar.y]
+    rng = np.random.default_rng([seed, 1])
+    for _ in range(varied):
+        other = varied_copy(radar, rng)
+        parts += [conditioned(other), conditioned(other, with_meta=False)]
+        labels += [radar.y, radar.y]
+    if fixed.first is not None and fixed.first_y is not None:
+        parts.append(fixed.first)
+        labels.append(fixed.first_y)
+    x = np.concatenate(parts)
+    y = np.concatenate(labels)
+    x = np.concatenate([x, x[:, :, ::-1, :]])
+    y = np.concatenate([y, y])
+    x = shifted_copies(x, shifted, np.random.default_rng(seed))
+    return x, np.tile(y, 1 + shifted)
+
+
 def training_inputs(
     *,
     directory: Path | None = None,
@@ -130,24 +174,8 @@ def training_inputs(
     without its metadata. Every input is mirrored (the survey walked the other way) and gets
     ``shifted`` shifted copies.
     """
-    radar = load_radar("train", directory)
-    parts = [conditioned(radar), conditioned(radar, with_meta=False)]
-    labels = [radar.y, radar.y]
-    rng = np.random.default_rng([seed, 1])
-    for _ in range(varied):
-        other = varied_copy(radar, rng)
-        parts += [conditioned(other), conditioned(other, with_meta=False)]
-        labels += [radar.y, radar.y]
-    if first_generator > 0:
-        first = _subset(first_generator_metadata("train"), first_generator)
-        parts.append(conditioned(first))
-        labels.append(first.y)
-    x = np.concatenate(parts)
-    y = np.concatenate(labels)
-    x = np.concatenate([x, x[:, :, ::-1, :]])
-    y = np.concatenate([y, y])
-    x = shifted_copies(x, shifted, np.random.default_rng(seed))
-    return x, np.tile(y, 1 + shifted)
+    fixed = _condition_fixed(directory, first_generator)
+    return _with_seed(fixed, seed=seed, varied=varied, shifted=shifted)
 
 
 def train_radar_member(
@@ -174,16 +202,17 @@ def train_radar_convnet(
     """Train ``members`` ConvNets (seeds ``seed``, ``seed + 1``, ...), save their average.
 
     Each member gets its own initial weights, shuffles and varied training forms; the saved
-    model outputs the mean of their softmax outputs (``_models.average_of``).
+    model outputs the mean of their softmax outputs (``_models.average_of``). The inputs that
+    do not depend on the seed are conditioned once for all members.
     """
     if members < 1:
         raise HostError(f"--members must be at least 1, not {members}")
-    trained = [
-        train_radar_member(
-            epochs=epochs, seed=seed + i, directory=directory, first_generator=first_generator
-        )
-        for i in range(members)
-    ]
+    fixed = _condition_fixed(directory, first_generator)
+    trained = []
+    for i in range(members):
+        x, y = _with_seed(fixed, seed=seed + i, varied=VARIED_COPIES, shifted=SHIFTED_COPIES)
+        trained.append(fit_gpr_convnet(x, y, epochs=epochs, seed=seed + i))
+        del x, y
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _save_without_optimizer(average_of(trained, name=MODEL_NAME), out_path)
     return out_path
