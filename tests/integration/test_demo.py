@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from edgefleet.device.config import load_config
+from edgefleet.host.demo import _data as demo_data
 from edgefleet.host.demo._agents import demo_agent_config, extract_bundle
 from edgefleet.host.demo._brokers import EmbeddedBroker, MosquittoProcess
 from edgefleet.host.fleet import BrokerSettings, connect
 from edgefleet.host.fleetdir import dump_toml
 from edgefleet.host.provision import init_fleet, provision_device
+from support.broker import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +97,103 @@ def test_an_interrupted_demo_stops_its_agents_and_broker(tmp_path, sig):
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted" in err
+    assert all(_gone(pid) for pid in pids)
+
+
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """The process's output, line by line, read on a thread (None at its end)."""
+    out: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.put(line)
+        out.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return out
+
+
+def _read_until(
+    lines: queue.Queue[str | None], needle: str, seen: list[str], wait_s: float
+) -> None:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        seen.append(line)
+        if needle in line:
+            return
+    pytest.fail(f"no {needle!r} in the demo's output:\n{''.join(seen)[-5000:]}")
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        assert response.status == 200
+        return response.read().decode()
+
+
+def _stored(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {r[0] for r in conn.execute("SELECT source FROM predictions")}
+
+
+@pytest.mark.slow
+def test_demo_with_shadow_reports_then_its_dashboard_shows_the_fleet_and_new_scans(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(EDGEFLEET), "demo", "--devices", "2", "--shadow", "--dashboard",
+         "--dashboard-listen", f"127.0.0.1:{port}", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen: list[str] = []
+    try:
+        lines = _lines(proc)
+        _read_until(lines, f"dashboard: http://127.0.0.1:{port}/", seen, 400)
+        text = "".join(seen)
+        pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", text)]
+        # --shadow: the candidate ran beside the deployed model on both devices, and the
+        # report compared every scan the demo fed (none failed, none dropped).
+        assert "shadow: every device runs the candidate" in text, text[-5000:]
+        fleet_line = re.search(r"fleet: (\d+) compared, agreement ([\d.]+) ?%.*?(\d+) "
+                               r"candidate failure\(s\), (\d+) dropped", text)  # fmt: skip
+        assert fleet_line is not None, text[-5000:]
+        compared, agreement, failures, dropped = fleet_line.groups()
+        assert int(compared) > 0
+        assert (int(failures), int(dropped)) == (0, 0)
+        assert float(agreement) >= 90.0  # float32 beside its own int8 conversion
+        for device in ("demo-01", "demo-02"):
+            assert re.search(rf"{device}\s+\S+\s+\d+", text), text[-5000:]
+
+        # --dashboard: the demo fleet's page lists both devices.
+        wait_for_port(port, timeout=60)
+        page = _get(f"http://127.0.0.1:{port}/")
+        assert "demo-01" in page
+        assert "demo-02" in page
+        # A scan dropped into an agent's inbox now reaches the dashboard's store and page.
+        scan = demo_data.pick("gpr").scans(1)[0]
+        name = f"late-{scan.name}"
+        inbox = tmp_path / "devices" / "demo-01" / "inbox"
+        (inbox / f".{name}.tmp").write_bytes(scan.data)
+        (inbox / f".{name}.tmp").rename(inbox / name)
+        db = tmp_path / "host-state" / "predictions.sqlite"
+        deadline = time.monotonic() + 60
+        while name not in _stored(db) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert name in _stored(db)
+        assert name in _get(f"http://127.0.0.1:{port}/predictions")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 130
     assert all(_gone(pid) for pid in pids)
 
 
