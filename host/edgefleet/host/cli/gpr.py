@@ -83,7 +83,7 @@ SetOption = Annotated[
 @app.command("train", epilog=example("edgefleet gpr train --out gpr_radars.keras --data gpr-scans"))
 def train(  # noqa: PLR0917 - a typer command: its parameters are the CLI options
     out: Annotated[Path, typer.Option(help="Where to save the Keras model (.keras).")],
-    epochs: Annotated[int, typer.Option(help="Training epochs (0: radars 12, first 25).")] = 0,
+    epochs: Annotated[int, typer.Option(help="Training epochs (0: the recipe's own number).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed for weights and shuffling.")] = 0,
     data: DataOption = None,
     scan_set: SetOption = "radars",
@@ -98,6 +98,7 @@ def train(  # noqa: PLR0917 - a typer command: its parameters are the CLI option
     """Train the GPR ConvNet on the GPR scans (bundled, or --data); --set picks which."""
     from edgefleet.host.errors import HostError
     from edgefleet.host.training import train_gpr_convnet, train_radar_convnet
+    from edgefleet.host.training._gpr import EPOCHS as FIRST_SET_EPOCHS
     from edgefleet.host.training._radar import EPOCHS, MEMBERS
 
     _check_set(scan_set)
@@ -107,7 +108,9 @@ def train(  # noqa: PLR0917 - a typer command: its parameters are the CLI option
                 out, epochs=epochs or EPOCHS, seed=seed, directory=data, members=members or MEMBERS
             )
         else:
-            path = train_gpr_convnet(out, epochs=epochs or 25, seed=seed, directory=data)
+            path = train_gpr_convnet(
+                out, epochs=epochs or FIRST_SET_EPOCHS, seed=seed, directory=data
+            )
     except HostError as exc:
         print(f"error: {exc}")
         raise typer.Exit(code=1) from exc

@@ -30,6 +30,7 @@ INPUT_WIDTH = 32  # traces (columns): scans hold 10-17 traces
 INPUT_CHANNELS: Literal[3] = 3  # the stacked views of edgefleet.shared.gpr.stacked
 MODEL_NAME = "gpr_convnet"
 BATCH_SIZE = 32
+EPOCHS = 25  # the first set's recipe (train_gpr_convnet)
 SHIFTED_COPIES = 2  # extra copies of each (mirrored) scan, moved along the line and in time
 MAX_TRACE_SHIFT = 4  # columns of INPUT_WIDTH: the target up to 12 % further along the line
 MAX_TIME_SHIFT = 3  # rows of INPUT_HEIGHT: a first-break pick a few samples late
@@ -102,7 +103,7 @@ def shifted_copies(
 def train_gpr_convnet(
     out_path: Path,
     *,
-    epochs: int = 25,
+    epochs: int = EPOCHS,
     seed: int = 0,
     directory: Path | None = None,
     limit: int | None = None,
