@@ -21,6 +21,8 @@ from edgefleet.shared.preprocess import preprocess
 from edgefleet.shared.spec import GprOptions, PreprocessSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy.typing as npt
 
     from edgefleet.host.datasets._gpr import Split
@@ -127,11 +129,16 @@ def train_gpr_convnet(
 
 
 def fit_gpr_convnet(
-    x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], *, epochs: int, seed: int
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    *,
+    epochs: int,
+    seed: int,
+    build: Callable[[tuple[int, int, int], int], Any] = build_gpr_convnet,
 ) -> Any:  # noqa: ANN401 - keras.Model is untyped
-    """A new GPR ConvNet fitted on ``x``, ``y``: Adam, learning rate on a cosine to 5 %."""
+    """A new ConvNet from ``build`` fitted on ``x``, ``y``: Adam, learning rate cosine to 5 %."""
     keras.utils.set_random_seed(seed)  # the initial weights too, not only the shuffles
-    model = build_gpr_convnet(x.shape[1:], len(CLASSES))  # (height, width, channels)
+    model = build(x.shape[1:], len(CLASSES))  # (height, width, channels)
     steps = max(1, epochs * -(-len(x) // BATCH_SIZE))
     schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps, alpha=0.05)
     model.compile(

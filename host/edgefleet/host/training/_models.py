@@ -73,6 +73,41 @@ def build_gpr_convnet(input_shape: tuple[int, int, int], num_classes: int) -> An
     )
 
 
+def build_radar_convnet(input_shape: tuple[int, int, int], num_classes: int) -> Any:  # noqa: ANN401 - keras.Model is untyped
+    """Build (uncompiled) the GPR ConvNet with batch normalisation, for the radar set.
+
+    The layers of :func:`build_gpr_convnet`, each convolution followed by batch
+    normalisation before its ReLU (so the convolution needs no bias). The converter folds
+    each normalisation into its convolution: the .tflite has the same ops and nearly the same
+    size. On the 3,600-scan radar set, same seed, it scored 85.6 / 80.8 % int8 in and out of
+    distribution against 83.8 / 76.7 % without (docs/gpr.md).
+    """
+    layers = keras.layers
+
+    def block(filters: int, *, pool: bool = True) -> list[Any]:
+        out = [
+            layers.Conv2D(filters, (3, 3), padding="same", use_bias=False),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+        ]
+        return [*out, layers.MaxPooling2D((2, 2))] if pool else out
+
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            *block(32),
+            *block(64),
+            *block(128),
+            *block(128, pool=False),
+            layers.GlobalAveragePooling2D(),
+            layers.Dropout(0.3),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="gpr_convnet",
+    )
+
+
 def train(
     model: Any,  # noqa: ANN401 - keras.Model is untyped
     x: npt.NDArray[np.float32],
