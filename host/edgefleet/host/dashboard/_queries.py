@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.host.errors import FleetError
+from edgefleet.host.fleet._pushes import BUSY_TIMEOUT_S
 from edgefleet.host.fleet._sqlite import open_wal
 from edgefleet.host.fleet._store import load_record
 
@@ -216,7 +217,7 @@ class AuditLog:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "registry.sqlite"
         try:
-            self._db = open_wal(self.path, 30.0)
+            self._db = open_wal(self.path, BUSY_TIMEOUT_S)
             with self._db:
                 self._db.executescript(_AUDIT_SCHEMA)
         except (OSError, sqlite3.Error) as exc:

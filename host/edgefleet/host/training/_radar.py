@@ -122,8 +122,8 @@ class _Conditioned:
 
     radar: RadarDataset
     plain: list[npt.NDArray[np.float32]]  # the radar scans with and without metadata
-    first: npt.NDArray[np.float32] | None  # the first generator's scans
-    first_y: npt.NDArray[np.int64] | None
+    # the first generator's scans and their labels
+    first: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None
 
 
 def _condition_fixed(directory: Path | None, first_generator: int) -> _Conditioned:
@@ -134,8 +134,7 @@ def _condition_fixed(directory: Path | None, first_generator: int) -> _Condition
     return _Conditioned(
         radar=radar,
         plain=[conditioned(radar), conditioned(radar, with_meta=False)],
-        first=None if first is None else conditioned(first),
-        first_y=None if first is None else first.y,
+        first=None if first is None else (conditioned(first), first.y),
     )
 
 
@@ -149,9 +148,9 @@ def _with_seed(
         other = varied_copy(radar, rng)
         parts += [conditioned(other), conditioned(other, with_meta=False)]
         labels += [radar.y, radar.y]
-    if fixed.first is not None and fixed.first_y is not None:
-        parts.append(fixed.first)
-        labels.append(fixed.first_y)
+    if fixed.first is not None:
+        parts.append(fixed.first[0])
+        labels.append(fixed.first[1])
     x = np.concatenate(parts)
     y = np.concatenate(labels)
     x = np.concatenate([x, x[:, :, ::-1, :]])
@@ -178,6 +177,11 @@ def training_inputs(
     return _with_seed(fixed, seed=seed, varied=varied, shifted=shifted)
 
 
+def _fit_member(fixed: _Conditioned, *, seed: int, epochs: int) -> Any:  # noqa: ANN401 - keras.Model is untyped
+    x, y = _with_seed(fixed, seed=seed, varied=VARIED_COPIES, shifted=SHIFTED_COPIES)
+    return fit_gpr_convnet(x, y, epochs=epochs, seed=seed, build=build_radar_convnet)
+
+
 def train_radar_member(
     *,
     epochs: int = EPOCHS,
@@ -186,8 +190,7 @@ def train_radar_member(
     first_generator: int = FIRST_GENERATOR_SCANS,
 ) -> Any:  # noqa: ANN401 - keras.Model is untyped
     """One GPR ConvNet trained on the radar set's train split (see the module doc)."""
-    x, y = training_inputs(directory=directory, first_generator=first_generator, seed=seed)
-    return fit_gpr_convnet(x, y, epochs=epochs, seed=seed, build=build_radar_convnet)
+    return _fit_member(_condition_fixed(directory, first_generator), seed=seed, epochs=epochs)
 
 
 def train_radar_convnet(
@@ -208,13 +211,7 @@ def train_radar_convnet(
     if members < 1:
         raise HostError(f"--members must be at least 1, not {members}")
     fixed = _condition_fixed(directory, first_generator)
-    trained = []
-    for i in range(members):
-        x, y = _with_seed(fixed, seed=seed + i, varied=VARIED_COPIES, shifted=SHIFTED_COPIES)
-        trained.append(
-            fit_gpr_convnet(x, y, epochs=epochs, seed=seed + i, build=build_radar_convnet)
-        )
-        del x, y
+    trained = [_fit_member(fixed, seed=seed + i, epochs=epochs) for i in range(members)]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _save_without_optimizer(average_of(trained, name=MODEL_NAME), out_path)
     return out_path
