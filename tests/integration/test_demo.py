@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -25,6 +23,7 @@ from edgefleet.host.fleet import BrokerSettings, connect
 from edgefleet.host.fleetdir import dump_toml
 from edgefleet.host.provision import init_fleet, provision_device
 from support.broker import free_port, wait_for_port
+from support.scrape import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -100,35 +99,18 @@ def test_an_interrupted_demo_stops_its_agents_and_broker(tmp_path, sig):
     assert all(_gone(pid) for pid in pids)
 
 
-def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
-    """The process's output, line by line, read on a thread (None at its end)."""
-    out: queue.Queue[str | None] = queue.Queue()
+def _output_with(proc: subprocess.Popen[str], out: Path, needle: str, wait_s: float) -> str:
+    """The process's output (written to ``out``) once it holds ``needle``; fail if it ends first."""
 
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out.put(line)
-        out.put(None)
+    def ready() -> str | None:
+        text = out.read_text(errors="replace")
+        if needle in text:
+            return text
+        if proc.poll() is not None:
+            pytest.fail(f"the demo ended ({proc.returncode}) before {needle!r}:\n{text[-5000:]}")
+        return None
 
-    threading.Thread(target=pump, daemon=True).start()
-    return out
-
-
-def _read_until(
-    lines: queue.Queue[str | None], needle: str, seen: list[str], wait_s: float
-) -> None:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1.0)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        seen.append(line)
-        if needle in line:
-            return
-    pytest.fail(f"no {needle!r} in the demo's output:\n{''.join(seen)[-5000:]}")
+    return wait_for(ready, wait_s, f"{needle!r} in the demo's output")
 
 
 def _get(url: str) -> str:
@@ -145,16 +127,15 @@ def _stored(db: Path) -> set[str]:
 @pytest.mark.slow
 def test_demo_with_shadow_reports_then_its_dashboard_shows_the_fleet_and_new_scans(tmp_path):
     port = free_port()
-    proc = subprocess.Popen(
-        [str(EDGEFLEET), "demo", "--devices", "2", "--shadow", "--dashboard",
-         "--dashboard-listen", f"127.0.0.1:{port}", "--workdir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    seen: list[str] = []
+    out = tmp_path / "demo.out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [str(EDGEFLEET), "demo", "--devices", "2", "--shadow", "--dashboard",
+             "--dashboard-listen", f"127.0.0.1:{port}", "--workdir", str(tmp_path / "work")],
+            stdout=sink, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
     try:
-        lines = _lines(proc)
-        _read_until(lines, f"dashboard: http://127.0.0.1:{port}/", seen, 400)
-        text = "".join(seen)
+        text = _output_with(proc, out, f"dashboard: http://127.0.0.1:{port}/", 400)
         pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", text)]
         # --shadow: the candidate ran beside the deployed model on both devices, and the
         # report compared every scan the demo fed (none failed, none dropped).
@@ -177,14 +158,11 @@ def test_demo_with_shadow_reports_then_its_dashboard_shows_the_fleet_and_new_sca
         # A scan dropped into an agent's inbox now reaches the dashboard's store and page.
         scan = demo_data.pick("gpr").scans(1)[0]
         name = f"late-{scan.name}"
-        inbox = tmp_path / "devices" / "demo-01" / "inbox"
+        inbox = tmp_path / "work" / "devices" / "demo-01" / "inbox"
         (inbox / f".{name}.tmp").write_bytes(scan.data)
         (inbox / f".{name}.tmp").rename(inbox / name)
-        db = tmp_path / "host-state" / "predictions.sqlite"
-        deadline = time.monotonic() + 60
-        while name not in _stored(db) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert name in _stored(db)
+        db = tmp_path / "work" / "host-state" / "predictions.sqlite"
+        wait_for(lambda: name in _stored(db), 60, f"{name} in the dashboard's store")
         assert name in _get(f"http://127.0.0.1:{port}/predictions")
     finally:
         proc.send_signal(signal.SIGINT)
