@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 from edgefleet.device.errors import StoreError
+from edgefleet.shared.sqlite_wal import set_wal
 
 WhenFull = Literal["drop_oldest", "drop_newest"]
+BUSY_TIMEOUT_S = 5.0  # SQLite's own default: how long an opener waits for another's lock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -51,8 +53,11 @@ class Outbox:
         self.when_full = when_full
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            # The agent and `edgefleet-agent status` may open a new outbox at the same moment.
+            set_wal(self._db, BUSY_TIMEOUT_S)
             self._db.execute("PRAGMA synchronous=FULL")
             # 256 KiB of page cache (SQLite's default is 2 MiB): records are appended, read
             # about once and deleted, and the agent's whole footprint is meant to stay small.

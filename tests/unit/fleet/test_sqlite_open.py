@@ -10,7 +10,8 @@ import pytest
 
 from edgefleet.host.dashboard._queries import AuditLog
 from edgefleet.host.fleet._pushes import Registry
-from edgefleet.host.fleet._sqlite import open_wal, set_wal
+from edgefleet.host.fleet._sqlite import open_wal
+from edgefleet.shared.sqlite_wal import set_wal
 
 ROUNDS = 40
 

@@ -2,41 +2,16 @@
 
 Several threads and processes open the same file at once: the dashboard's page thread, its
 metrics thread and its audit log share ``registry.sqlite``; listen workers share the
-prediction store. On a new file the first ``PRAGMA journal_mode=WAL`` has to take an
-exclusive lock, and SQLite answers "database is locked" at once when another connection
-holds a lock at that moment: the busy timeout is not applied to that switch. So the switch
-is retried here, for as long as the busy timeout would have waited.
+prediction store. The switch to WAL is retried while another opener holds a lock
+(``edgefleet.shared.sqlite_wal``, shared with the device's outbox).
 """
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
-_FIRST_DELAY_S = 0.005
-_MAX_DELAY_S = 0.1
-
-
-def set_wal(db: sqlite3.Connection, busy_timeout_s: float) -> None:
-    """Switch ``db`` to WAL, retrying while another connection holds a lock.
-
-    Raises:
-        sqlite3.Error: The switch failed for another reason, or stayed locked for
-            ``busy_timeout_s``.
-    """
-    deadline = time.monotonic() + busy_timeout_s
-    delay = _FIRST_DELAY_S
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
-                raise
-        else:
-            return
-        time.sleep(delay)
-        delay = min(delay * 2, _MAX_DELAY_S)
+from edgefleet.shared.sqlite_wal import set_wal
 
 
 def open_wal(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
