@@ -30,6 +30,7 @@ from support.agent import (
     signed_agent_config,
 )
 from support.broker import MosquittoBroker
+from support.scrape import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEVICE = "pi-001"
@@ -340,7 +341,8 @@ def test_stopping_during_a_health_check_leaves_no_child_and_no_verdict(setup, ho
     agent = start(fault="slow_health_check:120")  # a check that would outlive the agent
     install(host, signer, mnist_bundle, 2)
     host.wait_report(DEVICE, state="health_check", version=2)
-    assert _health_children(state_dir)
+    # The report goes out just before the child starts: wait for it, do not race it.
+    wait_for(lambda: _health_children(state_dir), 30, "the health-check child")
     assert agent.stop() == 0
     assert _health_children(state_dir) == []  # killed with the agent, not orphaned
     assert not (state_dir / "bad_models.json").exists()  # an interrupted check is no verdict
