@@ -1,12 +1,12 @@
 import json
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
 
 from edgefleet.device.outbox import Outbox
 from edgefleet.shared.messages import PredictionRecord, Status
+from support.race import at_once
 
 
 def _build(seq: int) -> bytes:
@@ -105,33 +105,15 @@ def test_a_failed_batch_build_leaves_nothing_behind(tmp_path: Path):
     assert box.append("b", _build) == 1
 
 
-def _open_at_once(path: Path, n: int) -> tuple[list[Outbox], list[str]]:
-    barrier = threading.Barrier(n)
-    boxes: list[Outbox] = []
-    errors: list[str] = []
-
-    def run() -> None:
-        barrier.wait()
-        try:
-            boxes.append(Outbox(path, max_records=10, when_full="drop_oldest"))
-        except Exception as exc:  # noqa: BLE001 - collected and asserted by the caller
-            errors.append(str(exc))
-
-    threads = [threading.Thread(target=run) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    return boxes, errors
-
-
 def test_outboxes_opened_at_once_on_a_new_file_all_open(tmp_path: Path):
     # The agent and `edgefleet-agent status` can open a new outbox at the same moment; the
     # first switch to WAL takes an exclusive lock, and SQLite refuses it at once (no busy
     # wait) while another connection holds one. Without the retry some rounds failed.
     for i in range(60):
         path = tmp_path / f"r{i}.sqlite"
-        boxes, errors = _open_at_once(path, 4)
+        boxes, errors = at_once(
+            [lambda: Outbox(path, max_records=10, when_full="drop_oldest")] * 4  # noqa: B023 - called before the loop moves on
+        )
         assert errors == [], f"round {i}"
         assert boxes[0].append("b", _build) == 1  # the counter was set up once
         for box in boxes:

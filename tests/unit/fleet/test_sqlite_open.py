@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,29 +14,15 @@ from edgefleet.host.dashboard._queries import AuditLog
 from edgefleet.host.fleet._pushes import Registry
 from edgefleet.host.fleet._sqlite import open_wal
 from edgefleet.shared.sqlite_wal import set_wal
+from support.race import at_once
 
 ROUNDS = 40
 
 
-def _race(openers: list[object], state: Path) -> list[str]:
-    barrier = threading.Barrier(len(openers))
-    errors: list[str] = []
-    opened: list[object] = []
-
-    def run(opener: object) -> None:
-        barrier.wait()
-        try:
-            opened.append(opener(state))  # type: ignore[operator]
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(f"{type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=run, args=(o,)) for o in openers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+def _race(openers: list[Callable[[Path], Any]], state: Path) -> list[str]:
+    opened, errors = at_once([functools.partial(o, state) for o in openers])
     for o in opened:
-        o.close()  # type: ignore[attr-defined]
+        o.close()
     return errors
 
 
