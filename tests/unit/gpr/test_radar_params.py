@@ -8,8 +8,6 @@ import pytest
 from edgefleet.host.datasets._radar import (
     CONCRETE_BORE_RADIUS,
     CONCRETE_WALL,
-    DEEP_SEEDS,
-    DEEP_TRAIN_DEPTH,
     FREQ_RANGE,
     HELDOUT_BAND,
     MAX_DEPTH,
@@ -57,29 +55,6 @@ def test_the_ood_split_holds_out_a_band_and_the_deepest_targets():
     assert max(p.target_depth for p in scans) <= MAX_DEPTH
     assert max(p.target_depth for p in scans) >= 0.5  # down to half a metre
     assert all(32 <= p.n_traces <= 40 and 512 <= p.n_samples <= 1024 for p in scans)
-
-
-def test_the_deep_training_batch_fills_the_lower_window_but_never_a_held_out_setting():
-    deep = _draw("train", 200, DEEP_SEEDS[0])
-    usual = _draw("train", 400)
-    depths = np.array([p.target_depth for p in deep])
-    assert depths.min() >= DEEP_TRAIN_DEPTH
-    assert depths.max() <= MAX_TRAIN_DEPTH
-    assert not any(HELDOUT_BAND[0] <= p.freq_hz < HELDOUT_BAND[1] for p in deep)
-    assert all(16 <= p.n_traces <= 20 and -60 <= p.noise_db <= -30 for p in deep)
-    # Wetter, lossier soil than the usual draw, and several times its share of deep pipes
-    # in lossy soil.
-    assert np.median([p.soil_eps for p in deep]) > np.median([p.soil_eps for p in usual]) + 1
-
-    def lossy_deep(scans: list) -> float:
-        return float(
-            np.mean([p.target_depth > 0.3 and p.soil_sigma > 0.025 for p in scans])
-        )
-
-    assert lossy_deep(deep) > 3 * lossy_deep(usual)
-    # Seeds outside the batch draw as before, shallow targets included (the slow test
-    # regenerates two of the first 3,600 training scans bit for bit).
-    assert np.mean([p.target_depth < DEEP_TRAIN_DEPTH for p in usual]) > 0.5
 
 
 def test_every_target_top_echo_is_inside_its_window():

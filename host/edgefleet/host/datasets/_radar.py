@@ -76,13 +76,6 @@ WINDOW_PERIODS = (10.0, 14.0)  # time window after the direct wave, in centre pe
 DX_MIN, DX_MAX = 0.004, 0.03  # FDTD cell size range, m
 OFFSET_WAVELENGTHS = 0.075  # Tx-Rx offset in free-space wavelengths (as in _gpr)
 SEED_SALT = 0x5EED  # the radar set's random stream differs from _gpr's for the same seed
-# Training seeds in this range hold deep targets: an antenna (outside the held-out band) whose
-# window reaches below DEEP_TRAIN_DEPTH, the target between it and MAX_TRAIN_DEPTH, the soil
-# drawn from its wetter three quarters. Depths drawn uniformly up to what the window reaches
-# left few pipes deep in lossy soil (66 of 2,700 below 0.3 m with sigma above 25 mS/m), and
-# the model missed 3 of 4 such held-out pipes (docs/gpr.md, "Deep targets").
-DEEP_SEEDS = (30000, 40000)
-DEEP_TRAIN_DEPTH = 0.25  # m
 
 
 @dataclass(frozen=True)
@@ -195,10 +188,7 @@ def sample_radar_params(scan_seed: int, split: RadarSplit) -> RadarScanParams:  
     ood = split == "ood"
     # In the ood split, half the scans are in the held-out band, half have deep targets.
     ood_kind = ("band", "deep")[(scan_seed // len(CLASSES)) % 2] if ood else ""
-    deep = split == "train" and DEEP_SEEDS[0] <= scan_seed < DEEP_SEEDS[1]
     wet = rng.uniform(0.0, 1.0)
-    if deep:
-        wet = 0.25 + 0.75 * wet
     soil_eps = float(np.clip(3.0 + 22.0 * wet + rng.normal(0.0, 2.0), 3.0, 25.0))
     soil_sigma = float(10 ** np.clip(-4.0 + 2.7 * wet + rng.normal(0.0, 0.4), -4.0, -1.3))
     radius = float(rng.uniform(*RADIUS_RANGE))
@@ -207,16 +197,15 @@ def sample_radar_params(scan_seed: int, split: RadarSplit) -> RadarScanParams:  
         radius, concrete_wall = _concrete_pipe(scan_seed, radius)
     periods = float(rng.uniform(*WINDOW_PERIODS))
     # The echo's bottom must fit the window with two periods to spare.
-    if ood_kind == "deep" or deep:
-        top, bottom = (MAX_TRAIN_DEPTH, MAX_DEPTH) if ood else (DEEP_TRAIN_DEPTH, MAX_TRAIN_DEPTH)
+    if ood_kind == "deep":
         for _ in range(100):  # a frequency (outside the held-out band) whose window reaches
             freq = _frequency(rng, held_band=False)
-            if reach(freq, soil_eps, periods - 2.0) - 2 * radius > top + 0.02:
+            if reach(freq, soil_eps, periods - 2.0) - 2 * radius > MAX_TRAIN_DEPTH + 0.02:
                 break
         else:
             freq, soil_eps = FREQ_RANGE[0], 3.0
-        hi = min(bottom, reach(freq, soil_eps, periods - 2.0) - 2 * radius)
-        depth = float(rng.uniform(top, max(hi, top + 0.01)))
+        hi = min(MAX_DEPTH, reach(freq, soil_eps, periods - 2.0) - 2 * radius)
+        depth = float(rng.uniform(MAX_TRAIN_DEPTH, max(hi, MAX_TRAIN_DEPTH + 0.01)))
     else:
         freq = _frequency(rng, held_band=ood_kind == "band")
         hi = min(MAX_TRAIN_DEPTH, reach(freq, soil_eps, periods - 2.0) - 2 * radius)
