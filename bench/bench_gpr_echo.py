@@ -43,7 +43,7 @@ def echo_figures(seed: int, split: str) -> dict[str, object] | None:
     ]
     echo = runs[0] - runs[1]
     direct = float(np.max(np.abs(runs[0])))
-    sigma = direct * 10 ** (params.noise_db / 20)
+    sigma = _radar.noise_sigma(runs[0], params)  # the generator's own noise level
     peak = float(np.max(np.abs(echo)))
     return {
         "seed": seed,

@@ -1,3 +1,4 @@
+import functools
 import json
 import sqlite3
 from pathlib import Path
@@ -111,9 +112,8 @@ def test_outboxes_opened_at_once_on_a_new_file_all_open(tmp_path: Path):
     # wait) while another connection holds one. Without the retry some rounds failed.
     for i in range(60):
         path = tmp_path / f"r{i}.sqlite"
-        boxes, errors = at_once(
-            [lambda: Outbox(path, max_records=10, when_full="drop_oldest")] * 4  # noqa: B023 - called before the loop moves on
-        )
+        opener = functools.partial(Outbox, path, max_records=10, when_full="drop_oldest")
+        boxes, errors = at_once([opener] * 4)
         assert errors == [], f"round {i}"
         assert boxes[0].append("b", _build) == 1  # the counter was set up once
         for box in boxes:

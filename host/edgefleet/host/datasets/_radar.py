@@ -355,11 +355,15 @@ def radar_input_file(p: RadarScanParams) -> str:
     return "\n".join(lines) + "\n"
 
 
+def noise_sigma(scan: npt.NDArray[np.float64], p: RadarScanParams) -> float:
+    """The receiver noise's per-sample sigma: ``p.noise_db`` below the scan's peak."""
+    return float(np.max(np.abs(scan))) * 10 ** (p.noise_db / 20)
+
+
 def add_noise(scan: npt.NDArray[np.float64], p: RadarScanParams) -> npt.NDArray[np.float64]:
     """Receiver noise: white, ``p.noise_db`` below the scan's peak (the direct wave)."""
     rng = np.random.default_rng([SEED_SALT, p.seed, 1])
-    level = float(np.max(np.abs(scan))) * 10 ** (p.noise_db / 20)
-    return scan + rng.normal(0.0, level, scan.shape)
+    return scan + rng.normal(0.0, noise_sigma(scan, p), scan.shape)
 
 
 def metadata(p: RadarScanParams) -> dict[str, float]:
